@@ -1,0 +1,111 @@
+"""The report's network: the PyTorch_CIFAR10 ResNet18, and loading checkpoints into it.
+
+torchvision's resnet18 with conv1 replaced by a 3×3 stride-1 conv (no bias), the maxpool
+kept, and a 10-class fc: 11,173,962 parameters and torchvision's key names, so a checkpoint
+of the widely shared PyTorch_CIFAR10 weights (and plain ``torchvision.models.resnet18``
+state_dicts of the same shape) load as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from cnnprune.errors import CnnpruneError
+from cnnprune.fileio import safe_torch_load
+
+NUM_PARAMETERS = 11_173_962
+DEFAULT_CHECKPOINT_NAME = "resnet18_fashion_mnist.pth"
+
+
+def build_model(num_classes: int = 10) -> nn.Module:
+    """The CIFAR ResNet18 of the report, randomly initialised, in eval mode."""
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return model.eval()
+
+
+def default_checkpoint() -> Path:
+    """Path of the trained Fashion-MNIST checkpoint shipped inside the package."""
+    return Path(str(resources.files("cnnprune") / "assets" / DEFAULT_CHECKPOINT_NAME))
+
+
+def resolve_checkpoint(path: str | os.PathLike[str] | None) -> Path:
+    """The user's checkpoint, or the embedded default; one-line error if neither exists."""
+    if path is not None:
+        return Path(path)
+    default = default_checkpoint()
+    if not default.is_file():
+        raise CnnpruneError(
+            f"the embedded default checkpoint {default} is missing; train it with "
+            "`python -m cnnprune.train` or pass --checkpoint PATH")
+    return default
+
+
+def extract_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """Accept a plain state_dict, ``{"state_dict": …}`` / ``{"model": …}`` and ``module.`` prefixes."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        raise CnnpruneError(f"{source} does not hold a state_dict (a dict of parameter names to tensors)")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CnnpruneError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        for prefix in ("module.", "_orig_mod.", "model."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    return state
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a one-line error naming the first missing/unexpected keys or mismatched shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        pruned = [k for k in unexpected if k.endswith(("_orig", "_mask"))]
+        if pruned:
+            raise CnnpruneError(f"{source} still holds pruning reparametrisation keys ({pruned[0]}, …); "
+                                "make it permanent with torch.nn.utils.prune.remove first")
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:3])}")
+        raise CnnpruneError(f"{source} does not match the CIFAR ResNet18: {'; '.join(parts)}")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CnnpruneError(f"{source}: {key} has shape {tuple(state[key].shape)}, the CIFAR ResNet18 "
+                                f"needs {tuple(tensor.shape)} (3×3 stride-1 conv1, 10 classes)")
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file (weights_only) and return its state_dict in float32."""
+    state = extract_state_dict(safe_torch_load(path), str(path))
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def load_model(path: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Build the CIFAR ResNet18 and load ``path`` (default: the embedded checkpoint), eval mode."""
+    ckpt = resolve_checkpoint(path)
+    state = load_state_dict(ckpt)
+    model = build_model()
+    check_state_dict(model, state, str(ckpt))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every Conv2d and Linear, in definition order: the layers whose ``weight`` the report pruned."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
