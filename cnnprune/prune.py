@@ -89,6 +89,16 @@ def apply_schedule(model: nn.Module, schedule: Schedule, after_step: StepHook | 
     return measured
 
 
+def canonical_zeros(tensor: torch.Tensor) -> torch.Tensor:
+    """Turn the −0.0 that ``weight * mask`` leaves for negative pruned weights into +0.0.
+
+    The two are equal as numbers; canonical zeros make every form (dense, CSR) bit-identical.
+    """
+    if tensor.is_floating_point():
+        tensor[tensor == 0] = 0.0
+    return tensor
+
+
 def prune_state(source: dict[str, torch.Tensor], schedule: Schedule,
                 after_step: StepHook | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Prune a copy of ``source``; return (permanent state_dict, manifest entry)."""
@@ -96,7 +106,7 @@ def prune_state(source: dict[str, torch.Tensor], schedule: Schedule,
     model.load_state_dict(source)
     layer_names = [n for n, _ in prunable_modules(model)]
     by_mask = apply_schedule(model, schedule, after_step)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: canonical_zeros(v.detach().clone()) for k, v in model.state_dict().items()}
     by_tensor = tensor_sparsity(state, layer_names)
     entry = {
         "method": schedule.method,

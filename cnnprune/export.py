@@ -1,0 +1,195 @@
+"""Export the unpruned model and the six pruned checkpoints to dense, ONNX and CSR forms.
+
+For each ``NAME`` (``unpruned`` and the six of the manifest), in ``--out``:
+
+- ``NAME.pth``: permanent dense state_dict (fp32) that plain torchvision loads;
+- ``NAME.onnx``: dense ONNX graph (legacy TorchScript exporter, opset 17, dynamic batch),
+  checked with ``onnx.checker`` and compared with PyTorch in onnxruntime;
+- ``NAME.csr.pt`` with ``--sparse``: the lossless compact sparse form (see ``cnnprune.csr``),
+  checked to decode bit for bit.
+
+Sizes (bytes) and the checks' results go into ``export.json``; files still matching the
+recorded checksums are not redone unless ``--fresh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnprune import csr
+from cnnprune.errors import CnnpruneError, add_debug_flag, run_cli
+from cnnprune.fileio import save_torch, sha256_file, write_bytes, write_json
+from cnnprune.model import build_model, check_state_dict, load_state_dict
+from cnnprune.schedules import CHECKPOINT_NAMES
+
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    src: str = "artifacts"
+    out: str = "artifacts"
+    sparse: bool = False
+    onnx: bool = True
+    fresh: bool = False
+
+
+def onnx_bytes(model: torch.nn.Module) -> bytes:
+    """Serialise ``model`` (eval mode) to ONNX with a dynamic batch axis."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def check_onnx(path: Path, model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """``onnx.checker`` + onnxruntime vs PyTorch; returns the max |logit difference|."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(onnx.load(str(path)))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": inputs.numpy()})[0]
+    with torch.no_grad():
+        want = model(inputs).numpy()
+    diff = float(np.abs(got - want).max())
+    if diff > ONNX_TOLERANCE:
+        raise CnnpruneError(f"{path}: onnxruntime differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
+    return diff
+
+
+def source_names(src: Path) -> dict[str, Path]:
+    """Checkpoints to export: the manifest's source as ``unpruned`` and the six pruned ones."""
+    manifest_path = src / "manifest.json"
+    if not manifest_path.is_file():
+        raise CnnpruneError(f"--in {src} has no manifest.json; run `python -m cnnprune.prune --out {src}` first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CnnpruneError(f"{manifest_path} is not valid JSON; rerun `python -m cnnprune.prune --fresh`") from None
+    names = {"unpruned": Path(manifest["source"])}
+    for name in CHECKPOINT_NAMES:
+        if name not in manifest.get("checkpoints", {}):
+            raise CnnpruneError(f"{manifest_path} lists no {name}; rerun `python -m cnnprune.prune`")
+        names[name] = src / f"{name}.pth"
+    return names
+
+
+def _current(entry: dict | None, out: Path, source_sha: str, keys: Sequence[str]) -> bool:
+    if not entry or entry.get("source_sha256") != source_sha:
+        return False
+    for key in keys:
+        f = entry.get("files", {}).get(key)
+        if not f or not (out / f["file"]).is_file() or sha256_file(out / f["file"]) != f["sha256"]:
+            return False
+    return True
+
+
+def export_one(name: str, source: Path, config: ExportConfig, inputs: torch.Tensor) -> dict:
+    """Export one checkpoint to the configured forms and verify each; return its export entry."""
+    out = Path(config.out)
+    state = load_state_dict(source)
+    model = build_model()
+    check_state_dict(model, state, str(source))
+    model.load_state_dict(state)
+    entry: dict = {"source": str(source), "source_sha256": sha256_file(source), "files": {}}
+    dense_path = out / f"{name}.pth"
+    if dense_path.resolve() != source.resolve():
+        save_torch(state, dense_path)
+    entry["files"]["dense"] = {"file": dense_path.name, "bytes": dense_path.stat().st_size,
+                               "sha256": sha256_file(dense_path)}
+    if config.onnx:
+        onnx_path = out / f"{name}.onnx"
+        write_bytes(onnx_path, onnx_bytes(model))
+        entry["onnx_max_abs_diff"] = check_onnx(onnx_path, model, inputs)
+        entry["files"]["onnx"] = {"file": onnx_path.name, "bytes": onnx_path.stat().st_size,
+                                  "sha256": sha256_file(onnx_path), "opset": ONNX_OPSET}
+    if config.sparse:
+        csr_path = out / f"{name}.csr.pt"
+        csr.save(state, csr_path)
+        decoded = csr.load_state(csr_path)
+        exact = all(torch.equal(decoded[k].view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8))
+                    for k, v in state.items() if v.is_floating_point())
+        if not exact or decoded.keys() != state.keys():
+            raise CnnpruneError(f"{csr_path} does not decode to {source} bit for bit; this is a cnnprune bug")
+        entry["files"]["csr"] = {"file": csr_path.name, "bytes": csr_path.stat().st_size,
+                                 "sha256": sha256_file(csr_path), "layouts": csr.layout_summary(csr_path),
+                                 "bit_exact": True}
+        entry["csr_over_dense"] = entry["files"]["csr"]["bytes"] / entry["files"]["dense"]["bytes"]
+    return entry
+
+
+def run_export(config: ExportConfig, progress: bool = True) -> dict:
+    """Export every checkpoint of ``config.src``; writes and returns ``export.json``."""
+    from rich.progress import Progress
+
+    src, out = Path(config.src), Path(config.out)
+    names = source_names(src)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "export.json"
+    old = {}
+    if record_path.is_file() and not config.fresh:
+        try:
+            old = json.loads(record_path.read_text()).get("models", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            old = {}
+    keys = ["dense"] + (["onnx"] if config.onnx else []) + (["csr"] if config.sparse else [])
+    torch.manual_seed(0)
+    inputs = torch.randn(4, 3, 32, 32)
+    record = {"torch": torch.__version__, "onnx_opset": ONNX_OPSET, "models": {}}
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("exporting", total=len(names))
+        for name, source in names.items():
+            bar.update(task, description=f"exporting {name}")
+            if not source.is_file():
+                raise CnnpruneError(f"checkpoint {source} is missing; rerun `python -m cnnprune.prune`")
+            entry = old.get(name)
+            if not _current(entry, out, sha256_file(source), keys):
+                entry = export_one(name, source, config, inputs)
+            record["models"][name] = entry
+            write_json(record_path, record)
+            bar.advance(task)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(prog="python -m cnnprune.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--sparse", action="store_true", help="also write NAME.csr.pt (compact lossless CSR)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    parser.add_argument("--in", dest="src", default="artifacts", help="folder with manifest.json (default artifacts/)")
+    parser.add_argument("--out", default=None, help="output folder (default: same as --in)")
+    parser.add_argument("--fresh", action="store_true", help="redo every export")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    config = ExportConfig(args.src, args.out or args.src, args.sparse, not args.no_onnx, args.fresh)
+    record = run_export(config)
+    table = Table(title=f"exports in {config.out}")
+    for col in ("model", "dense bytes", "onnx bytes", "csr bytes", "csr / dense"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, e in record["models"].items():
+        f = e["files"]
+        table.add_row(name, f"{f['dense']['bytes']:,}", f"{f['onnx']['bytes']:,}" if "onnx" in f else "-",
+                      f"{f['csr']['bytes']:,}" if "csr" in f else "-",
+                      f"{e['csr_over_dense']:.1%}" if "csr_over_dense" in e else "-")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
