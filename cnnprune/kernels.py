@@ -1,0 +1,98 @@
+"""Build and load the C kernels of the sparse CPU path (``csrc/sparse_conv.c``).
+
+The source is compiled once per machine with the system C compiler (``gcc -O3
+-march=native -fopenmp``, about a second) into a cache folder (``$CNNPRUNE_CACHE`` or
+``~/.cache/cnnprune``), named by a hash of the source, flags and CPU so that a copy never runs
+on a machine it was not built for. The library is written to a temporary name and renamed,
+so concurrent first uses are safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from cnnprune.errors import CnnpruneError
+
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_i32p = ctypes.POINTER(ctypes.c_int32)
+_SIGNATURES = {
+    "sparse_conv": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
+    "maxpool3s2": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int],
+    "phase_split": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int],
+    "avgpool": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
+    "pack_input": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CNNPRUNE_CACHE", Path.home() / ".cache" / "cnnprune"))
+
+
+def _cpu_tag() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    """The compiled kernel library (built on first use); one-line error if it cannot be built."""
+    source = Path(str(resources.files("cnnprune") / "csrc" / "sparse_conv.c"))
+    code = source.read_bytes()
+    cc = compiler()
+    if cc is None:
+        raise CnnpruneError("the sparse CPU engine needs a C compiler with OpenMP (gcc); "
+                            "install one (apt-get install gcc) or use a dense engine")
+    key = hashlib.sha256(code + " ".join(CFLAGS).encode() + _cpu_tag().encode()).hexdigest()[:16]
+    target = cache_dir() / f"sparse_conv-{key}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            result = subprocess.run([cc, *CFLAGS, str(source), "-o", tmp], capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = result.stderr.strip().splitlines() or ["no output"]
+                first = next((l for l in lines if "error" in l), lines[0])
+                raise CnnpruneError(f"compiling {source} with {cc} failed: {first[:200]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = None
+    return lib
+
+
+def ptr(array: np.ndarray | None) -> int | None:
+    """Address of a C-contiguous array's data (None stays NULL)."""
+    if array is None:
+        return None
+    assert array.flags.c_contiguous
+    return array.ctypes.data

@@ -1,0 +1,359 @@
+"""Sparse inference for the pruned ResNet18: ``cnnprune.sparse.load(path) -> nn.Module``.
+
+Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
+
+- ``native`` (CPU, the fast path): BatchNorm folded into the convolutions, every
+  convolution a sparse *direct* convolution in C (``csrc/sparse_conv.c``) over activations
+  in a padded (C, H+2, W+2, N) layout: each nonzero weight is one vectorised multiply-add over
+  a contiguous run of an input row, with no im2col (the spatially-vectorised sparse × dense
+  scheme of XNNPACK's "Fast Sparse ConvNets"); stride-2 convolutions read 4 phase planes.
+  Per layer and per batch size it times the sparse kernel against PyTorch's dense
+  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``), so a
+  lightly pruned layer never runs slower than dense. Threads: ``threads`` (default: torch's).
+- ``torch-csr``: the naive reference, ``torch.sparse`` CSR × unfolded input (cuSPARSE on
+  CUDA), for the comparison and for GPUs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnprune import csr
+from cnnprune.errors import CnnpruneError
+from cnnprune.model import build_model, check_state_dict, load_state_dict
+
+BN_EPS = 1e-5
+ENGINES = ("native", "torch-csr")
+
+
+@dataclass
+class FoldedConv:
+    """A convolution with its BatchNorm folded in: y = conv(x, weight) + bias."""
+
+    name: str
+    weight: torch.Tensor  # (Cout, Cin, k, k) float32
+    bias: torch.Tensor  # (Cout,)
+    stride: int
+    padding: int
+
+    @property
+    def density(self) -> float:
+        return float((self.weight != 0).float().mean())
+
+
+def fold_bn(state: dict[str, torch.Tensor], conv: str, bn: str, stride: int, padding: int) -> FoldedConv:
+    """w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε): exact zeros stay zeros, so sparsity is kept."""
+    scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + BN_EPS)
+    weight = state[f"{conv}.weight"] * scale.view(-1, 1, 1, 1)
+    bias = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
+    return FoldedConv(conv, weight.contiguous(), bias.contiguous(), stride, padding)
+
+
+@dataclass
+class Block:
+    conv1: FoldedConv
+    conv2: FoldedConv
+    downsample: FoldedConv | None
+
+
+@dataclass
+class FoldedResNet:
+    """The CIFAR ResNet18 as a list of folded convolutions: what both engines execute."""
+
+    stem: FoldedConv
+    blocks: list[Block]
+    fc_weight: torch.Tensor
+    fc_bias: torch.Tensor
+
+    def convs(self) -> list[FoldedConv]:
+        out = [self.stem]
+        for b in self.blocks:
+            out += [b.conv1, b.conv2] + ([b.downsample] if b.downsample else [])
+        return out
+
+
+def fold_resnet(state: dict[str, torch.Tensor]) -> FoldedResNet:
+    blocks = []
+    for layer in range(1, 5):
+        for index in range(2):
+            p = f"layer{layer}.{index}"
+            stride = 2 if layer > 1 and index == 0 else 1
+            ds = fold_bn(state, f"{p}.downsample.0", f"{p}.downsample.1", stride, 0) \
+                if f"{p}.downsample.0.weight" in state else None
+            blocks.append(Block(fold_bn(state, f"{p}.conv1", f"{p}.bn1", stride, 1),
+                                fold_bn(state, f"{p}.conv2", f"{p}.bn2", 1, 1), ds))
+    return FoldedResNet(fold_bn(state, "conv1", "bn1", 1, 1), blocks,
+                        state["fc.weight"].contiguous(), state["fc.bias"].contiguous())
+
+
+# ------------------------------------------------------------------ native CPU engine
+
+
+@dataclass
+class _ConvPlan:
+    conv: FoldedConv
+    hin: int
+    win: int
+    ho: int
+    wo: int
+    use_sparse: bool = True
+    crow: np.ndarray | None = None
+    off: np.ndarray | None = None
+    val: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    sparse_ms: float = float("nan")
+    dense_ms: float = float("nan")
+
+
+def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR rows (out channels) of the folded weight with each nonzero's input offset (floats)."""
+    w = conv.weight.numpy()
+    cout, cin, kh, kw = w.shape
+    co, ci, ky, kx = np.nonzero(w)
+    crow = np.zeros(cout + 1, dtype=np.int32)
+    crow[1:] = np.cumsum(np.bincount(co, minlength=cout))
+    oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
+    if conv.stride == 1:
+        row = (win + 2) * n
+        off = ci.astype(np.int64) * (hin + 2) * row + oy * row + ox * n
+    else:
+        hh, wh = (hin + 2) // 2, (win + 2) // 2
+        row = wh * n
+        plane = ((oy % 2) * 2 + (ox % 2)) * cin + ci
+        off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
+    if off.size and off.max() >= 2**31:
+        raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
+    return crow, off.astype(np.int32), np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
+
+
+def _padded(c: int, h: int, w: int, n: int) -> np.ndarray:
+    return np.zeros((c, h + 2, w + 2, n), dtype=np.float32)
+
+
+def _to_nchw(buf: np.ndarray) -> torch.Tensor:
+    """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW tensor (a copy)."""
+    return torch.from_numpy(buf[:, 1:-1, 1:-1, :]).permute(3, 0, 1, 2).contiguous()
+
+
+def _from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
+    buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
+
+
+class NativeSparseResNet(nn.Module):
+    """The folded network executed by the C kernels; see the module docstring."""
+
+    def __init__(self, net: FoldedResNet, threads: int | None = None, calibrate: bool = True) -> None:
+        super().__init__()
+        from cnnprune.kernels import library
+
+        self.lib = library()
+        self.net = net
+        self.threads = threads or torch.get_num_threads()
+        self.calibrate = calibrate
+        self._plans: dict[int, dict] = {}
+        self.eval()
+
+    # -- planning
+    def _plan(self, n: int) -> dict:
+        if n in self._plans:
+            return self._plans[n]
+        plans: dict[str, _ConvPlan] = {}
+
+        def add(conv: FoldedConv, hin: int, win: int) -> tuple[int, int]:
+            ho, wo = (hin + 2 * conv.padding - conv.weight.shape[2]) // conv.stride + 1, \
+                     (win + 2 * conv.padding - conv.weight.shape[3]) // conv.stride + 1
+            p = _ConvPlan(conv, hin, win, ho, wo)
+            p.crow, p.off, p.val = _sparse_operands(conv, hin, win, n)
+            p.bias = conv.bias.numpy().astype(np.float32)
+            plans[conv.name] = p
+            return ho, wo
+
+        h, w = add(self.net.stem, 32, 32)
+        h, w = h // 2, w // 2
+        for b in self.net.blocks:
+            if b.downsample is not None:
+                add(b.downsample, h, w)
+            h2, w2 = add(b.conv1, h, w)
+            add(b.conv2, h2, w2)
+            h, w = h2, w2
+        plan = {"convs": plans, "final_hw": (h, w)}
+        self._plans[n] = plan
+        if self.calibrate:
+            self._choose_layers(n, plan)
+        return plan
+
+    def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
+        """Time sparse vs dense (oneDNN, incl. layout conversion) per layer; keep the faster."""
+        torch.manual_seed(0)
+        for p in plan["convs"].values():
+            cin = p.conv.weight.shape[1]
+            src = _padded(cin, p.hin, p.win, n)
+            src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
+            dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n)
+            phase = np.empty((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n), dtype=np.float32) \
+                if p.conv.stride == 2 else None
+            p.sparse_ms = _best_ms(lambda: self._conv(p, src, dst, None, True, phase, force="sparse"), repeats)
+            p.dense_ms = _best_ms(lambda: self._conv(p, src, dst, None, True, phase, force="dense"), repeats)
+            p.use_sparse = p.sparse_ms <= p.dense_ms
+
+    def layer_choice(self, batch_size: int) -> dict[str, dict]:
+        """Per layer: engine chosen, density and the calibration timings (ms) at this batch size."""
+        plan = self._plan(batch_size)
+        return {name: {"engine": "sparse" if p.use_sparse else "dense", "density": p.conv.density,
+                       "sparse_ms": p.sparse_ms, "dense_ms": p.dense_ms}
+                for name, p in plan["convs"].items()}
+
+    # -- execution
+    def _conv(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
+              phase: np.ndarray | None, force: str | None = None) -> None:
+        n = src.shape[3]
+        use_sparse = p.use_sparse if force is None else force == "sparse"
+        if not use_sparse:
+            x = _to_nchw(src)
+            y = F.conv2d(x, p.conv.weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
+            if res is not None:
+                y += _to_nchw(res)
+            if relu:
+                y.relu_()
+            _from_nchw(y, dst)
+            return
+        if p.conv.stride == 2:
+            self.lib.phase_split(src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n,
+                                 phase.ctypes.data, self.threads)
+            base, row = phase, phase.shape[2] * n
+        else:
+            base, row = src, src.shape[2] * n
+        self.lib.sparse_conv(base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0],
+                             p.crow.ctypes.data, p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data,
+                             dst.ctypes.data, None if res is None else res.ctypes.data, int(relu), self.threads)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise CnnpruneError(f"input must be (N, 3, 32, 32), got {tuple(x.shape)}")
+        if x.device.type != "cpu":
+            raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' on CUDA")
+        n = x.shape[0]
+        plan = self._plan(n)
+        convs = plan["convs"]
+        lib, t = self.lib, self.threads
+        inp = _padded(3, 32, 32, n)
+        xc = np.ascontiguousarray(x.detach().float().numpy())
+        lib.pack_input(xc.ctypes.data, n, 3, 32, 32, inp.ctypes.data)
+        stem = convs[self.net.stem.name]
+        a = _padded(64, 32, 32, n)
+        self._conv(stem, inp, a, None, True, None)
+        cur = _padded(64, 16, 16, n)
+        lib.maxpool3s2(a.ctypes.data, 64, 32, 32, n, cur.ctypes.data, t)
+        for b in self.net.blocks:
+            p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
+            cin, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0]
+            phase = None
+            if b.conv1.stride == 2:
+                phase = np.empty((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n), dtype=np.float32)
+            mid = _padded(cout, p1.ho, p1.wo, n)
+            self._conv(p1, cur, mid, None, True, phase)
+            if b.downsample is not None:
+                pd = convs[b.downsample.name]
+                identity = _padded(cout, pd.ho, pd.wo, n)
+                self._conv(pd, cur, identity, None, False, phase)
+            else:
+                identity = cur
+            out = _padded(cout, p2.ho, p2.wo, n)
+            self._conv(p2, mid, out, identity, True, None)
+            cur = out
+        h, w = plan["final_hw"]
+        pooled = np.empty((n, cur.shape[0]), dtype=np.float32)
+        lib.avgpool(cur.ctypes.data, cur.shape[0], h, w, n, pooled.ctypes.data)
+        return torch.from_numpy(pooled) @ self.net.fc_weight.t() + self.net.fc_bias
+
+
+def _best_ms(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+# ------------------------------------------------------------------ torch.sparse reference
+
+
+class TorchCSRResNet(nn.Module):
+    """Naive sparse reference: each folded conv as ``torch.sparse`` CSR × unfolded input.
+
+    On CUDA the product runs in cuSPARSE. Kept simple on purpose: it is what "just use
+    torch.sparse" gives, the baseline the native engine is measured against.
+    """
+
+    def __init__(self, net: FoldedResNet, device: str = "cpu") -> None:
+        super().__init__()
+        self.net = net
+        self.device_name = device
+        self.mats = {c.name: c.weight.reshape(c.weight.shape[0], -1).to_sparse_csr().to(device)
+                     for c in net.convs()}
+        self.biases = {c.name: c.bias.to(device) for c in net.convs()}
+        self.fc_w = net.fc_weight.to(device)
+        self.fc_b = net.fc_bias.to(device)
+        self.eval()
+
+    def _conv(self, c: FoldedConv, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        k = c.weight.shape[2]
+        cols = F.unfold(x, k, padding=c.padding, stride=c.stride)  # (N, K, L)
+        ho, wo = (h + 2 * c.padding - k) // c.stride + 1, (w + 2 * c.padding - k) // c.stride + 1
+        k_dim, l_dim = cols.shape[1], cols.shape[2]
+        dense = cols.permute(1, 0, 2).reshape(k_dim, n * l_dim)
+        y = torch.sparse.mm(self.mats[c.name], dense) + self.biases[c.name][:, None]
+        return y.reshape(-1, n, ho, wo).permute(1, 0, 2, 3)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device_name)
+        x = self._conv(self.net.stem, x).relu()
+        x = F.max_pool2d(x, 3, 2, 1)
+        for b in self.net.blocks:
+            identity = self._conv(b.downsample, x) if b.downsample is not None else x
+            y = self._conv(b.conv1, x).relu()
+            x = (self._conv(b.conv2, y) + identity).relu()
+        x = x.mean((2, 3))
+        return x @ self.fc_w.t() + self.fc_b
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint."""
+    path = Path(path)
+    state = csr.load_state(path) if path.name.endswith(".csr.pt") else load_state_dict(path)
+    check_state_dict(build_model(), state, str(path))
+    return state
+
+
+def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
+         calibrate: bool = True) -> nn.Module:
+    """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
+
+    ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice) or ``torch-csr``
+    (``torch.sparse``; CPU or CUDA). ``threads``: CPU threads for the native kernels.
+    """
+    if engine not in ENGINES:
+        raise CnnpruneError(f"engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CnnpruneError(f"device {device}: no CUDA GPU is available here; use device='cpu'")
+    net = fold_resnet(read_state(path))
+    if engine == "native":
+        if device != "cpu":
+            raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
+        return NativeSparseResNet(net, threads, calibrate)
+    return TorchCSRResNet(net, device)
