@@ -158,6 +158,7 @@ class NativeSparseResNet(nn.Module):
         self.threads = threads or torch.get_num_threads()
         self.calibrate = calibrate
         self._plans: dict[int, dict] = {}
+        self._keep: list = []
         self.eval()
 
     # -- planning
@@ -234,24 +235,21 @@ class NativeSparseResNet(nn.Module):
                              p.crow.ctypes.data, p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data,
                              dst.ctypes.data, None if res is None else res.ctypes.data, int(relu), self.threads)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise CnnpruneError(f"input must be (N, 3, 32, 32), got {tuple(x.shape)}")
-        if x.device.type != "cpu":
-            raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' on CUDA")
-        n = x.shape[0]
+    def _program(self, n: int) -> dict:
+        """Buffers (zero borders, allocated once per batch size) and the step list of a forward."""
         plan = self._plan(n)
+        if "steps" in plan:
+            return plan
         convs = plan["convs"]
         lib, t = self.lib, self.threads
         inp = _padded(3, 32, 32, n)
-        xc = np.ascontiguousarray(x.detach().float().numpy())
-        lib.pack_input(xc.ctypes.data, n, 3, 32, 32, inp.ctypes.data)
+        xbuf = np.empty((n, 3, 32, 32), dtype=np.float32)
+        steps: list = [lambda: lib.pack_input(xbuf.ctypes.data, n, 3, 32, 32, inp.ctypes.data)]
         stem = convs[self.net.stem.name]
         a = _padded(64, 32, 32, n)
-        self._conv(stem, inp, a, None, True, None)
+        steps.append(self._conv_step(stem, inp, a, None, True, None))
         cur = _padded(64, 16, 16, n)
-        lib.maxpool3s2(a.ctypes.data, 64, 32, 32, n, cur.ctypes.data, t)
+        steps.append(lambda a=a, cur=cur: lib.maxpool3s2(a.ctypes.data, 64, 32, 32, n, cur.ctypes.data, t))
         for b in self.net.blocks:
             p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
             cin, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0]
@@ -259,20 +257,51 @@ class NativeSparseResNet(nn.Module):
             if b.conv1.stride == 2:
                 phase = np.empty((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n), dtype=np.float32)
             mid = _padded(cout, p1.ho, p1.wo, n)
-            self._conv(p1, cur, mid, None, True, phase)
+            steps.append(self._conv_step(p1, cur, mid, None, True, phase))
+            identity = cur
             if b.downsample is not None:
                 pd = convs[b.downsample.name]
                 identity = _padded(cout, pd.ho, pd.wo, n)
-                self._conv(pd, cur, identity, None, False, phase)
-            else:
-                identity = cur
+                # the phase planes of ``cur`` were just made by conv1: reuse them
+                steps.append(self._conv_step(pd, cur, identity, None, False, phase, split=not p1.use_sparse))
             out = _padded(cout, p2.ho, p2.wo, n)
-            self._conv(p2, mid, out, identity, True, None)
+            steps.append(self._conv_step(p2, mid, out, identity, True, None))
             cur = out
         h, w = plan["final_hw"]
         pooled = np.empty((n, cur.shape[0]), dtype=np.float32)
-        lib.avgpool(cur.ctypes.data, cur.shape[0], h, w, n, pooled.ctypes.data)
-        return torch.from_numpy(pooled) @ self.net.fc_weight.t() + self.net.fc_bias
+        steps.append(lambda cur=cur: lib.avgpool(cur.ctypes.data, cur.shape[0], h, w, n, pooled.ctypes.data))
+        self._keep.extend([inp, a, cur, xbuf, pooled])
+        plan.update(steps=steps, xbuf=xbuf, pooled=pooled)
+        return plan
+
+    def _conv_step(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
+                   phase: np.ndarray | None, split: bool = True):
+        if not p.use_sparse:
+            return lambda: self._conv(p, src, dst, res, relu, phase, force="dense")
+        lib, n, t = self.lib, src.shape[3], self.threads
+        self._keep.extend([src, dst, res, phase])  # the steps hold raw addresses only
+        args_split = (src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n,
+                      phase.ctypes.data if phase is not None else None, t)
+        base, row = (phase, phase.shape[2] * n) if p.conv.stride == 2 else (src, src.shape[2] * n)
+        args = (base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.crow.ctypes.data,
+                p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data, dst.ctypes.data,
+                None if res is None else res.ctypes.data, int(relu), t)
+        if p.conv.stride == 2 and split:
+            return lambda: (lib.phase_split(*args_split), lib.sparse_conv(*args))
+        return lambda: lib.sparse_conv(*args)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 10) for input (N, 3, 32, 32). Not re-entrant: buffers are reused per batch size."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise CnnpruneError(f"input must be (N, 3, 32, 32), got {tuple(x.shape)}")
+        if x.device.type != "cpu":
+            raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' on CUDA")
+        prog = self._program(x.shape[0])
+        prog["xbuf"][...] = x.detach().float().numpy()
+        for step in prog["steps"]:
+            step()
+        return torch.from_numpy(prog["pooled"]) @ self.net.fc_weight.t() + self.net.fc_bias
 
 
 def _best_ms(fn, repeats: int) -> float:

@@ -11,98 +11,101 @@
 #include <string.h>
 #include <omp.h>
 
-/* Accumulators are GCC vector values (never arrays), so they stay in registers:
- * tile_V_K covers K vectors of V floats and walks the row's nonzeros once. */
+/* Accumulators are GCC vector values held in small fixed-size arrays whose loops are fully
+ * unrolled, so they live in registers. A tile covers R output rows x NV vectors of V floats
+ * of one output channel: every nonzero's index and value are loaded once and feed R*NV
+ * independent multiply-adds (enough chains to hide the FMA latency even at batch 1). */
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
 typedef float v2 __attribute__((vector_size(8), aligned(4)));
+typedef float v1 __attribute__((vector_size(4), aligned(4)));
 typedef int32_t i_v16 __attribute__((vector_size(64)));
 typedef int32_t i_v8 __attribute__((vector_size(32)));
 typedef int32_t i_v4 __attribute__((vector_size(16)));
 typedef int32_t i_v2 __attribute__((vector_size(8)));
+typedef int32_t i_v1 __attribute__((vector_size(4)));
 
-#define EPILOGUE(VT, V, a, k)                                                   \
-    do {                                                                        \
-        if (res) a += *(const VT *)(res + (k) * (V));                           \
-        if (relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                \
-        *(VT *)(out + (k) * (V)) = a;                                           \
-    } while (0)
-
-#define DEFINE_TILE4(VT, V)                                                                   \
-static inline void tile4_##VT(const float *restrict base, const int32_t *restrict off,       \
-                              const float *restrict val, int j0, int j1, float b,             \
-                              float *restrict out, const float *restrict res, int relu) {     \
-    VT a0 = (VT){0} + b, a1 = a0, a2 = a0, a3 = a0;                                           \
-    for (int j = j0; j < j1; j++) {                                                           \
-        const float w = val[j];                                                               \
-        const float *restrict s = base + off[j];                                              \
-        a0 += w * *(const VT *)(s);                                                           \
-        a1 += w * *(const VT *)(s + (V));                                                     \
-        a2 += w * *(const VT *)(s + 2 * (V));                                                 \
-        a3 += w * *(const VT *)(s + 3 * (V));                                                 \
-    }                                                                                         \
-    EPILOGUE(VT, V, a0, 0); EPILOGUE(VT, V, a1, 1); EPILOGUE(VT, V, a2, 2); EPILOGUE(VT, V, a3, 3); \
-}                                                                                             \
-static inline void tile1_##VT(const float *restrict base, const int32_t *restrict off,       \
-                              const float *restrict val, int j0, int j1, float b,             \
-                              float *restrict out, const float *restrict res, int relu) {     \
-    VT a0 = (VT){0} + b, a1 = (VT){0};                                                        \
-    int j = j0;                                                                               \
-    for (; j + 1 < j1; j += 2) {                                                              \
-        a0 += val[j] * *(const VT *)(base + off[j]);                                          \
-        a1 += val[j + 1] * *(const VT *)(base + off[j + 1]);                                  \
-    }                                                                                         \
-    if (j < j1) a0 += val[j] * *(const VT *)(base + off[j]);                                  \
-    a0 += a1;                                                                                 \
-    EPILOGUE(VT, V, a0, 0);                                                                   \
+#define DEFINE_TILE(R, NV, VT, V)                                                              \
+static void tile_##R##_##NV##_##VT(const float *restrict base, int64_t srow,                  \
+        const int32_t *restrict off, const float *restrict val, int j0, int j1, float b,       \
+        float *restrict out, int64_t drow, const float *restrict res, int relu) {              \
+    VT acc[R][NV];                                                                             \
+    _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) acc[r][v] = (VT){0} + b;         \
+    for (int j = j0; j < j1; j++) {                                                            \
+        const float w = val[j];                                                                \
+        const float *restrict s = base + off[j];                                               \
+        _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                   \
+            _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                              \
+                acc[r][v] += w * *(const VT *)(s + r * srow + v * (V));                        \
+    }                                                                                          \
+    _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
+            VT a = acc[r][v];                                                                  \
+            if (res) a += *(const VT *)(res + r * drow + v * (V));                             \
+            if (relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                           \
+            *(VT *)(out + r * drow + v * (V)) = a;                                             \
+        }                                                                                      \
 }
 
-DEFINE_TILE4(v16, 16)
-DEFINE_TILE4(v8, 8)
-DEFINE_TILE4(v4, 4)
-DEFINE_TILE4(v2, 2)
+#define DEFINE_ROWS(R)                 \
+    DEFINE_TILE(R, 4, v16, 16)         \
+    DEFINE_TILE(R, 2, v16, 16)         \
+    DEFINE_TILE(R, 1, v16, 16)         \
+    DEFINE_TILE(R, 1, v8, 8)           \
+    DEFINE_TILE(R, 1, v4, 4)           \
+    DEFINE_TILE(R, 1, v2, 2)           \
+    DEFINE_TILE(R, 1, v1, 1)
 
-static inline void tile_scalar(const float *restrict base, const int32_t *restrict off,
-                               const float *restrict val, int j0, int j1, float b,
-                               float *restrict out, const float *restrict res, int relu) {
-    float a = b;
-    for (int j = j0; j < j1; j++) a += val[j] * base[off[j]];
-    if (res) a += res[0];
-    if (relu) a = a > 0.f ? a : 0.f;
-    out[0] = a;
+DEFINE_ROWS(4)
+DEFINE_ROWS(2)
+DEFINE_ROWS(1)
+
+#define RUN_ROWS(R)                                                                             \
+static void run_rows_##R(const float *base, int64_t srow, const int32_t *off, const float *val, \
+                         int j0, int j1, float b, float *out, int64_t drow, const float *res,   \
+                         int relu, int L) {                                                     \
+    int t = 0;                                                                                  \
+    _Pragma("GCC unroll 1")                                                                     \
+    for (; t + 64 <= L; t += 64)                                                                \
+        tile_##R##_4_v16(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); \
+    if (t + 32 <= L) { tile_##R##_2_v16(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 32; } \
+    if (t + 16 <= L) { tile_##R##_1_v16(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 16; } \
+    if (t + 8 <= L) { tile_##R##_1_v8(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 8; } \
+    if (t + 4 <= L) { tile_##R##_1_v4(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 4; } \
+    if (t + 2 <= L) { tile_##R##_1_v2(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 2; } \
+    if (t < L) tile_##R##_1_v1(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); \
 }
 
-static inline void run_row(const float *base, const int32_t *off, const float *val, int j0, int j1,
-                           float b, float *out, const float *res, int relu, int L) {
-#define STEP(fn, W) { fn(base + t, off, val, j0, j1, b, out + t, res ? res + t : 0, relu); t += (W); }
-    int t = 0;
-    while (t + 64 <= L) STEP(tile4_v16, 64)
-    if (t + 32 <= L) STEP(tile4_v8, 32)
-    if (t + 16 <= L) STEP(tile1_v16, 16)
-    if (t + 8 <= L) STEP(tile1_v8, 8)
-    if (t + 4 <= L) STEP(tile1_v4, 4)
-    if (t + 2 <= L) STEP(tile1_v2, 2)
-    if (t < L) STEP(tile_scalar, 1)
-#undef STEP
-}
+RUN_ROWS(4)
+RUN_ROWS(2)
+RUN_ROWS(1)
 
-/* src: input planes, row stride src_row floats (Ws*N); output row y of channel co reads
- * src + y*src_row*stride_rows... (phase planes make the stride 1 here).
- * dst/res: padded (Cout, Ho+2, Wo+2, N); only interiors are written/read. */
+/* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
+ * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there; crow:
+ * nonzeros of each output channel. dst/res: padded (Cout, Ho+2, Wo+2, N), interiors only.
+ * Rows are blocked by R = 4 when the row is short (batch 1) and by 1 when one row already
+ * fills the register tile (large batch). */
 void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout,
                  const int32_t *crow, const int32_t *off, const float *val, const float *bias,
                  float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
-    /* rows outermost: one input row slab is reused by every output channel while in cache */
+    const int R = L >= 64 ? (Ho % 2 == 0 ? 2 : 1) : (Ho % 4 == 0 ? 4 : (Ho % 2 == 0 ? 2 : 1));
+    const int nblocks = Ho / R;
+    /* row blocks outermost: one input slab is reused by every output channel while in cache */
     #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-    for (int y = 0; y < Ho; y++) {
+    for (int yb = 0; yb < nblocks; yb++) {
         for (int co = 0; co < Cout; co++) {
+            const int y = yb * R;
             const int64_t o = co * dplane + (y + 1) * drow + N;
-            run_row(src + y * src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o,
-                    res ? res + o : 0, relu, L);
+            const float *base = src + y * src_row;
+            const float *r = res ? res + o : 0;
+            if (R == 4) run_rows_4(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
+            else if (R == 2) run_rows_2(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
+            else run_rows_1(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
         }
     }
 }
