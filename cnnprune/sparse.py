@@ -8,8 +8,10 @@ Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
   a contiguous run of an input row, with no im2col (the spatially-vectorised sparse × dense
   scheme of XNNPACK's "Fast Sparse ConvNets"); stride-2 convolutions read 4 phase planes.
   Per layer and per batch size it times the sparse kernel against PyTorch's dense
-  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``), so a
-  lightly pruned layer never runs slower than dense. Threads: ``threads`` (default: torch's).
+  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``); if
+  the whole sparse network still loses to dense onnxruntime at that batch size (lightly pruned
+  models), it runs onnxruntime instead (``engine_for``), so it is never slower than dense.
+  Threads: ``threads`` (default: torch's), used by the kernels and the fallback alike.
 - ``torch-csr``: the naive reference, ``torch.sparse`` CSR × unfolded input (cuSPARSE on
   CUDA), for the comparison and for GPUs.
 """
@@ -149,12 +151,15 @@ def _from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
 class NativeSparseResNet(nn.Module):
     """The folded network executed by the C kernels; see the module docstring."""
 
-    def __init__(self, net: FoldedResNet, threads: int | None = None, calibrate: bool = True) -> None:
+    def __init__(self, net: FoldedResNet, threads: int | None = None, calibrate: bool = True,
+                 dense_fallback: nn.Module | None = None) -> None:
         super().__init__()
         from cnnprune.kernels import library
 
         self.lib = library()
         self.net = net
+        self._fallback = _ort_session(dense_fallback, threads or torch.get_num_threads()) \
+            if dense_fallback is not None and calibrate else None
         self.threads = threads or torch.get_num_threads()
         self.calibrate = calibrate
         self._plans: dict[int, dict] = {}
@@ -203,6 +208,22 @@ class NativeSparseResNet(nn.Module):
             p.sparse_ms = _best_ms(lambda: self._conv(p, src, dst, None, True, phase, force="sparse"), repeats)
             p.dense_ms = _best_ms(lambda: self._conv(p, src, dst, None, True, phase, force="dense"), repeats)
             p.use_sparse = p.sparse_ms <= p.dense_ms
+
+    def _choose_engine(self, n: int, plan: dict, repeats: int = 5) -> None:
+        """Whole network: keep the sparse program only if it beats dense onnxruntime at this batch."""
+        plan["engine"] = "sparse"
+        if self._fallback is None:
+            return
+        x = torch.randn(n, 3, 32, 32)
+        plan["sparse_ms"] = _best_ms(lambda: self._run_sparse(x), repeats)
+        plan["dense_ms"] = _best_ms(lambda: self._fallback.run(None, {"input": x.numpy()}), repeats)
+        if plan["dense_ms"] < plan["sparse_ms"]:
+            plan["engine"] = "onnxruntime"
+
+    def engine_for(self, batch_size: int) -> dict:
+        """What runs at this batch size ("sparse" or the "onnxruntime" dense fallback) and the timings (ms)."""
+        plan = self._program(batch_size)
+        return {"engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms")}
 
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
         """Per layer: engine chosen, density and the calibration timings (ms) at this batch size."""
@@ -272,6 +293,7 @@ class NativeSparseResNet(nn.Module):
         steps.append(lambda cur=cur: lib.avgpool(cur.ctypes.data, cur.shape[0], h, w, n, pooled.ctypes.data))
         self._keep.extend([inp, a, cur, xbuf, pooled])
         plan.update(steps=steps, xbuf=xbuf, pooled=pooled)
+        self._choose_engine(n, plan)
         return plan
 
     def _conv_step(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
@@ -298,10 +320,28 @@ class NativeSparseResNet(nn.Module):
         if x.device.type != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' on CUDA")
         prog = self._program(x.shape[0])
+        if prog["engine"] == "onnxruntime":
+            return torch.from_numpy(self._fallback.run(None, {"input": x.detach().float().contiguous().numpy()})[0])
+        return self._run_sparse(x)
+
+    def _run_sparse(self, x: torch.Tensor) -> torch.Tensor:
+        prog = self._plans[x.shape[0]]
         prog["xbuf"][...] = x.detach().float().numpy()
         for step in prog["steps"]:
             step()
         return torch.from_numpy(prog["pooled"]) @ self.net.fc_weight.t() + self.net.fc_bias
+
+
+def _ort_session(model: nn.Module, threads: int):
+    """In-memory onnxruntime session of the dense model, same thread count (the fallback)."""
+    import onnxruntime as ort
+
+    from cnnprune.export import onnx_bytes
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes(model), options, providers=["CPUExecutionProvider"])
 
 
 def _best_ms(fn, repeats: int) -> float:
@@ -370,19 +410,28 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
-         calibrate: bool = True) -> nn.Module:
+         calibrate: bool = True, dense_fallback: bool = True) -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
 
     ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice) or ``torch-csr``
     (``torch.sparse``; CPU or CUDA). ``threads``: CPU threads for the native kernels.
+    ``calibrate``: time sparse against dense per layer and per batch size on first use (a few
+    hundred ms per new batch size) and keep the faster; ``dense_fallback``: also compare the
+    whole sparse network with dense onnxruntime and run that where it wins, so the result is
+    never slower than dense. Without calibration every layer runs sparse.
     """
     if engine not in ENGINES:
         raise CnnpruneError(f"engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CnnpruneError(f"device {device}: no CUDA GPU is available here; use device='cpu'")
-    net = fold_resnet(read_state(path))
+    state = read_state(path)
+    net = fold_resnet(state)
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
-        return NativeSparseResNet(net, threads, calibrate)
+        dense = None
+        if dense_fallback:
+            dense = build_model()
+            dense.load_state_dict(state)
+        return NativeSparseResNet(net, threads, calibrate, dense)
     return TorchCSRResNet(net, device)

@@ -1,0 +1,94 @@
+"""pytest-benchmark harness options and fixtures.
+
+``pytest bench --benchmark-autosave`` times every model × engine × batch × device. The
+artifacts folder is made on first use (prune + export of the embedded default model) and
+reused while still valid. Options narrow the matrix (the CI smoke run uses them).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnprune.schedules import CHECKPOINT_NAMES
+
+MODELS = ("unpruned", *CHECKPOINT_NAMES)
+ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("cnnprune")
+    g.addoption("--bench-artifacts", default="artifacts", help="folder with the exports (made if missing)")
+    g.addoption("--bench-checkpoint", default=None, help="unpruned checkpoint to prune if artifacts are missing")
+    g.addoption("--bench-threads", type=int, default=None, help="CPU threads for every engine (default: torch's)")
+    g.addoption("--bench-batches", default="1,32", help="comma-separated batch sizes")
+    g.addoption("--bench-models", default=",".join(MODELS), help="comma-separated models")
+    g.addoption("--bench-engines", default=",".join(ENGINES), help="comma-separated engines")
+    g.addoption("--bench-devices", default="cpu,cuda", help="comma-separated devices")
+    g.addoption("--bench-rounds", type=int, default=None, help="timed rounds per case (default 50 at batch 1, 10 above)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    opt = metafunc.config.getoption
+    if "model_name" in metafunc.fixturenames:
+        metafunc.parametrize("model_name", _csv(opt("--bench-models")))
+    if "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", _csv(opt("--bench-engines")))
+    if "batch" in metafunc.fixturenames:
+        metafunc.parametrize("batch", [int(b) for b in _csv(opt("--bench-batches"))], ids=lambda b: f"b{b}")
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", _csv(opt("--bench-devices")))
+
+
+@pytest.fixture(scope="session")
+def threads(pytestconfig: pytest.Config) -> int:
+    n = pytestconfig.getoption("--bench-threads") or torch.get_num_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+@pytest.fixture(scope="session")
+def artifacts(pytestconfig: pytest.Config) -> Path:
+    """The exports, made (prune + export --sparse) if missing or stale."""
+    from cnnprune.export import ExportConfig, run_export
+    from cnnprune.prune import PruneConfig, run_pruning
+
+    import json
+
+    folder = Path(pytestconfig.getoption("--bench-artifacts"))
+    checkpoint = pytestconfig.getoption("--bench-checkpoint")
+    manifest = folder / "manifest.json"
+    if checkpoint is None and manifest.is_file():
+        checkpoint = json.loads(manifest.read_text()).get("source")
+    run_pruning(PruneConfig(checkpoint=checkpoint, out=str(folder)), progress=False)
+    run_export(ExportConfig(src=str(folder), out=str(folder), sparse=True), progress=False)
+    return folder
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    import numpy
+    import onnxruntime
+
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    machine_info["cnnprune"] = {
+        "cpu_model": cpu,
+        "logical_cpus": os.cpu_count(),
+        "threads": config.getoption("--bench-threads") or torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }

@@ -1,0 +1,84 @@
+"""Inference latency: {unpruned + six} × {torch, onnxruntime, sparse, torch-csr} × batch × device.
+
+Every case times one forward pass on a fixed random input after warm-up rounds, with the same
+thread count for every engine. CUDA cases synchronise inside the timed call. ``extra_info``
+carries what the report needs to put the time in context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnprune import sparse
+from cnnprune.measure import counts
+from cnnprune.model import load_state_dict
+
+
+def _load(engine: str, device: str, artifacts: Path, name: str, threads: int):
+    if engine == "torch":
+        from cnnprune.model import load_model
+
+        model = load_model(artifacts / f"{name}.pth").to(device)
+        return model, artifacts / f"{name}.pth"
+    if engine == "onnxruntime":
+        if device != "cpu":
+            pytest.skip("the onnxruntime package installed here has no CUDA provider")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        path = artifacts / f"{name}.onnx"
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return (lambda x: session.run(None, {"input": x.numpy()})[0]), path
+    if engine == "sparse":
+        if device != "cpu":
+            pytest.skip("the native sparse engine is CPU-only; torch-csr covers CUDA")
+        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads), artifacts / f"{name}.csr.pt"
+    if engine == "torch-csr":
+        return sparse.load(artifacts / f"{name}.csr.pt", engine="torch-csr", device=device), artifacts / f"{name}.csr.pt"
+    raise pytest.UsageError(f"unknown engine {engine}")
+
+
+@pytest.fixture(scope="session")
+def model_counts() -> dict:
+    """MAC and parameter counts per model, computed once per session."""
+    return {}
+
+
+def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engine: str, batch: int,
+                 device: str, model_counts: dict, pytestconfig: pytest.Config) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    model, path = _load(engine, device, artifacts, model_name, threads)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if device == "cuda":
+        x = x.to(device)
+
+        def call():
+            with torch.no_grad():
+                model(x)
+            torch.cuda.synchronize()
+    else:
+        def call():
+            with torch.no_grad():
+                model(x)
+    call()  # first call: plans, calibrates, allocates (not timed)
+    if model_name not in model_counts:
+        model_counts[model_name] = counts(load_state_dict(artifacts / f"{model_name}.pth"))
+    c = model_counts[model_name]
+    rounds = pytestconfig.getoption("--bench-rounds") or (50 if batch == 1 else 10)
+    benchmark.group = f"{device} batch {batch}"
+    benchmark.extra_info.update({
+        "model": model_name, "engine": engine, "batch": batch, "device": device, "threads": threads,
+        "sparsity": c["sparsity"], "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
+        "dense_macs_per_image": c["dense_macs"], "nonzero_macs_per_image": c["nonzero_macs"],
+        "flop_limit_speedup": c["flop_limit_speedup"], "file_bytes": path.stat().st_size,
+    })
+    if engine == "sparse":
+        benchmark.extra_info["sparse_engine_used"] = model.engine_for(batch)["engine"]
+        benchmark.extra_info["dense_layers"] = sum(v["engine"] == "dense" for v in model.layer_choice(batch).values())
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)

@@ -1,0 +1,204 @@
+"""What the harness measures besides latency: counts, MACs, memory, accuracy and agreement.
+
+- counts: total and nonzero parameters (conv+linear and all tensors), per layer;
+- MACs: dense and nonzero multiply-accumulates per image (32×32 input), per layer and global;
+  their ratio is the theoretical speedup of unstructured sparsity (as ShrinkBench reports it):
+  the FLOP limit no sparse kernel can beat;
+- memory: peak RSS (bytes) of a fresh process that loads one form and runs inferences, next to
+  the same process's RSS before loading, plus the bytes the weights take in memory;
+- accuracy of every form on the whole test split, and agreement between forms (identical
+  top-1 and max |logit difference| against PyTorch dense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnprune.errors import CnnpruneError, add_debug_flag, positive_int, run_cli
+
+FORMS = ("dense", "onnx", "sparse")
+
+
+def layer_macs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """Per conv/linear layer: dense MACs, nonzero MACs, weights and nonzero weights, per image."""
+    from cnnprune.model import build_model, prunable_modules
+
+    model = build_model()
+    model.load_state_dict(state)
+    spatial: dict[str, int] = {}
+    hooks = []
+    for name, module in prunable_modules(model):
+        def hook(mod, inp, out, name=name):
+            spatial[name] = int(out.shape[2] * out.shape[3]) if out.ndim == 4 else 1
+        hooks.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    out = {}
+    for name, module in prunable_modules(model):
+        w = module.weight
+        nnz = int((w != 0).sum())
+        out[name] = {"weights": w.numel(), "nonzero_weights": nnz,
+                     "dense_macs": w.numel() * spatial[name], "nonzero_macs": nnz * spatial[name]}
+    return out
+
+
+def counts(state: dict[str, torch.Tensor]) -> dict:
+    """Global parameter and MAC counts of a permanent state_dict (parameters = all float tensors
+    except BatchNorm running statistics)."""
+    per_layer = layer_macs(state)
+    params = {k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k}
+    total = sum(v.numel() for v in params.values())
+    nonzero = sum(int((v != 0).sum()) for v in params.values())
+    dense_macs = sum(l["dense_macs"] for l in per_layer.values())
+    nz_macs = sum(l["nonzero_macs"] for l in per_layer.values())
+    conv_total = sum(l["weights"] for l in per_layer.values())
+    conv_nz = sum(l["nonzero_weights"] for l in per_layer.values())
+    return {"params_total": total, "params_nonzero": nonzero,
+            "prunable_total": conv_total, "prunable_nonzero": conv_nz,
+            "sparsity": 1 - conv_nz / conv_total,
+            "dense_macs": dense_macs, "nonzero_macs": nz_macs,
+            "flop_limit_speedup": dense_macs / nz_macs if nz_macs else float("inf"),
+            "per_layer": per_layer}
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (dense forms)."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def sparse_weight_bytes(module: nn.Module) -> int:
+    """Bytes of the weights a native sparse module holds (CSR values, indices, biases, fc)."""
+    from cnnprune.sparse import NativeSparseResNet
+
+    if not isinstance(module, NativeSparseResNet):
+        return weight_bytes(module)
+    net = module.net
+    total = net.fc_weight.numel() * 4 + net.fc_bias.numel() * 4
+    for c in net.convs():
+        nnz = int((c.weight != 0).sum())
+        total += nnz * (4 + 4) + (c.weight.shape[0] + 1) * 4 + c.bias.numel() * 4
+    return total
+
+
+# ---------------------------------------------------------------- loading forms
+
+
+def load_form(form: str, artifacts: Path, name: str, threads: int) -> object:
+    """A callable (N,3,32,32) float tensor → logits tensor for one exported form."""
+    torch.set_num_threads(threads)
+    if form == "dense":
+        from cnnprune.model import load_model
+
+        return load_model(artifacts / f"{name}.pth")
+    if form == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        path = artifacts / f"{name}.onnx"
+        if not path.is_file():
+            raise CnnpruneError(f"{path} is missing; run `python -m cnnprune.export`")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    if form == "sparse":
+        from cnnprune import sparse
+
+        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads)
+    raise CnnpruneError(f"form {form!r} is unknown; choose one of {', '.join(FORMS)}")
+
+
+def memory_child(form: str, artifacts: str, name: str, batch: int, runs: int, threads: int) -> dict:
+    """Run inside a fresh process: RSS before loading, after, and peak after ``runs`` inferences."""
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    import onnxruntime  # noqa: F401 - import every engine first so the baseline is comparable
+
+    from cnnprune import sparse  # noqa: F401
+
+    base = rss()
+    model = load_form(form, Path(artifacts), name, threads)
+    loaded = rss()
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(runs):
+            model(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    held = (sparse_weight_bytes(model) if form == "sparse" else
+            weight_bytes(model) if isinstance(model, nn.Module) else None)
+    return {"rss_before_load": base, "rss_after_load": loaded, "peak_rss": peak,
+            "weights_in_memory": held}
+
+
+def measure_memory(form: str, artifacts: Path, name: str, batch: int, runs: int, threads: int) -> dict:
+    """Peak RSS (bytes) of a fresh Python process that loads ``form`` and runs ``runs`` inferences."""
+    cmd = [sys.executable, "-m", "cnnprune.measure", "memory-child", "--form", form,
+           "--artifacts", str(artifacts), "--name", name, "--batch", str(batch), "--runs", str(runs),
+           "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CnnpruneError(f"memory measurement of {name} ({form}) failed: {proc.stderr.strip()[-300:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: int = 250,
+                   limit: int | None = None) -> dict:
+    """Accuracy (fraction 0–1) of each form on the whole split and agreement with dense."""
+    results: dict = {}
+    ref_pred = ref_logits = None
+    for form in FORMS:
+        model = load_form(form, artifacts, name, threads)
+        preds, logits = [], []
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for x, _ in split.batches(batch_size, limit):
+                out = torch.as_tensor(model(x))
+                logits.append(out)
+                preds.append(out.argmax(1))
+        pred, logit = torch.cat(preds), torch.cat(logits)
+        acc = float((pred == split.labels[: len(pred)]).float().mean())
+        entry = {"accuracy": acc, "images": int(len(pred)), "seconds": time.perf_counter() - t0}
+        if ref_pred is None:
+            ref_pred, ref_logits = pred, logit
+        else:
+            entry["top1_agreement_with_dense"] = float((pred == ref_pred).float().mean())
+            entry["max_abs_logit_diff_vs_dense"] = float((logit - ref_logits).abs().max())
+        results[form] = entry
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnprune.measure", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    child = sub.add_parser("memory-child", help="internal: one memory measurement in this process")
+    child.add_argument("--form", choices=FORMS, required=True)
+    child.add_argument("--artifacts", required=True)
+    child.add_argument("--name", required=True)
+    child.add_argument("--batch", type=positive_int, default=1)
+    child.add_argument("--runs", type=positive_int, default=20)
+    child.add_argument("--threads", type=positive_int, default=1)
+    add_debug_flag(child)
+    args = parser.parse_args(argv)
+    if args.cmd == "memory-child":
+        print(json.dumps(memory_child(args.form, args.artifacts, args.name, args.batch, args.runs, args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
