@@ -229,14 +229,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--finetune-limit", type=non_negative_int, help="fine-tune on the first N training images")
     parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10"))
     parser.add_argument("--data-dir", help="training data folder, for --finetune-epochs")
+    parser.add_argument("--only", help="comma-separated subset of the six checkpoints to make")
     parser.add_argument("--fresh", action="store_true", help="redo every checkpoint")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    schedules = REPORT_SCHEDULES
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in {s.name for s in REPORT_SCHEDULES}]
+        if unknown:
+            raise CnnpruneError(f"--only {unknown[0]!r} is not one of {', '.join(s.name for s in REPORT_SCHEDULES)}")
+        schedules = tuple(s for s in REPORT_SCHEDULES if s.name in wanted)
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise CnnpruneError(f"--checkpoint {args.checkpoint} does not exist or is not a file")
     config = PruneConfig(args.checkpoint, args.out, args.finetune_epochs, args.finetune_limit or None,
                          args.data_dir, args.dataset, args.fresh)
-    manifest = run_pruning(config)
+    manifest = run_pruning(config, schedules)
     table = Table(title=f"pruned checkpoints in {args.out}")
     for col in ("checkpoint", "method", "target", "sparsity (masks)", "sparsity (tensors)", "nonzero weights"):
         table.add_column(col, justify="right" if col not in ("checkpoint", "method") else "left")

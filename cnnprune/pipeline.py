@@ -1,0 +1,260 @@
+"""The whole job behind ``bash run_bench.sh``: prune → export → benchmark → measure → report.
+
+Each step writes its outputs atomically and records a fingerprint of its inputs; a step
+whose outputs are present and whose inputs are unchanged (sha256) is not redone, so an
+interrupted run resumes where it stopped. ``--fresh`` redoes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from cnnprune.errors import CnnpruneError, add_debug_flag, non_negative_int, positive_int, run_cli
+from cnnprune.fileio import sha256_file, write_json
+
+MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    artifacts: str = "artifacts"
+    reports: str = "reports"
+    threads: int = 2
+    batches: tuple[int, ...] = (1, 32)
+    rounds: int | None = None
+    eval_limit: int | None = None
+    memory_runs: int = 20
+    finetune_epochs: int = 0
+    models: tuple[str, ...] = MODELS
+    fresh: bool = False
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(path: Path, key: str, fresh: bool) -> dict | None:
+    if fresh or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if data.get("fingerprint") == key else None
+
+
+def _artifact_hashes(artifacts: Path) -> dict:
+    record = json.loads((artifacts / "export.json").read_text())
+    return {name: {k: f["sha256"] for k, f in e["files"].items()} for name, e in record["models"].items()}
+
+
+def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+    """Run ``pytest bench`` (pytest-benchmark, autosaved to .benchmarks/) and keep its JSON."""
+    out = work / "bench.json"
+    key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.models,
+                       sha256_file(Path(__file__).parent / "csrc" / "sparse_conv.c"))
+    cached = _cached(work / "bench.meta.json", key, config.fresh)
+    if cached and out.is_file():
+        return json.loads(out.read_text())
+    tmp = work / ".bench.json.tmp"
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
+           "--benchmark-autosave", f"--benchmark-json={tmp}",
+           f"--bench-artifacts={config.artifacts}", f"--bench-threads={config.threads}",
+           f"--bench-batches={','.join(map(str, config.batches))}", f"--bench-models={','.join(config.models)}"]
+    if config.rounds:
+        cmd.append(f"--bench-rounds={config.rounds}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not tmp.is_file():
+        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
+        raise CnnpruneError(f"the benchmark run failed ({' '.join(cmd[2:4])}): {tail[-400:]}")
+    os.replace(tmp, out)
+    write_json(work / "bench.meta.json", {"fingerprint": key, "command": " ".join(cmd)})
+    return json.loads(out.read_text())
+
+
+def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+    from cnnprune.data import load_split
+    from cnnprune.measure import evaluate_forms
+
+    path = work / "accuracy.json"
+    key = _fingerprint("accuracy", hashes, config.dataset, config.data_dir, config.eval_limit, config.models)
+    cached = _cached(path, key, config.fresh)
+    if cached:
+        return cached
+    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    results = {"fingerprint": key, "dataset": split.name, "test_images": len(split) if not config.eval_limit
+               else min(config.eval_limit, len(split)), "models": {}}
+    for name in config.models:
+        results["models"][name] = evaluate_forms(Path(config.artifacts), name, split, config.threads,
+                                                 limit=config.eval_limit)
+        results["models"][name]["dense"]["predictions"] = _predictions(Path(config.artifacts), name, split,
+                                                                         config.eval_limit)
+        write_json(path, results)
+    return results
+
+
+def _predictions(artifacts: Path, name: str, split, limit: int | None) -> list[int]:
+    """Per-image correctness (1/0) of the dense form, for paired tests between models."""
+    from cnnprune.evaluate import predictions
+    from cnnprune.model import load_model
+
+    pred = predictions(load_model(artifacts / f"{name}.pth"), split, 500, limit)
+    return (pred == split.labels[: len(pred)]).int().tolist()
+
+
+def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+    from cnnprune.measure import FORMS, measure_memory
+
+    path = work / "memory.json"
+    key = _fingerprint("memory", hashes, config.memory_runs, config.batches, config.models, config.threads)
+    cached = _cached(path, key, config.fresh)
+    if cached:
+        return cached
+    results = {"fingerprint": key, "runs": config.memory_runs, "models": {}}
+    for name in config.models:
+        results["models"][name] = {
+            form: {str(b): measure_memory(form, Path(config.artifacts), name, b, config.memory_runs, config.threads)
+                   for b in config.batches} for form in FORMS}
+        write_json(path, results)
+    return results
+
+
+def step_finetune(config: PipelineConfig, source: str) -> dict | None:
+    """iterative_90 again with K epochs of masked fine-tuning after each step (beyond the report)."""
+    if config.finetune_epochs <= 0:
+        return None
+    from cnnprune.data import load_split
+    from cnnprune.evaluate import accuracy, predictions
+    from cnnprune.model import load_model
+    from cnnprune.prune import PruneConfig, run_pruning
+    from cnnprune.schedules import schedule_by_name
+
+    folder = Path(config.artifacts) / f"finetune_k{config.finetune_epochs}"
+    t0 = time.perf_counter()
+    manifest = run_pruning(PruneConfig(checkpoint=source, out=str(folder), finetune_epochs=config.finetune_epochs,
+                                       data_dir=config.data_dir, dataset=config.dataset, fresh=config.fresh),
+                           [schedule_by_name("iterative_90")], progress=False)
+    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    model = load_model(folder / "iterative_90.pth")
+    acc = accuracy(predictions(model, split, 500, config.eval_limit), split)
+    entry = manifest["checkpoints"]["iterative_90"]
+    return {"epochs_per_step": config.finetune_epochs, "accuracy": acc, "sparsity": entry["sparsity_tensor"],
+            "seconds": entry.get("seconds", time.perf_counter() - t0), "checkpoint": str(folder / "iterative_90.pth")}
+
+
+def machine_info(threads: int) -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform()}
+
+
+def run(config: PipelineConfig) -> Path:
+    """Run every step; returns the path of the written REPORT.md."""
+    from rich.console import Console
+
+    from cnnprune.export import ExportConfig, run_export
+    from cnnprune.measure import counts
+    from cnnprune.model import load_state_dict, resolve_checkpoint
+    from cnnprune.prune import PruneConfig, run_pruning
+    from cnnprune.report import assemble_results, write_report
+
+    console = Console(stderr=True)
+    torch.set_num_threads(config.threads)
+    artifacts, reports = Path(config.artifacts), Path(config.reports)
+    work = reports / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(label: str, fn):
+        console.rule(f"[bold]{label}")
+        t0 = time.perf_counter()
+        value = fn()
+        timings[label] = round(time.perf_counter() - t0, 1)
+        console.print(f"{label}: {timings[label]:.1f} s")
+        return value
+
+    source = str(resolve_checkpoint(config.checkpoint))
+    manifest = timed("prune", lambda: run_pruning(PruneConfig(checkpoint=source, out=str(artifacts),
+                                                              fresh=config.fresh)))
+    export = timed("export", lambda: run_export(ExportConfig(src=str(artifacts), out=str(artifacts), sparse=True,
+                                                             fresh=config.fresh)))
+    hashes = _artifact_hashes(artifacts)
+    bench = timed("benchmark", lambda: step_bench(config, work, hashes))
+    accuracy = timed("accuracy", lambda: step_accuracy(config, work, hashes))
+    memory = timed("memory", lambda: step_memory(config, work, hashes))
+    model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth")) for n in config.models})
+    finetune = timed("finetune", lambda: step_finetune(config, source))
+    results = assemble_results(
+        config=asdict(config), machine=machine_info(config.threads), manifest=manifest, export=export,
+        bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
+        artifacts=artifacts, step_seconds=timings)
+    report = write_report(results, reports)
+    console.print(f"report written to {report}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnprune.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10"))
+    parser.add_argument("--data-dir", help="dataset folder (CIFAR-10: the cifar-10-batches-py folder)")
+    parser.add_argument("--checkpoint", help="unpruned checkpoint (default: the embedded Fashion-MNIST model)")
+    parser.add_argument("--artifacts", default="artifacts")
+    parser.add_argument("--reports", default="reports")
+    parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=positive_int, help="timed rounds per benchmark case")
+    parser.add_argument("--eval-limit", type=positive_int, help="evaluate on the first N test images only (smoke runs)")
+    parser.add_argument("--memory-runs", type=positive_int, default=20)
+    parser.add_argument("--finetune-epochs", type=non_negative_int, default=0,
+                        help="also make iterative_90 with K epochs of fine-tuning per step (≈5·K training epochs)")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--fresh", action="store_true", help="redo every step")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        raise CnnpruneError(f"--batches {args.batches!r} must be comma-separated integers such as 1,32") from None
+    if any(b < 1 for b in batches):
+        raise CnnpruneError(f"--batches {args.batches!r}: every batch size must be ≥ 1")
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    bad = [m for m in models if m not in MODELS]
+    if bad or "unpruned" not in models:
+        raise CnnpruneError(f"--models must include unpruned and name only {', '.join(MODELS)}")
+    if args.dataset == "cifar10" and not args.data_dir:
+        raise CnnpruneError("--dataset cifar10 needs --data-dir pointing at a cifar-10-batches-py folder")
+    config = PipelineConfig(args.dataset, args.data_dir, args.checkpoint, args.artifacts, args.reports,
+                            args.threads, batches, args.rounds, args.eval_limit, args.memory_runs,
+                            args.finetune_epochs, models, args.fresh)
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,516 @@
+"""Turn one run's measurements into ``results.json``, ``REPORT.md`` and PNG plots.
+
+Every number in the report is read from ``results.json`` of the same run; every verdict is
+computed from those numbers with the thresholds stated next to it. Nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cnnprune.errors import CnnpruneError, add_debug_flag, run_cli
+from cnnprune.fileio import write_bytes, write_json, write_text
+from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
+
+DENSE_ENGINES = ("torch", "onnxruntime")
+ENGINE_LABELS = {"torch": "PyTorch eager (dense)", "onnxruntime": "onnxruntime (dense)",
+                 "sparse": "cnnprune sparse", "torch-csr": "torch.sparse CSR (naive)"}
+SIGNIFICANT_SPEEDUP = 1.2   # "speeds up significantly": at least 1.2× faster
+LESS_MEMORY = 0.9           # "less resource usage": at least 10 % less
+MUCH_LIGHTER = 0.5          # "a much lighter model": at most half the bytes
+ACCURACY_KEPT_PP = 1.0      # accuracy "kept": at most 1 percentage point lost
+ONE_SHOT = ("one_shot_50", "one_shot_75", "one_shot_90")
+ITERATIVE = ("iterative_50", "iterative_75", "iterative_90")
+
+
+# ------------------------------------------------------------------ assembling
+
+
+def latency_rows(bench: dict) -> list[dict]:
+    """One row per benchmark case from pytest-benchmark's JSON (times in ms)."""
+    rows = []
+    for b in bench.get("benchmarks", []):
+        s, e = b["stats"], b["extra_info"]
+        rows.append({**e, "median_ms": s["median"] * 1e3, "iqr_ms": s["iqr"] * 1e3, "mean_ms": s["mean"] * 1e3,
+                     "min_ms": s["min"] * 1e3, "max_ms": s["max"] * 1e3, "rounds": s["rounds"],
+                     "name": b["name"]})
+    return rows
+
+
+def mask_agreement(artifacts: Path) -> dict[str, float]:
+    """Fraction 0–1 of conv/linear weights pruned identically by one-shot and iterative at each target."""
+    import torch
+
+    from cnnprune.model import load_state_dict
+
+    out = {}
+    for one, it in zip(ONE_SHOT, ITERATIVE):
+        a, b = load_state_dict(artifacts / f"{one}.pth"), load_state_dict(artifacts / f"{it}.pth")
+        same = total = 0
+        for k, v in a.items():
+            if k.endswith(".weight") and v.ndim in (2, 4):
+                same += int(((v == 0) == (b[k] == 0)).sum())
+                total += v.numel()
+        out[one.split("_")[-1]] = same / total
+    return out
+
+
+def mcnemar(correct_a: list[int], correct_b: list[int]) -> dict:
+    """Exact two-sided McNemar test on paired per-image correctness (a: baseline, b: other)."""
+    only_a = sum(1 for x, y in zip(correct_a, correct_b) if x and not y)
+    only_b = sum(1 for x, y in zip(correct_a, correct_b) if y and not x)
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return {"only_baseline_correct": only_a, "only_other_correct": only_b, "p_value": p}
+
+
+def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dict, bench: dict, accuracy: dict,
+                     memory: dict, counts: dict, finetune: dict | None, artifacts: Path,
+                     step_seconds: dict) -> dict:
+    models = list(counts)
+    acc_models = accuracy["models"]
+    paired = {}
+    for name in models:
+        if name != "unpruned":
+            paired[name] = mcnemar(acc_models["unpruned"]["dense"]["predictions"],
+                                   acc_models[name]["dense"]["predictions"])
+    pairwise = {}
+    for one, it in zip(ONE_SHOT, ITERATIVE):
+        if one in acc_models and it in acc_models:
+            pairwise[one.split("_")[-1]] = mcnemar(acc_models[one]["dense"]["predictions"],
+                                                   acc_models[it]["dense"]["predictions"])
+    accuracy_out = {n: {f: {k: v for k, v in e.items() if k != "predictions"} for f, e in acc_models[n].items()}
+                    for n in models}
+    return {
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "config": config,
+        "machine": machine,
+        "benchmark_machine_info": bench.get("machine_info", {}).get("cnnprune", {}),
+        "source_checkpoint": {"path": manifest["source"], "sha256": manifest["source_sha256"]},
+        "dataset": accuracy["dataset"],
+        "test_images": accuracy["test_images"],
+        "models": {n: {
+            "sparsity": counts[n]["sparsity"],
+            "counts": {k: v for k, v in counts[n].items() if k != "per_layer"},
+            "per_layer": counts[n]["per_layer"],
+            "files": {k: f["bytes"] for k, f in export["models"][n]["files"].items()},
+            "csr_layouts": export["models"][n]["files"].get("csr", {}).get("layouts"),
+            "onnx_max_abs_diff": export["models"][n].get("onnx_max_abs_diff"),
+            "accuracy": accuracy_out[n],
+            "vs_unpruned": paired.get(n),
+            "memory": memory["models"][n],
+            "method": manifest["checkpoints"].get(n, {}).get("method", "unpruned"),
+        } for n in models},
+        "memory_runs": memory["runs"],
+        "latency": latency_rows(bench),
+        "mask_agreement_one_shot_vs_iterative": mask_agreement(artifacts) if all(
+            m in models for m in ONE_SHOT + ITERATIVE) else {},
+        "one_shot_vs_iterative": pairwise,
+        "finetune": finetune,
+        "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10,
+        "report_test_images": REPORT_TEST_IMAGES,
+        "step_seconds": step_seconds,
+    }
+
+
+# ------------------------------------------------------------------ derived figures
+
+
+def latency_table(results: dict) -> dict:
+    """{(device, batch): {model: {engine: row}}}."""
+    table: dict = {}
+    for r in results["latency"]:
+        table.setdefault((r["device"], r["batch"]), {}).setdefault(r["model"], {})[r["engine"]] = r
+    return table
+
+
+def best_dense(engines: dict) -> tuple[str, float] | None:
+    cands = [(e, engines[e]["median_ms"]) for e in DENSE_ENGINES if e in engines]
+    return min(cands, key=lambda c: c[1]) if cands else None
+
+
+def speedups(results: dict) -> list[dict]:
+    """Per device, batch, model and engine: speedup over the best dense engine (same model and
+    over the unpruned model) and the fraction of the FLOP limit reached."""
+    out = []
+    for (device, batch), models in sorted(latency_table(results).items()):
+        base_unpruned = best_dense(models.get("unpruned", {}))
+        for model, engines in models.items():
+            bd = best_dense(engines)
+            limit = results["models"][model]["counts"]["flop_limit_speedup"]
+            for engine, row in engines.items():
+                s_same = bd[1] / row["median_ms"] if bd else None
+                s_unpruned = base_unpruned[1] / row["median_ms"] if base_unpruned else None
+                same_engine_unpruned = models.get("unpruned", {}).get(engine)
+                out.append({"device": device, "batch": batch, "model": model, "engine": engine,
+                            "median_ms": row["median_ms"], "iqr_ms": row["iqr_ms"], "rounds": row["rounds"],
+                            "best_dense_engine": bd[0] if bd else None,
+                            "speedup_vs_best_dense": s_same, "speedup_vs_best_dense_unpruned": s_unpruned,
+                            "speedup_vs_same_engine_unpruned": (same_engine_unpruned["median_ms"] / row["median_ms"]
+                                                                if same_engine_unpruned else None),
+                            "flop_limit": limit,
+                            "fraction_of_flop_limit": s_same / limit if s_same and limit else None,
+                            "sparse_engine_used": row.get("sparse_engine_used")})
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _mb(x: float | None) -> str:
+    return "–" if x is None else f"{x / 1e6:.1f} MB"
+
+
+def _x(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def claims(results: dict) -> list[dict]:
+    """The source report's claims, each with the measured figures and a computed verdict."""
+    models = results["models"]
+    pruned = [m for m in models if m != "unpruned"]
+    sp = [s for s in speedups(results) if s["device"] == "cpu"]
+    out = []
+
+    # 1. speed
+    dense_best = max((s for s in sp if s["engine"] in DENSE_ENGINES and s["model"] != "unpruned"),
+                     key=lambda s: s["speedup_vs_same_engine_unpruned"] or 0, default=None)
+    sparse_rows = [s for s in sp if s["engine"] == "sparse" and s["model"] != "unpruned"]
+    sparse_wins = [s for s in sparse_rows if (s["speedup_vs_best_dense_unpruned"] or 0) >= SIGNIFICANT_SPEEDUP]
+    lines = []
+    if dense_best:
+        lines.append(f"Dense engines gain nothing from zeros: the best pruned/unpruned ratio over every dense case is "
+                     f"{_x(dense_best['speedup_vs_same_engine_unpruned'])} ({dense_best['model']}, "
+                     f"{ENGINE_LABELS[dense_best['engine']]}, batch {dense_best['batch']}).")
+    for s in sorted(sparse_rows, key=lambda s: (s["batch"], s["model"])):
+        lines.append(f"cnnprune sparse, {s['model']}, batch {s['batch']}: {s['median_ms']:.2f} ms, "
+                     f"{_x(s['speedup_vs_best_dense_unpruned'])} vs the best dense engine on the unpruned model "
+                     f"(FLOP limit {_x(s['flop_limit'])}; ran: {s['sparse_engine_used']}).")
+    dense_sig = dense_best is not None and (dense_best["speedup_vs_same_engine_unpruned"] or 0) >= SIGNIFICANT_SPEEDUP
+    if dense_sig:
+        verdict = "holds"
+    elif sparse_wins:
+        names = sorted({f"{s['model']} (batch {s['batch']})" for s in sparse_wins})
+        verdict = "holds only for the cnnprune sparse engine: " + ", ".join(names)
+    else:
+        verdict = "does not hold"
+    out.append({"claim": "pruning \"speeds up the model significantly\"", "measured": lines, "verdict": verdict,
+                "rule": f"significant = at least {SIGNIFICANT_SPEEDUP}× faster than the best dense engine running the "
+                        "unpruned model (median latency, CPU, same threads)"})
+
+    # 2. resources
+    lines, dense_less, sparse_less = [], [], []
+    batch = str(max(int(b) for b in models["unpruned"]["memory"]["dense"]))
+    base = models["unpruned"]["memory"]["dense"][batch]["peak_rss"]
+    for m in pruned:
+        mem = models[m]["memory"]
+        d, s = mem["dense"][batch]["peak_rss"] / base, mem["sparse"][batch]["peak_rss"] / base
+        w = mem["sparse"][batch].get("weights_in_memory")
+        wd = models["unpruned"]["memory"]["dense"][batch].get("weights_in_memory")
+        lines.append(f"{m}: peak RSS dense {_mb(mem['dense'][batch]['peak_rss'])} ({_x(d)} of unpruned), "
+                     f"sparse {_mb(mem['sparse'][batch]['peak_rss'])} ({_x(s)}); weights in memory "
+                     f"sparse {_mb(w)} vs dense {_mb(wd)}.")
+        if d <= LESS_MEMORY:
+            dense_less.append(m)
+        if s <= LESS_MEMORY:
+            sparse_less.append(m)
+    if dense_less:
+        verdict = "holds"
+    elif sparse_less:
+        verdict = "holds only for the cnnprune sparse form: " + ", ".join(sparse_less)
+    else:
+        verdict = ("does not hold for the process as a whole (runtime libraries dominate peak RSS); "
+                   "the weights themselves shrink only in the sparse form")
+    out.append({"claim": "pruning gives \"less resource usage\"", "measured": lines, "verdict": verdict,
+                "rule": f"less = peak RSS of a fresh process (load + {results['memory_runs']} inferences at batch "
+                        f"{batch}) at most {LESS_MEMORY:.0%} of the unpruned dense model's"})
+
+    # 3. lighter
+    lines, light = [], {}
+    ub = models["unpruned"]["files"]
+    for m in pruned:
+        f = models[m]["files"]
+        ratios = {k: f[k] / ub["dense"] for k in f}
+        lines.append(f"{m}: " + ", ".join(f"{k} {_mb(f[k])} ({_x(ratios[k])})" for k in f)
+                     + f"; nonzero parameters {models[m]['counts']['params_nonzero']:,} of "
+                       f"{models[m]['counts']['params_total']:,}.")
+        for k, r in ratios.items():
+            if r <= MUCH_LIGHTER:
+                light.setdefault(k, []).append(m)
+    dense_light = "dense" in light or "onnx" in light
+    if dense_light:
+        verdict = "holds"
+    elif light:
+        verdict = "holds only for the compact sparse file (csr): " + ", ".join(light["csr"])
+    else:
+        verdict = "does not hold"
+    out.append({"claim": "pruning gives \"a much lighter model\"", "measured": lines, "verdict": verdict,
+                "rule": f"much lighter = file at most {MUCH_LIGHTER:.0%} of the unpruned dense .pth; a dense file of a "
+                        "pruned model stores its zeros"})
+
+    # 4. accuracy table
+    acc = {m: models[m]["accuracy"]["dense"]["accuracy"] for m in models}
+    lines = [f"{m}: {_pct(acc[m])} measured ({results['dataset']}, {results['test_images']:,} images), "
+             f"Δ {100 * (acc[m] - acc['unpruned']):+.2f} pp; report {REPORT_ACCURACY_CIFAR10[m]:.3f}% "
+             f"(CIFAR-10, k/{REPORT_TEST_IMAGES})" for m in models]
+    drops = {m: 100 * (acc["unpruned"] - acc[m]) for m in pruned}
+    kept = [m for m in pruned if drops[m] <= ACCURACY_KEPT_PP]
+    lost = [m for m in pruned if drops[m] > ACCURACY_KEPT_PP]
+    verdict = "holds" if not lost else f"holds only for {', '.join(kept) or 'none'}; not for {', '.join(lost)}"
+    out.append({"claim": "the accuracy table: pruning to 50/75/90 % keeps accuracy (report: "
+                         f"{REPORT_ACCURACY_CIFAR10['unpruned']}% unpruned, {REPORT_ACCURACY_CIFAR10['one_shot_90']}% at "
+                         "90 % one-shot)", "measured": lines, "verdict": verdict,
+                "rule": f"kept = at most {ACCURACY_KEPT_PP} pp below the unpruned model, same dataset, all test images"})
+
+    # 5. iterative vs one-shot
+    agree = results.get("mask_agreement_one_shot_vs_iterative", {})
+    lines, differ = [], []
+    for one, it in zip(ONE_SHOT, ITERATIVE):
+        if one in acc and it in acc:
+            t = one.split("_")[-1]
+            test = results.get("one_shot_vs_iterative", {}).get(t, {}).get("p_value", float("nan"))
+            lines.append(f"{t}%: iterative {_pct(acc[it])} vs one-shot {_pct(acc[one])} "
+                         f"(Δ {100 * (acc[it] - acc[one]):+.2f} pp, McNemar p = {test:.2f}); masks identical on "
+                         f"{_pct(agree.get(t, float('nan')))} of weights")
+            if test < 0.05:
+                differ.append(t)
+    verdict = ("no measurable difference: without fine-tuning between steps, iterative pruning is one-shot "
+               "pruning up to rounding" if not differ else f"differs at {', '.join(differ)} %")
+    if results.get("finetune"):
+        ft = results["finetune"]
+        lines.append(f"with {ft['epochs_per_step']} epoch(s) of fine-tuning after each step (beyond the report): "
+                     f"iterative_90 {_pct(ft['accuracy'])} at sparsity {_pct(ft['sparsity'])} vs "
+                     f"{_pct(acc.get('iterative_90', float('nan')))} without")
+    out.append({"claim": "\"iterative vs one-shot\": the two schedules compared", "measured": lines, "verdict": verdict,
+                "rule": "difference = exact McNemar test on paired per-image correctness, p < 0.05"})
+
+    # 6. generalisation
+    lines, better = [], []
+    for m in pruned:
+        t = models[m]["vs_unpruned"]
+        lines.append(f"{m}: {t['only_other_correct']} images right only after pruning, "
+                     f"{t['only_baseline_correct']} only before; McNemar p = {t['p_value']:.3f}")
+        if t["only_other_correct"] > t["only_baseline_correct"] and t["p_value"] < 0.05:
+            better.append(m)
+    lines.append(f"the report's own evidence: {REPORT_ACCURACY_CIFAR10['one_shot_50']}% vs "
+                 f"{REPORT_ACCURACY_CIFAR10['unpruned']}% = "
+                 f"{round((REPORT_ACCURACY_CIFAR10['one_shot_50'] - REPORT_ACCURACY_CIFAR10['unpruned']) / 100 * REPORT_TEST_IMAGES)} "
+                 f"more correct images out of {REPORT_TEST_IMAGES:,}")
+    out.append({"claim": "\"pruning improves generalisation\"", "measured": lines,
+                "verdict": "holds for " + ", ".join(better) if better else "does not hold (no significant gain)",
+                "rule": "improves = more test images right after pruning than before, exact McNemar p < 0.05"})
+    return out
+
+
+# ------------------------------------------------------------------ plots and markdown
+
+
+def _savefig(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    write_bytes(path, buf.getvalue())
+
+
+def plots(results: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    models = results["models"]
+    table = latency_table(results)
+    for (device, batch), per_model in sorted(table.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for schedule in (ONE_SHOT, ITERATIVE):
+            seq = [m for m in ("unpruned", *schedule) if m in per_model]
+            for engine in ("torch", "onnxruntime", "sparse", "torch-csr"):
+                pts = [(models[m]["sparsity"], per_model[m][engine]["median_ms"]) for m in seq if engine in per_model[m]]
+                if len(pts) > 1 and schedule is ONE_SHOT:
+                    ax.plot(*zip(*pts), marker="o", label=ENGINE_LABELS[engine])
+        ax.set_yscale("log")
+        ax.set_xlabel("global sparsity of conv+linear weights (one-shot)")
+        ax.set_ylabel("median latency (ms, log)")
+        ax.set_title(f"{device}, batch {batch}, {results['machine']['threads']} threads")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        name = f"latency_{device}_b{batch}.png"
+        _savefig(fig, folder / name)
+        plt.close(fig)
+        names.append(name)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for schedule, label in ((ONE_SHOT, "one-shot"), (ITERATIVE, "iterative")):
+        seq = [m for m in ("unpruned", *schedule) if m in models]
+        ax.plot([models[m]["sparsity"] for m in seq], [100 * models[m]["accuracy"]["dense"]["accuracy"] for m in seq],
+                marker="o", label=f"{label} (measured, {results['dataset']})")
+        ax.plot([0.0, 0.5, 0.75, 0.9][: len(seq)],
+                [REPORT_ACCURACY_CIFAR10[m] for m in seq], linestyle="--", marker="x",
+                label=f"{label} (report, CIFAR-10, quoted)")
+    ax.set_xlabel("global sparsity")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, folder / "accuracy.png")
+    plt.close(fig)
+    names.append("accuracy.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ms = list(models)
+    forms = ["dense", "onnx", "csr"]
+    for i, f in enumerate(forms):
+        ax.bar([j + (i - 1) * 0.27 for j in range(len(ms))], [models[m]["files"].get(f, 0) / 1e6 for m in ms],
+               width=0.27, label={"dense": "dense .pth", "onnx": ".onnx", "csr": "compact CSR .csr.pt"}[f])
+    ax.set_xticks(range(len(ms)))
+    ax.set_xticklabels(ms, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("file size (MB)")
+    ax.legend(fontsize=8)
+    _savefig(fig, folder / "sizes.png")
+    plt.close(fig)
+    names.append("sizes.png")
+    return names
+
+
+def markdown(results: dict, plot_names: list[str]) -> str:
+    m, models = results["machine"], results["models"]
+    bi = results.get("benchmark_machine_info", {})
+    cfg = results["config"]
+    L: list[str] = []
+    L.append("# Does pruning make this ResNet18 faster, smaller and lighter? Measured.\n")
+    L.append(f"Generated {results['generated']} by `bash run_bench.sh` (cnnprune). Every figure below is read from "
+             f"`results.json` of this run; every verdict is computed from those figures by the rule stated with it.\n")
+    L.append("## How it was measured\n")
+    L.append(f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; **{m['threads']} threads for every engine**; "
+             f"GPU: {m['gpu'] or 'none (CUDA cases skipped)'}.")
+    L.append(f"- Software: Python {m['python']}, PyTorch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "
+             f"NumPy {m['numpy']}; {m['platform']}.")
+    L.append(f"- Model: the report's CIFAR ResNet18 (3×3 stride-1 conv1, maxpool kept, 11,173,962 parameters), "
+             f"checkpoint `{Path(results['source_checkpoint']['path']).name}` (sha256 "
+             f"`{results['source_checkpoint']['sha256'][:16]}…`).")
+    L.append(f"- Data: {results['dataset']}, accuracy on **all {results['test_images']:,} test images** "
+             f"(the report used CIFAR-10 and {REPORT_TEST_IMAGES:,} of its 10,000 test images; its numbers are quoted, "
+             "never mixed with ours).")
+    rounds = sorted({r["rounds"] for r in results["latency"]})
+    L.append(f"- Latency: pytest-benchmark, one forward pass per round on a fixed random input, "
+             f"{'/'.join(map(str, rounds))} timed rounds after ≥2 warm-up rounds and one untimed first call "
+             "(planning, calibration); reported as **median (IQR)** in ms. Batch sizes "
+             f"{', '.join(map(str, cfg['batches']))}. Compare ratios within this run only.")
+    L.append(f"- Memory: peak RSS of a fresh Python process that imports every engine, loads one form and runs "
+             f"{results['memory_runs']} inferences; weights in memory are the bytes of the loaded tensors.")
+    L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
+             "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer dense/sparse "
+             "choice, dense onnxruntime fallback where the whole sparse net is slower); `torch-csr` = naive "
+             "`torch.sparse` CSR × im2col.\n")
+
+    L.append("## The report's claims\n")
+    for c in claims(results):
+        L.append(f"### {c['claim']}\n")
+        L.append(f"**Verdict: {c['verdict']}.**  \n_Rule: {c['rule']}._\n")
+        for line in c["measured"]:
+            L.append(f"- {line}")
+        L.append("")
+
+    L.append("## Latency\n")
+    sp = speedups(results)
+    for (device, batch) in sorted({(s["device"], s["batch"]) for s in sp}):
+        rows = [s for s in sp if s["device"] == device and s["batch"] == batch]
+        engines = [e for e in ("torch", "onnxruntime", "sparse", "torch-csr") if any(r["engine"] == e for r in rows)]
+        L.append(f"### {device}, batch {batch}\n")
+        L.append("| model | sparsity | " + " | ".join(f"{ENGINE_LABELS[e]} ms" for e in engines)
+                 + " | sparse speedup vs best dense | of FLOP limit |")
+        L.append("|---|---:|" + "---:|" * len(engines) + "---:|---:|")
+        for model in models:
+            cells = []
+            sparse_row = None
+            for e in engines:
+                r = next((r for r in rows if r["model"] == model and r["engine"] == e), None)
+                cells.append(f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f})" if r else "–")
+                if e == "sparse":
+                    sparse_row = r
+            sp_s = _x(sparse_row["speedup_vs_best_dense"]) if sparse_row else "–"
+            frac = f"{sparse_row['fraction_of_flop_limit']:.0%} of {_x(sparse_row['flop_limit'])}" \
+                if sparse_row and sparse_row["fraction_of_flop_limit"] else "–"
+            L.append(f"| {model} | {_pct(models[model]['sparsity'])} | " + " | ".join(cells) + f" | {sp_s} | {frac} |")
+        L.append("")
+    L.append("Speedup vs best dense = the faster of PyTorch eager and onnxruntime on the same model, same run, "
+             "same threads, divided by the sparse engine's median. FLOP limit = dense MACs / nonzero MACs.\n")
+
+    L.append("## Accuracy and agreement between forms\n")
+    L.append(f"| model | dense | onnx | sparse | max \\|logit diff\\| vs dense | top-1 agreement | "
+             f"report (CIFAR-10, k/{REPORT_TEST_IMAGES}, quoted) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    for name, e in models.items():
+        a = e["accuracy"]
+        diff = max(a[f].get("max_abs_logit_diff_vs_dense", 0.0) for f in a)
+        agree = min(a[f].get("top1_agreement_with_dense", 1.0) for f in a)
+        L.append(f"| {name} | {_pct(a['dense']['accuracy'])} | {_pct(a['onnx']['accuracy'])} | "
+                 f"{_pct(a['sparse']['accuracy'])} | {diff:.1e} | {_pct(agree)} | "
+                 f"{REPORT_ACCURACY_CIFAR10[name]:.3f}% |")
+    L.append("")
+    if results.get("finetune"):
+        ft = results["finetune"]
+        L.append(f"Fine-tuning (beyond the report): iterative_90 with {ft['epochs_per_step']} epoch(s) of masked "
+                 f"fine-tuning after each of the 5 steps reaches {_pct(ft['accuracy'])} at sparsity "
+                 f"{_pct(ft['sparsity'])} (vs {_pct(models['iterative_90']['accuracy']['dense']['accuracy'])} "
+                 f"without); it cost {ft['seconds']:.0f} s here.\n")
+
+    L.append("## Size, parameters and memory\n")
+    L.append("| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
+             "peak RSS dense | peak RSS sparse | weights in memory (sparse) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    batch = str(max(cfg["batches"]))
+    for name, e in models.items():
+        f, c, mem = e["files"], e["counts"], e["memory"]
+        L.append(f"| {name} | {c['params_nonzero']:,} / {c['params_total']:,} | {_mb(f['dense'])} | "
+                 f"{_mb(f.get('onnx'))} | {_mb(f.get('csr'))} | {f.get('csr', 0) / f['dense']:.1%} | "
+                 f"{c['nonzero_macs'] / 1e6:.1f} M of {c['dense_macs'] / 1e6:.1f} M | "
+                 f"{_mb(mem['dense'][batch]['peak_rss'])} | {_mb(mem['sparse'][batch]['peak_rss'])} | "
+                 f"{_mb(mem['sparse'][batch].get('weights_in_memory'))} |")
+    L.append(f"\nPeak RSS at batch {batch}. Parameters counted as every float tensor except BatchNorm running "
+             "statistics.\n")
+
+    L.append("## Plots\n")
+    for p in plot_names:
+        L.append(f"![{p}]({p})")
+    L.append("")
+    L.append("## Reproduce\n")
+    L.append("```\nbash run_bench.sh            # this report, on the embedded default\n"
+             "pytest bench --benchmark-autosave   # the timings alone\n```\n")
+    L.append("Cost of this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["step_seconds"].items()) + ".\n")
+    return "\n".join(L)
+
+
+def write_report(results: dict, folder: Path) -> Path:
+    """Write results.json, the plots and REPORT.md into ``folder`` (each atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "results.json", results)
+    names = plots(results, folder)
+    path = folder / "REPORT.md"
+    write_text(path, markdown(results, names))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnprune.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="reports/results.json", help="results.json of a run")
+    parser.add_argument("--out", default=None, help="folder for REPORT.md and plots (default: beside --results)")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    path = Path(args.results)
+    if not path.is_file():
+        raise CnnpruneError(f"--results {path} does not exist; run `bash run_bench.sh` first")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CnnpruneError(f"--results {path} is not valid JSON") from None
+    print(write_report(results, Path(args.out) if args.out else path.parent))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
