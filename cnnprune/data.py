@@ -199,6 +199,7 @@ class CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2 (str → bytes, no side effects)
     }
 
     def find_class(self, module: str, name: str):  # type: ignore[override]

@@ -77,3 +77,11 @@ def sparsity_fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{value} is outside [0, 1); give a fraction such as 0.9")
     return value
+
+
+class CliParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cnnprune.data import DATASETS, Split, load_split
-from cnnprune.errors import CnnpruneError, add_debug_flag, positive_int, run_cli
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, positive_int, run_cli
 from cnnprune.model import load_model, resolve_checkpoint
 from cnnprune.schedules import CHECKPOINT_NAMES, REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.evaluate", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     parser.add_argument("--data-dir", help="dataset folder (default: embedded Fashion-MNIST test split)")
     parser.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if missing")

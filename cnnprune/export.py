@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from cnnprune import csr
-from cnnprune.errors import CnnpruneError, add_debug_flag, run_cli
-from cnnprune.fileio import save_torch, sha256_file, write_bytes, write_json
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, run_cli
+from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_bytes, write_json
 from cnnprune.model import build_model, check_state_dict, load_state_dict
 from cnnprune.schedules import CHECKPOINT_NAMES
 
@@ -139,6 +139,7 @@ def run_export(config: ExportConfig, progress: bool = True) -> dict:
     src, out = Path(config.src), Path(config.out)
     names = source_names(src)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     record_path = out / "export.json"
     old = {}
     if record_path.is_file() and not config.fresh:
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.export", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.export", description=__doc__.splitlines()[0])
     parser.add_argument("--sparse", action="store_true", help="also write NAME.csr.pt (compact lossless CSR)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     parser.add_argument("--in", dest="src", default="artifacts", help="folder with manifest.json (default artifacts/)")

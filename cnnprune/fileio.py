@@ -98,3 +98,13 @@ def safe_torch_load(path: str | os.PathLike[str], what: str = "checkpoint") -> A
                 "it (only weights_only checkpoints are accepted)") from None
         raise CnnpruneError(f"{what} {p} is not a readable PyTorch file (truncated or corrupt?): "
                             f"{first[:160]}") from None
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files a killed run of ours left in ``folder`` (``.NAME.*.tmp``)."""
+    removed = 0
+    for path in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed

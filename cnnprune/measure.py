@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnprune.errors import CnnpruneError, add_debug_flag, positive_int, run_cli
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, positive_int, run_cli
 
 FORMS = ("dense", "onnx", "sparse")
 
@@ -97,7 +97,7 @@ def sparse_weight_bytes(module: nn.Module) -> int:
 # ---------------------------------------------------------------- loading forms
 
 
-def load_form(form: str, artifacts: Path, name: str, threads: int) -> object:
+def load_form(form: str, artifacts: Path, name: str, threads: int, dense_fallback: bool = True) -> object:
     """A callable (N,3,32,32) float tensor → logits tensor for one exported form."""
     torch.set_num_threads(threads)
     if form == "dense":
@@ -118,7 +118,7 @@ def load_form(form: str, artifacts: Path, name: str, threads: int) -> object:
     if form == "sparse":
         from cnnprune import sparse
 
-        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads)
+        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads, dense_fallback=dense_fallback)
     raise CnnpruneError(f"form {form!r} is unknown; choose one of {', '.join(FORMS)}")
 
 
@@ -133,17 +133,28 @@ def memory_child(form: str, artifacts: str, name: str, batch: int, runs: int, th
     from cnnprune import sparse  # noqa: F401
 
     base = rss()
-    model = load_form(form, Path(artifacts), name, threads)
+    # the memory of the sparse path itself: without the in-memory dense onnxruntime fallback
+    model = load_form(form, Path(artifacts), name, threads, dense_fallback=False)
     loaded = rss()
     x = torch.randn(batch, 3, 32, 32)
     with torch.no_grad():
         for _ in range(runs):
             model(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _vm_hwm()
     held = (sparse_weight_bytes(model) if form == "sparse" else
             weight_bytes(model) if isinstance(model, nn.Module) else None)
     return {"rss_before_load": base, "rss_after_load": loaded, "peak_rss": peak,
             "weights_in_memory": held}
+
+
+def _vm_hwm() -> int:
+    """Peak resident set (bytes) of this process image. ``ru_maxrss`` would not do: Linux keeps it
+    across exec, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_memory(form: str, artifacts: Path, name: str, batch: int, runs: int, threads: int) -> dict:
@@ -184,7 +195,7 @@ def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.measure", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.measure", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     child = sub.add_parser("memory-child", help="internal: one memory measurement in this process")
     child.add_argument("--form", choices=FORMS, required=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cnnprune.errors import CnnpruneError, add_debug_flag, non_negative_int, positive_int, run_cli
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, positive_int, run_cli
 from cnnprune.fileio import sha256_file, write_json
 
 MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
@@ -126,11 +126,12 @@ def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     cached = _cached(path, key, config.fresh)
     if cached:
         return cached
-    results = {"fingerprint": key, "runs": config.memory_runs, "models": {}}
+    batch = max(config.batches)
+    results = {"fingerprint": key, "runs": config.memory_runs, "batch": batch, "models": {}}
     for name in config.models:
         results["models"][name] = {
-            form: {str(b): measure_memory(form, Path(config.artifacts), name, b, config.memory_runs, config.threads)
-                   for b in config.batches} for form in FORMS}
+            form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch, config.memory_runs,
+                                              config.threads)} for form in FORMS}
         write_json(path, results)
     return results
 
@@ -220,7 +221,7 @@ def run(config: PipelineConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.pipeline", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10"))
     parser.add_argument("--data-dir", help="dataset folder (CIFAR-10: the cifar-10-batches-py folder)")
     parser.add_argument("--checkpoint", help="unpruned checkpoint (default: the embedded Fashion-MNIST model)")

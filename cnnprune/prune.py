@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from cnnprune.errors import CnnpruneError, add_debug_flag, non_negative_int, run_cli
-from cnnprune.fileio import save_torch, sha256_file, write_json
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, run_cli
+from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_json
 from cnnprune.model import build_model, check_state_dict, load_state_dict, prunable_modules, resolve_checkpoint
 from cnnprune.schedules import REPORT_SCHEDULES, Schedule
 
@@ -157,6 +157,7 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] = REPORT_SCHE
     source_sha = sha256_file(source_path)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     manifest_path = out / "manifest.json"
     old: dict = {}
     if manifest_path.is_file() and not config.fresh:
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.prune", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.prune", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="unpruned checkpoint (default: the embedded Fashion-MNIST model)")
     parser.add_argument("--out", default="artifacts", help="output folder (default artifacts/)")
     parser.add_argument("--finetune-epochs", type=non_negative_int, default=0,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cnnprune.errors import CnnpruneError, add_debug_flag, run_cli
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, run_cli
 from cnnprune.fileio import write_bytes, write_json, write_text
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
@@ -400,8 +400,9 @@ def markdown(results: dict, plot_names: list[str]) -> str:
              f"{'/'.join(map(str, rounds))} timed rounds after ≥2 warm-up rounds and one untimed first call "
              "(planning, calibration); reported as **median (IQR)** in ms. Batch sizes "
              f"{', '.join(map(str, cfg['batches']))}. Compare ratios within this run only.")
-    L.append(f"- Memory: peak RSS of a fresh Python process that imports every engine, loads one form and runs "
-             f"{results['memory_runs']} inferences; weights in memory are the bytes of the loaded tensors.")
+    L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that imports every engine, loads one form and "
+             f"runs {results['memory_runs']} inferences at batch {max(cfg['batches'])}; the sparse form is measured "
+             "without its in-memory dense fallback. Weights in memory are the bytes of the loaded tensors.")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
              "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer dense/sparse "
              "choice, dense onnxruntime fallback where the whole sparse net is slower); `torch-csr` = naive "
@@ -496,7 +497,7 @@ def write_report(results: dict, folder: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.report", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.report", description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="reports/results.json", help="results.json of a run")
     parser.add_argument("--out", default=None, help="folder for REPORT.md and plots (default: beside --results)")
     add_debug_flag(parser)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cnnprune.data import DATASETS, Split, load_split, random_crop_flip
-from cnnprune.errors import CnnpruneError, add_debug_flag, non_negative_int, positive_int, run_cli
+from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, positive_int, run_cli
 from cnnprune.fileio import safe_torch_load, save_torch, write_json, write_text
 from cnnprune.model import build_model
 
@@ -139,7 +139,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum += float(loss) * len(idx)
+                loss_sum += float(loss.detach()) * len(idx)
                 correct += float((logits.argmax(1) == y).sum())
                 seen += len(idx)
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
@@ -173,7 +173,7 @@ def _write_logs(out: Path, log: list[dict]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnprune.train", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m cnnprune.train", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     parser.add_argument("--data-dir", help="dataset folder (default: Debian's Fashion-MNIST folder)")
     parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from cnnprune.model import build_model, load_model
+from cnnprune.schedules import CHECKPOINT_NAMES
+
+
+def test_export_record_and_onnx_equality(artifacts: Path) -> None:
+    record = json.loads((artifacts / "export.json").read_text())
+    assert set(record["models"]) == {"unpruned", *CHECKPOINT_NAMES}
+    x = torch.randn(3, 3, 32, 32)
+    for name, entry in record["models"].items():
+        assert entry["files"]["csr"]["bit_exact"]
+        assert entry["onnx_max_abs_diff"] <= 1e-4
+        model = load_model(artifacts / f"{name}.pth")
+        sess = ort.InferenceSession(str(artifacts / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert np.abs(got - want).max() <= 1e-4
+        assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_dense_export_loads_in_plain_torchvision(artifacts: Path) -> None:
+    import torchvision
+
+    tv = torchvision.models.resnet18(num_classes=10)
+    tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    tv.load_state_dict(torch.load(artifacts / "one_shot_90.pth", weights_only=True))
+
+
+def test_killed_export_leaves_no_half_written_file(tmp_path: Path, artifacts: Path) -> None:
+    folder = tmp_path / "a"
+    folder.mkdir()
+    for name in ("manifest.json", *[f"{n}.pth" for n in CHECKPOINT_NAMES]):
+        (folder / name).write_bytes((artifacts / name).read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "cnnprune.export", "--sparse", "--in", str(folder)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(folder.glob("*.onnx")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        if path.suffix == ".onnx":
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        elif path.suffix in (".pt", ".pth"):
+            torch.load(path, weights_only=True)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert len(json.loads((folder / "export.json").read_text())["models"]) == 7
+
+
+def test_export_without_manifest_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cnnprune.export", "--in", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "manifest.json" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

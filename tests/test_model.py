@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from cnnprune.errors import CnnpruneError
+from cnnprune.model import NUM_PARAMETERS, build_model, load_model
+
+
+def test_architecture_matches_the_report() -> None:
+    model = build_model()
+    assert sum(p.numel() for p in model.parameters()) == NUM_PARAMETERS == 11_173_962
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.bias is None
+    assert isinstance(model.maxpool, torch.nn.MaxPool2d)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("wrap", [lambda s: s, lambda s: {"state_dict": s},
+                                  lambda s: {f"module.{k}": v for k, v in s.items()},
+                                  lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}}])
+def test_accepted_checkpoint_layouts_round_trip(tmp_path: Path, random_state, wrap) -> None:
+    path = tmp_path / "c.pth"
+    torch.save(wrap(random_state), path)
+    loaded = load_model(path).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in random_state.items())
+
+
+def test_plain_torchvision_keys(random_state) -> None:
+    tv = torchvision.models.resnet18(num_classes=10)
+    tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    tv.load_state_dict(random_state)
+
+
+def test_mismatch_names_keys(tmp_path: Path, random_state) -> None:
+    bad = dict(random_state)
+    bad.pop("fc.bias")
+    bad["extra.weight"] = torch.zeros(1)
+    torch.save(bad, tmp_path / "b.pth")
+    with pytest.raises(CnnpruneError, match=r"missing 1 key\(s\): fc.bias.*unexpected 1 key\(s\): extra.weight"):
+        load_model(tmp_path / "b.pth")
+    wrong = dict(random_state)
+    wrong["fc.weight"] = torch.zeros(100, 512)
+    torch.save(wrong, tmp_path / "w.pth")
+    with pytest.raises(CnnpruneError, match="fc.weight has shape"):
+        load_model(tmp_path / "w.pth")
+
+
+class Payload:
+    """Stands for any object a malicious checkpoint could smuggle in."""
+
+
+def test_unsafe_pickle_refused(tmp_path: Path) -> None:
+    torch.save({"x": Payload()}, tmp_path / "u.pth")
+    with pytest.raises(CnnpruneError, match="refusing to unpickle"):
+        load_model(tmp_path / "u.pth")
+
+
+def test_truncated_and_missing_checkpoint(tmp_path: Path, checkpoint: Path) -> None:
+    (tmp_path / "t.pth").write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(CnnpruneError, match="truncated or corrupt"):
+        load_model(tmp_path / "t.pth")
+    with pytest.raises(CnnpruneError, match="does not exist"):
+        load_model(tmp_path / "none.pth")

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnprune.model import load_state_dict
+from cnnprune.prune import PruneConfig, run_pruning
+from cnnprune.schedules import CHECKPOINT_NAMES, REPORT_SCHEDULES, expected_zeros, schedule_by_name
+
+
+def _prunable(state: dict) -> list[str]:
+    return [k for k, v in state.items() if k.endswith(".weight") and v.ndim in (2, 4)]
+
+
+def test_schedules_are_the_reports() -> None:
+    assert CHECKPOINT_NAMES == ("one_shot_50", "one_shot_75", "one_shot_90",
+                                "iterative_50", "iterative_75", "iterative_90")
+    assert [round(s.final_fraction, 3) for s in REPORT_SCHEDULES] == [0.5, 0.75, 0.9, 0.502, 0.751, 0.9]
+    assert schedule_by_name("iterative_90").amount == 0.369 and schedule_by_name("iterative_90").steps == 5
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_NAMES)
+def test_exact_sparsity_order_and_untouched_tensors(artifacts: Path, random_state, name: str) -> None:
+    pruned = load_state_dict(artifacts / f"{name}.pth")
+    keys = _prunable(random_state)
+    total = sum(random_state[k].numel() for k in keys)
+    zeros = sum(int((pruned[k] == 0).sum()) for k in keys)
+    assert zeros == expected_zeros(schedule_by_name(name), total)
+    kept = torch.cat([random_state[k][pruned[k] != 0].abs() for k in keys])
+    removed = torch.cat([random_state[k][pruned[k] == 0].abs() for k in keys])
+    assert kept.min() >= removed.max()
+    for k, v in random_state.items():
+        if k in keys:
+            mask = pruned[k] != 0
+            assert torch.equal(pruned[k][mask], v[mask])
+            assert not torch.signbit(pruned[k][~mask]).any(), "pruned zeros are canonical +0.0"
+        else:
+            assert torch.equal(pruned[k], v), k
+
+
+def test_checkpoints_are_permanent_plain_state_dicts(artifacts: Path, random_state) -> None:
+    for name in CHECKPOINT_NAMES:
+        state = torch.load(artifacts / f"{name}.pth", weights_only=True)
+        assert set(state) == set(random_state)
+
+
+def test_manifest(artifacts: Path, checkpoint: Path) -> None:
+    from cnnprune.fileio import sha256_file
+
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    assert manifest["source"] == str(checkpoint) and manifest["source_sha256"] == sha256_file(checkpoint)
+    for name in CHECKPOINT_NAMES:
+        e = manifest["checkpoints"][name]
+        assert e["sha256"] == sha256_file(artifacts / f"{name}.pth")
+        assert e["sparsity_mask"] == e["sparsity_tensor"]
+        assert abs(e["sparsity_tensor"] - schedule_by_name(name).final_fraction) < 1e-3
+        assert sum(l["zeros"] for l in e["per_layer"].values()) == e["prunable_weights"] - e["nonzero_prunable_weights"]
+
+
+def test_rerun_keeps_valid_files_and_redoes_invalid(tmp_path: Path, checkpoint: Path) -> None:
+    schedules = [schedule_by_name("one_shot_50")]
+    run_pruning(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path)), schedules, progress=False)
+    path = tmp_path / "one_shot_50.pth"
+    before = path.stat().st_mtime_ns
+    run_pruning(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path)), schedules, progress=False)
+    assert path.stat().st_mtime_ns == before
+    path.write_bytes(b"garbage")
+    run_pruning(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path)), schedules, progress=False)
+    assert load_state_dict(path)["fc.weight"].shape == (10, 512)

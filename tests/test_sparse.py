@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnprune import sparse
+from cnnprune.errors import CnnpruneError
+from cnnprune.model import load_model
+
+
+@pytest.mark.parametrize("name", ["unpruned", "one_shot_50", "iterative_75", "one_shot_90"])
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_native_engine_matches_dense(artifacts: Path, name: str, calibrate: bool) -> None:
+    ref = load_model(artifacts / f"{name}.pth")
+    model = sparse.load(artifacts / f"{name}.csr.pt", threads=2, calibrate=calibrate)
+    assert not model.training
+    for n in (1, 3, 8):
+        x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            want = ref(x)
+        got = model(x)
+        assert got.shape == (n, 10)
+        assert (got - want).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), want.argmax(1))
+        assert torch.equal(model(x), got), "repeat calls with reused buffers are identical"
+
+
+def test_pure_sparse_path_matches_dense_with_every_layer_sparse(artifacts: Path) -> None:
+    ref = load_model(artifacts / "one_shot_75.pth")
+    model = sparse.load(artifacts / "one_shot_75.csr.pt", calibrate=False, dense_fallback=False)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max() <= 1e-4
+    assert all(v["engine"] == "sparse" for v in model.layer_choice(5).values())
+
+
+def test_torch_csr_reference_matches_dense(artifacts: Path) -> None:
+    ref = load_model(artifacts / "one_shot_90.pth")
+    model = sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max() <= 1e-4
+
+
+def test_bn_folding_keeps_zeros(artifacts: Path) -> None:
+    state = sparse.read_state(artifacts / "one_shot_90.pth")
+    net = sparse.fold_resnet(state)
+    assert torch.equal(net.stem.weight == 0, state["conv1.weight"] == 0)
+
+
+def test_bad_inputs(artifacts: Path) -> None:
+    model = sparse.load(artifacts / "one_shot_90.csr.pt", calibrate=False)
+    with pytest.raises(CnnpruneError, match=r"\(N, 3, 32, 32\)"):
+        model(torch.zeros(1, 3, 28, 28))
+    with pytest.raises(CnnpruneError, match="engine"):
+        sparse.load(artifacts / "one_shot_90.csr.pt", engine="magic")
+    if not torch.cuda.is_available():
+        with pytest.raises(CnnpruneError, match="no CUDA GPU"):
+            sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr", device="cuda")
