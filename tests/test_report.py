@@ -1,0 +1,105 @@
+"""The report generator on a small synthetic results file: verdicts follow the numbers."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnprune.report import claims, markdown, write_report
+from cnnprune.schedules import REPORT_ACCURACY_CIFAR10
+
+MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
+SPARSITY = {"unpruned": 0.0, "one_shot_50": 0.5, "one_shot_75": 0.75, "one_shot_90": 0.9,
+            "iterative_50": 0.5016, "iterative_75": 0.7514, "iterative_90": 0.8999}
+
+
+def _latency(model: str, engine: str, batch: int, ms: float) -> dict:
+    return {"model": model, "engine": engine, "batch": batch, "device": "cpu", "threads": 2, "median_ms": ms,
+            "iqr_ms": 0.1, "mean_ms": ms, "min_ms": ms, "max_ms": ms, "rounds": 10, "name": "x",
+            "sparse_engine_used": "sparse" if engine == "sparse" else None}
+
+
+def synthetic() -> dict:
+    models = {}
+    for m in MODELS:
+        s = SPARSITY[m]
+        mem = {"rss_before_load": 700e6, "rss_after_load": 750e6, "peak_rss": 800e6, "weights_in_memory": 44.7e6}
+        models[m] = {
+            "sparsity": s,
+            "counts": {"params_total": 11173962, "params_nonzero": int(11173962 * (1 - s)),
+                       "dense_macs": 140e6, "nonzero_macs": 140e6 * (1 - 0.72 * s), "flop_limit_speedup": 1 / (1 - 0.72 * s)},
+            "per_layer": {},
+            "files": {"dense": 44.77e6, "onnx": 44.67e6, "csr": 44.77e6 * max(1 - s + 0.03, 0.12)},
+            "accuracy": {f: {"accuracy": 0.93 - (0.004 if s > 0.8 else 0.0), "images": 100,
+                             "max_abs_logit_diff_vs_dense": 1e-6, "top1_agreement_with_dense": 1.0}
+                         for f in ("dense", "onnx", "sparse")},
+            "vs_unpruned": None if m == "unpruned" else {"only_baseline_correct": 3, "only_other_correct": 2, "p_value": 1.0},
+            "memory": {f: {"32": dict(mem)} for f in ("dense", "onnx", "sparse")},
+            "method": m.split("_")[0],
+        }
+    latency = []
+    for m in MODELS:
+        for batch, dense in ((1, 2.5), (32, 41.0)):
+            latency += [_latency(m, "torch", batch, dense * 3.5), _latency(m, "onnxruntime", batch, dense),
+                        _latency(m, "sparse", batch, dense * (1 - 0.7 * SPARSITY[m]))]
+    return {"generated": "2026-01-01 00:00 UTC", "config": {"batches": [1, 32]},
+            "machine": {"cpu": "Test CPU", "logical_cpus": 2, "threads": 2, "python": "3.11", "torch": "2.x",
+                        "onnx": "1", "onnxruntime": "1", "numpy": "2", "gpu": None, "platform": "linux"},
+            "source_checkpoint": {"path": "/x/model.pth", "sha256": "0" * 64}, "dataset": "fashion-mnist",
+            "test_images": 100, "models": models, "memory_runs": 5, "latency": latency,
+            "mask_agreement_one_shot_vs_iterative": {"50": 0.998, "75": 0.998, "90": 1.0},
+            "one_shot_vs_iterative": {t: {"only_baseline_correct": 0, "only_other_correct": 0, "p_value": 1.0}
+                                      for t in ("50", "75", "90")},
+            "finetune": None, "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10, "report_test_images": 9984,
+            "step_seconds": {"prune": 1.0}}
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {c["claim"].split('"')[1] if '"' in c["claim"] else c["claim"]: c["verdict"] for c in claims(results)}
+
+
+def test_synthetic_verdicts() -> None:
+    v = verdicts(synthetic())
+    assert v["speeds up the model significantly"].startswith("holds only for the cnnprune sparse engine")
+    assert "one_shot_90 (batch 32)" in v["speeds up the model significantly"]
+    assert v["a much lighter model"].startswith("holds only for the compact sparse file")
+    assert v["less resource usage"].startswith("does not hold")
+    assert v["pruning improves generalisation"].startswith("does not hold")
+
+
+def test_verdicts_follow_the_numbers() -> None:
+    r = synthetic()
+    for row in r["latency"]:
+        if row["engine"] == "onnxruntime" and row["model"] == "one_shot_90":
+            row["median_ms"] /= 2
+    assert verdicts(r)["speeds up the model significantly"] == "holds"
+    r = synthetic()
+    r["models"]["one_shot_90"]["accuracy"]["dense"]["accuracy"] = 0.80
+    acc = next(c for c in claims(r) if c["claim"].startswith("the accuracy table"))
+    assert "not for one_shot_90" in acc["verdict"]
+    r = synthetic()
+    r["models"]["one_shot_50"]["vs_unpruned"] = {"only_baseline_correct": 1, "only_other_correct": 30, "p_value": 1e-6}
+    assert verdicts(r)["pruning improves generalisation"] == "holds for one_shot_50"
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    path = write_report(synthetic(), tmp_path)
+    text = path.read_text()
+    assert "## The report's claims" in text and "median (IQR)" in text and "2 threads" in text
+    assert json.loads((tmp_path / "results.json").read_text())["dataset"] == "fashion-mnist"
+    for png in ("latency_cpu_b1.png", "latency_cpu_b32.png", "accuracy.png", "sizes.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({png})" in text
+
+
+def test_every_number_comes_from_results() -> None:
+    r = synthetic()
+    text_a = markdown(r, [])
+    r2 = copy.deepcopy(r)
+    r2["machine"]["threads"] = 7
+    for row in r2["latency"]:
+        row["median_ms"] *= 1.5
+    assert markdown(r2, []) != text_a and "7 threads" in markdown(r2, [])
