@@ -8,7 +8,6 @@ reused while still valid. Options narrow the matrix (the CI smoke run uses them)
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import pytest
@@ -77,13 +76,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     import numpy
     import onnxruntime
 
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from cnnprune.measure import cpu_model
+
     machine_info["cnnprune"] = {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "threads": config.getoption("--bench-threads") or torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -26,13 +26,10 @@ def _load(engine: str, device: str, artifacts: Path, name: str, threads: int):
     if engine == "onnxruntime":
         if device != "cpu":
             pytest.skip("the onnxruntime package installed here has no CUDA provider")
-        import onnxruntime as ort
+        from cnnprune.export import ort_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         path = artifacts / f"{name}.onnx"
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads)
         return (lambda x: session.run(None, {"input": x.numpy()})[0]), path
     if engine == "sparse":
         if device != "cpu":

@@ -55,6 +55,18 @@ def onnx_bytes(model: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
+def ort_session(model: str | Path | bytes, threads: int):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (one inter-op thread), the
+    setting every engine is compared under."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def check_onnx(path: Path, model: torch.nn.Module, inputs: torch.Tensor) -> float:
     """``onnx.checker`` + onnxruntime vs PyTorch; returns the max |logit difference|."""
     import onnx

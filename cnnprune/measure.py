@@ -31,6 +31,17 @@ from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, positive_i
 FORMS = ("dense", "onnx", "sparse")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def layer_macs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
     """Per conv/linear layer: dense MACs, nonzero MACs, weights and nonzero weights, per image."""
     from cnnprune.model import build_model, prunable_modules
@@ -105,15 +116,12 @@ def load_form(form: str, artifacts: Path, name: str, threads: int, dense_fallbac
 
         return load_model(artifacts / f"{name}.pth")
     if form == "onnx":
-        import onnxruntime as ort
+        from cnnprune.export import ort_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         path = artifacts / f"{name}.onnx"
         if not path.is_file():
             raise CnnpruneError(f"{path} is missing; run `python -m cnnprune.export`")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads)
         return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     if form == "sparse":
         from cnnprune import sparse

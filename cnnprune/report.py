@@ -462,7 +462,8 @@ def markdown(results: dict, plot_names: list[str]) -> str:
 
     L.append("## Size, parameters and memory\n")
     L.append("| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
-             "peak RSS dense | peak RSS sparse | weights in memory (sparse) |")
+             "peak RSS dense / onnx / sparse | RSS added by loading dense / onnx / sparse | weights in memory "
+             "dense / sparse |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     batch = str(max(cfg["batches"]))
     for name, e in models.items():
@@ -470,7 +471,10 @@ def markdown(results: dict, plot_names: list[str]) -> str:
         L.append(f"| {name} | {c['params_nonzero']:,} / {c['params_total']:,} | {_mb(f['dense'])} | "
                  f"{_mb(f.get('onnx'))} | {_mb(f.get('csr'))} | {f.get('csr', 0) / f['dense']:.1%} | "
                  f"{c['nonzero_macs'] / 1e6:.1f} M of {c['dense_macs'] / 1e6:.1f} M | "
-                 f"{_mb(mem['dense'][batch]['peak_rss'])} | {_mb(mem['sparse'][batch]['peak_rss'])} | "
+                 + " / ".join(_mb(mem[k][batch]["peak_rss"]) for k in ("dense", "onnx", "sparse")) + " | "
+                 + " / ".join(_mb(mem[k][batch]["rss_after_load"] - mem[k][batch]["rss_before_load"])
+                              for k in ("dense", "onnx", "sparse")) + " | "
+                 f"{_mb(mem['dense'][batch].get('weights_in_memory'))} / "
                  f"{_mb(mem['sparse'][batch].get('weights_in_memory'))} |")
     L.append(f"\nPeak RSS at batch {batch}. Parameters counted as every float tensor except BatchNorm running "
              "statistics.\n")

@@ -334,14 +334,9 @@ class NativeSparseResNet(nn.Module):
 
 def _ort_session(model: nn.Module, threads: int):
     """In-memory onnxruntime session of the dense model, same thread count (the fallback)."""
-    import onnxruntime as ort
+    from cnnprune.export import onnx_bytes, ort_session
 
-    from cnnprune.export import onnx_bytes
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes(model), options, providers=["CPUExecutionProvider"])
+    return ort_session(onnx_bytes(model), threads)
 
 
 def _best_ms(fn, repeats: int) -> float:
