@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnprune.data import DATASETS, Split, load_split, random_crop_flip
 from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, positive_int, run_cli
-from cnnprune.fileio import safe_torch_load, save_torch, write_json, write_text
+from cnnprune.fileio import safe_torch_load, save_torch, write_bytes, write_json, write_text
 from cnnprune.model import build_model
 
 
@@ -163,6 +163,28 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     return log[-1] if log else {}
 
 
+def package_default(run_dir: Path, command: str, target: Path | None = None) -> Path:
+    """Ship a finished run as the embedded default: fp16 state_dict + a JSON card beside it
+    (sha256, the training command, config, per-epoch log and the fp16 model's test accuracy)."""
+    from cnnprune.fileio import sha256_file
+    from cnnprune.model import default_checkpoint, load_model
+
+    source = run_dir / "model_fp16.pth"
+    if not source.is_file():
+        raise CnnpruneError(f"{source} does not exist; finish the training run first")
+    target = target or default_checkpoint()
+    write_bytes(target, source.read_bytes())
+    config = json.loads((run_dir / "config.json").read_text())
+    test = load_split(config["dataset"], "test", Path(config["data_dir"]) if config["data_dir"] else None)
+    acc = evaluate_model(load_model(target), test, torch.device("cpu"))
+    card = {"file": target.name, "sha256": sha256_file(target), "bytes": target.stat().st_size,
+            "storage": "float16 (loaded as float32)", "dataset": config["dataset"],
+            "test_accuracy_fp16": acc, "test_images": len(test), "command": command, "config": config,
+            "log": json.loads((run_dir / "log.json").read_text()), "torch": torch.__version__}
+    write_json(target.with_suffix(".json"), card)
+    return target
+
+
 def _write_logs(out: Path, log: list[dict]) -> None:
     write_json(out / "log.json", log)
     buffer = io.StringIO()
@@ -185,8 +207,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=non_negative_int, help="train on the first N images only")
     parser.add_argument("--out", default=TrainConfig.out, help="output folder (default runs/train)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    parser.add_argument("--package", metavar="RUN_DIR",
+                        help="do not train: ship RUN_DIR's finished model as the embedded default checkpoint")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.package:
+        run_dir = Path(args.package)
+        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
+        if config is None:
+            raise CnnpruneError(f"--package {run_dir} holds no finished run (config.json missing)")
+        command = (f"python -m cnnprune.train --dataset {config['dataset']} --epochs {config['epochs']} "
+                   f"--seed {config['seed']} --out {run_dir}")
+        target = package_default(run_dir, command)
+        print(f"packaged {target} ({target.stat().st_size:,} bytes)")
+        return 0
     config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                          batch_size=args.batch_size, max_lr=args.lr, seed=args.seed, device=args.device,
                          threads=args.threads, train_limit=args.train_limit or None, out=args.out)

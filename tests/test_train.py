@@ -8,7 +8,7 @@ import torch
 
 from cnnprune.errors import CnnpruneError
 from cnnprune.model import load_model
-from cnnprune.train import TrainConfig, train
+from cnnprune.train import TrainConfig, package_default, train
 
 
 def test_tiny_training_run_writes_resumable_state(tmp_path: Path, fashion_dir: Path) -> None:
@@ -22,6 +22,9 @@ def test_tiny_training_run_writes_resumable_state(tmp_path: Path, fashion_dir: P
     assert half["conv1.weight"].dtype == torch.float16
     again = train(cfg, resume=True, progress=False)
     assert again == last, "resuming a finished run changes nothing"
+    target = package_default(tmp_path / "run", "python -m cnnprune.train …", tmp_path / "shipped.pth")
+    card = json.loads(target.with_suffix(".json").read_text())
+    assert card["bytes"] == target.stat().st_size and len(card["log"]) == 2 and 0 <= card["test_accuracy_fp16"] <= 1
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path, fashion_dir: Path) -> None:
