@@ -213,8 +213,36 @@ def run(config: PipelineConfig) -> Path:
         bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
         artifacts=artifacts, step_seconds=timings)
     report = write_report(results, reports)
+    console.print(summary_table(results))
     console.print(f"report written to {report}")
     return report
+
+
+def summary_table(results: dict):
+    """The run at a glance: accuracy, size and CPU latency per model (rich table)."""
+    from rich.table import Table
+
+    from cnnprune.report import speedups
+
+    table = Table(title=f"cnnprune: {results['dataset']}, {results['machine']['threads']} threads, "
+                        f"median latency (ms)")
+    rows = [s for s in speedups(results) if s["device"] == "cpu"]
+    batches = sorted({s["batch"] for s in rows})
+    table.add_column("model")
+    for col in ("sparsity", "top-1", "csr / dense"):
+        table.add_column(col, justify="right")
+    for b in batches:
+        table.add_column(f"best dense b{b}", justify="right")
+        table.add_column(f"sparse b{b}", justify="right")
+    for name, m in results["models"].items():
+        cells = [f"{m['sparsity']:.1%}", f"{m['accuracy']['dense']['accuracy']:.2%}",
+                 f"{m['files'].get('csr', 0) / m['files']['dense']:.1%}"]
+        for b in batches:
+            r = next((s for s in rows if s["model"] == name and s["batch"] == b and s["engine"] == "sparse"), None)
+            cells.append(f"{r['median_ms'] * (r['speedup_vs_best_dense'] or 0):.2f}" if r else "–")
+            cells.append(f"{r['median_ms']:.2f} ({r['speedup_vs_best_dense']:.2f}×)" if r else "–")
+        table.add_row(name, *cells)
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from torch.nn.utils import prune as torch_prune
 from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_json
 from cnnprune.model import build_model, check_state_dict, load_state_dict, prunable_modules, resolve_checkpoint
-from cnnprune.schedules import REPORT_SCHEDULES, Schedule
+from cnnprune.schedules import REPORT_SCHEDULES, Schedule, custom_schedules
 
 StepHook = Callable[[nn.Module, Schedule, int], None]
 
@@ -231,16 +231,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10"))
     parser.add_argument("--data-dir", help="training data folder, for --finetune-epochs")
     parser.add_argument("--only", help="comma-separated subset of the six checkpoints to make")
+    parser.add_argument("--targets", help="instead of the report's six: comma-separated sparsities in [0, 1), "
+                                          "each made one-shot and iteratively")
+    parser.add_argument("--steps", type=int, default=5, help="iterative steps for --targets (default 5)")
     parser.add_argument("--fresh", action="store_true", help="redo every checkpoint")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     schedules = REPORT_SCHEDULES
+    if args.targets:
+        try:
+            targets = [float(t) for t in args.targets.split(",") if t.strip()]
+        except ValueError:
+            raise CnnpruneError(f"--targets {args.targets!r} must be comma-separated fractions such as 0.5,0.9") from None
+        bad = [t for t in targets if not 0.0 <= t < 1.0]
+        if bad:
+            raise CnnpruneError(f"--targets: sparsity {bad[0]} is outside [0, 1); give fractions such as 0.9")
+        if args.steps < 1:
+            raise CnnpruneError(f"--steps {args.steps}: the iterative step count must be ≥ 1")
+        schedules = custom_schedules(targets, args.steps)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in {s.name for s in REPORT_SCHEDULES}]
+        unknown = [n for n in wanted if n not in {s.name for s in schedules}]
         if unknown:
-            raise CnnpruneError(f"--only {unknown[0]!r} is not one of {', '.join(s.name for s in REPORT_SCHEDULES)}")
-        schedules = tuple(s for s in REPORT_SCHEDULES if s.name in wanted)
+            raise CnnpruneError(f"--only {unknown[0]!r} is not one of {', '.join(s.name for s in schedules)}")
+        schedules = tuple(s for s in schedules if s.name in wanted)
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise CnnpruneError(f"--checkpoint {args.checkpoint} does not exist or is not a file")
     config = PruneConfig(args.checkpoint, args.out, args.finetune_epochs, args.finetune_limit or None,

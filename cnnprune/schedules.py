@@ -60,6 +60,23 @@ REPORT_TEST_IMAGES = 9984
 CHECKPOINT_NAMES: tuple[str, ...] = tuple(s.name for s in REPORT_SCHEDULES)
 
 
+def custom_schedules(targets: list[float], steps: int) -> tuple[Schedule, ...]:
+    """One-shot and ``steps``-step iterative schedules reaching each target (fraction in [0, 1)).
+
+    The per-step amount is 1 − (1 − target)^(1/steps), as the report derived 13 %, 24.3 %, 36.9 %.
+    """
+    if steps < 1:
+        raise ValueError(f"iterative step count must be ≥ 1, got {steps}")
+    out: list[Schedule] = []
+    for t in targets:
+        if not 0.0 <= t < 1.0:
+            raise ValueError(f"sparsity {t} is outside [0, 1)")
+        out.append(one_shot(t))
+    for t in targets:
+        out.append(iterative(t, 1.0 - (1.0 - t) ** (1.0 / steps), steps))
+    return tuple(out)
+
+
 def expected_zeros(schedule: Schedule, total: int) -> int:
     """Exact number of pruned weights PyTorch produces: each step prunes round(amount · remaining)."""
     zeros = 0

@@ -45,6 +45,8 @@ def test_bad_numbers() -> None:
     assert_one_line_error(run("cnnprune.train", "--epochs", "0"), "--epochs")
     assert_one_line_error(run("cnnprune.prune", "--finetune-epochs", "-1"), "--finetune-epochs")
     assert_one_line_error(run("cnnprune.pipeline", "--batches", "1,0"), "--batches")
+    assert_one_line_error(run("cnnprune.prune", "--targets", "0.5,1.0"), "--targets", "outside [0, 1)")
+    assert_one_line_error(run("cnnprune.prune", "--targets", "0.5", "--steps", "0"), "--steps")
 
 
 def test_unknown_choices(tmp_path: Path) -> None:

@@ -60,6 +60,20 @@ def test_manifest(artifacts: Path, checkpoint: Path) -> None:
         assert sum(l["zeros"] for l in e["per_layer"].values()) == e["prunable_weights"] - e["nonzero_prunable_weights"]
 
 
+def test_custom_targets_reach_exact_counts(tmp_path: Path, checkpoint: Path, random_state) -> None:
+    from cnnprune.schedules import custom_schedules
+
+    schedules = custom_schedules([0.3], 3)
+    assert abs(schedules[1].final_fraction - 0.3) < 1e-12
+    manifest = run_pruning(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path)), schedules, progress=False)
+    total = sum(random_state[k].numel() for k in _prunable(random_state))
+    for s in schedules:
+        e = manifest["checkpoints"][s.name]
+        assert e["prunable_weights"] - e["nonzero_prunable_weights"] == expected_zeros(s, total)
+    with pytest.raises(ValueError):
+        custom_schedules([1.0], 5)
+
+
 def test_rerun_keeps_valid_files_and_redoes_invalid(tmp_path: Path, checkpoint: Path) -> None:
     schedules = [schedule_by_name("one_shot_50")]
     run_pruning(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path)), schedules, progress=False)
