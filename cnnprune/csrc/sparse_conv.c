@@ -58,6 +58,7 @@ static void tile_##R##_##NV##_##VT(const float *restrict base, int64_t srow,    
     DEFINE_TILE(R, 1, v2, 2)           \
     DEFINE_TILE(R, 1, v1, 1)
 
+DEFINE_ROWS(8)
 DEFINE_ROWS(4)
 DEFINE_ROWS(2)
 DEFINE_ROWS(1)
@@ -78,6 +79,7 @@ static void run_rows_##R(const float *base, int64_t srow, const int32_t *off, co
     if (t < L) tile_##R##_1_v1(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); \
 }
 
+RUN_ROWS(8)
 RUN_ROWS(4)
 RUN_ROWS(2)
 RUN_ROWS(1)
@@ -93,7 +95,8 @@ void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int C
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
-    const int R = L >= 64 ? (Ho % 2 == 0 ? 2 : 1) : (Ho % 4 == 0 ? 4 : (Ho % 2 == 0 ? 2 : 1));
+    const int R = L >= 64 ? (Ho % 2 == 0 ? 2 : 1)
+                : L <= 16 && Ho % 8 == 0 ? 8 : (Ho % 4 == 0 ? 4 : (Ho % 2 == 0 ? 2 : 1));
     const int nblocks = Ho / R;
     /* row blocks outermost: one input slab is reused by every output channel while in cache */
     #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
@@ -103,7 +106,8 @@ void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int C
             const int64_t o = co * dplane + (y + 1) * drow + N;
             const float *base = src + y * src_row;
             const float *r = res ? res + o : 0;
-            if (R == 4) run_rows_4(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
+            if (R == 8) run_rows_8(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
+            else if (R == 4) run_rows_4(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
             else if (R == 2) run_rows_2(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
             else run_rows_1(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
         }
