@@ -238,13 +238,20 @@ class NativeSparseResNet(nn.Module):
         n = src.shape[3]
         use_sparse = p.use_sparse if force is None else force == "sparse"
         if not use_sparse:
-            x = _to_nchw(src)
-            y = F.conv2d(x, p.conv.weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
-            if res is not None:
-                y += _to_nchw(res)
-            if relu:
-                y.relu_()
-            _from_nchw(y, dst)
+            previous = torch.get_num_threads()
+            if previous != self.threads:
+                torch.set_num_threads(self.threads)
+            try:
+                x = _to_nchw(src)
+                y = F.conv2d(x, p.conv.weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
+                if res is not None:
+                    y += _to_nchw(res)
+                if relu:
+                    y.relu_()
+                _from_nchw(y, dst)
+            finally:
+                if previous != self.threads:
+                    torch.set_num_threads(previous)
             return
         if p.conv.stride == 2:
             self.lib.phase_split(src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n,
