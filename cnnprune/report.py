@@ -430,16 +430,25 @@ def markdown(results: dict, plot_names: list[str]) -> str:
             sparse_row = None
             for e in engines:
                 r = next((r for r in rows if r["model"] == model and r["engine"] == e), None)
-                cells.append(f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f})" if r else "–")
-                if e == "sparse":
+                cell = f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f})" if r else "–"
+                if e == "sparse" and r:
                     sparse_row = r
+                    raw = next(x for x in results["latency"] if x["model"] == model and x["engine"] == "sparse"
+                               and x["batch"] == batch and x["device"] == device)
+                    if raw.get("sparse_engine_used") == "onnxruntime":
+                        cell += " †"
+                    elif raw.get("dense_layers"):
+                        cell += f" ‡{raw['dense_layers']}"
+                cells.append(cell)
             sp_s = _x(sparse_row["speedup_vs_best_dense"]) if sparse_row else "–"
             frac = f"{sparse_row['fraction_of_flop_limit']:.0%} of {_x(sparse_row['flop_limit'])}" \
                 if sparse_row and sparse_row["fraction_of_flop_limit"] else "–"
             L.append(f"| {model} | {_pct(models[model]['sparsity'])} | " + " | ".join(cells) + f" | {sp_s} | {frac} |")
         L.append("")
     L.append("Speedup vs best dense = the faster of PyTorch eager and onnxruntime on the same model, same run, "
-             "same threads, divided by the sparse engine's median. FLOP limit = dense MACs / nonzero MACs.\n")
+             "same threads, divided by the sparse engine's median. FLOP limit = dense MACs / nonzero MACs. "
+             "† = the sparse engine measured its sparse path slower than dense onnxruntime at this batch size and "
+             "ran onnxruntime; ‡k = k of its 20 convolutions ran dense (oneDNN) because that was faster.\n")
 
     L.append("## Accuracy and agreement between forms\n")
     L.append(f"| model | dense | onnx | sparse | max \\|logit diff\\| vs dense | top-1 agreement | "
