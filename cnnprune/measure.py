@@ -178,7 +178,8 @@ def measure_memory(form: str, artifacts: Path, name: str, batch: int, runs: int,
 
 def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: int = 250,
                    limit: int | None = None) -> dict:
-    """Accuracy (fraction 0–1) of each form on the whole split and agreement with dense."""
+    """Accuracy (fraction 0–1) of each form on the whole split and agreement with dense; the dense
+    entry also keeps per-image correctness (1/0) for paired tests between models."""
     results: dict = {}
     ref_pred = ref_logits = None
     for form in FORMS:
@@ -195,6 +196,7 @@ def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: 
         entry = {"accuracy": acc, "images": int(len(pred)), "seconds": time.perf_counter() - t0}
         if ref_pred is None:
             ref_pred, ref_logits = pred, logit
+            entry["predictions"] = (pred == split.labels[: len(pred)]).int().tolist()
         else:
             entry["top1_agreement_with_dense"] = float((pred == ref_pred).float().mean())
             entry["max_abs_logit_diff_vs_dense"] = float((logit - ref_logits).abs().max())

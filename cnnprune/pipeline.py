@@ -103,19 +103,8 @@ def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     for name in config.models:
         results["models"][name] = evaluate_forms(Path(config.artifacts), name, split, config.threads,
                                                  limit=config.eval_limit)
-        results["models"][name]["dense"]["predictions"] = _predictions(Path(config.artifacts), name, split,
-                                                                         config.eval_limit)
         write_json(path, results)
     return results
-
-
-def _predictions(artifacts: Path, name: str, split, limit: int | None) -> list[int]:
-    """Per-image correctness (1/0) of the dense form, for paired tests between models."""
-    from cnnprune.evaluate import predictions
-    from cnnprune.model import load_model
-
-    pred = predictions(load_model(artifacts / f"{name}.pth"), split, 500, limit)
-    return (pred == split.labels[: len(pred)]).int().tolist()
 
 
 def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
