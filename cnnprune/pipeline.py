@@ -94,16 +94,19 @@ def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
 
     path = work / "accuracy.json"
     key = _fingerprint("accuracy", hashes, config.dataset, config.data_dir, config.eval_limit, config.models)
-    cached = _cached(path, key, config.fresh)
-    if cached:
+    cached = _cached(path, key, config.fresh) or {}
+    if cached.get("complete"):
         return cached
     split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
     results = {"fingerprint": key, "dataset": split.name, "test_images": len(split) if not config.eval_limit
-               else min(config.eval_limit, len(split)), "models": {}}
+               else min(config.eval_limit, len(split)), "models": cached.get("models", {}), "complete": False}
     for name in config.models:
-        results["models"][name] = evaluate_forms(Path(config.artifacts), name, split, config.threads,
-                                                 limit=config.eval_limit)
-        write_json(path, results)
+        if name not in results["models"]:
+            results["models"][name] = evaluate_forms(Path(config.artifacts), name, split, config.threads,
+                                                     limit=config.eval_limit)
+            write_json(path, results)
+    results["complete"] = True
+    write_json(path, results)
     return results
 
 
@@ -112,16 +115,20 @@ def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
 
     path = work / "memory.json"
     key = _fingerprint("memory", hashes, config.memory_runs, config.batches, config.models, config.threads)
-    cached = _cached(path, key, config.fresh)
-    if cached:
+    cached = _cached(path, key, config.fresh) or {}
+    if cached.get("complete"):
         return cached
     batch = max(config.batches)
-    results = {"fingerprint": key, "runs": config.memory_runs, "batch": batch, "models": {}}
+    results = {"fingerprint": key, "runs": config.memory_runs, "batch": batch,
+               "models": cached.get("models", {}), "complete": False}
     for name in config.models:
-        results["models"][name] = {
-            form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch, config.memory_runs,
-                                              config.threads)} for form in FORMS}
-        write_json(path, results)
+        if name not in results["models"]:
+            results["models"][name] = {
+                form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch, config.memory_runs,
+                                                  config.threads)} for form in FORMS}
+            write_json(path, results)
+    results["complete"] = True
+    write_json(path, results)
     return results
 
 
