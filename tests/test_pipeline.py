@@ -1,0 +1,28 @@
+"""End to end on tiny settings: the job behind run_bench.sh, and its resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cnnprune.pipeline import PipelineConfig, run
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = PipelineConfig(checkpoint=str(checkpoint), artifacts=str(tmp_path / "art"),
+                            reports=str(tmp_path / "rep"), threads=1, batches=(2,), rounds=1, eval_limit=40,
+                            memory_runs=1, models=("unpruned", "one_shot_90"))
+    report = run(config)
+    text = report.read_text()
+    assert "## The report's claims" in text and "one_shot_90" in text
+    results = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert results["test_images"] == 40
+    engines = {r["engine"] for r in results["latency"]}
+    assert engines == {"torch", "onnxruntime", "sparse", "torch-csr"}
+    acc = results["models"]["one_shot_90"]["accuracy"]
+    assert acc["sparse"]["max_abs_logit_diff_vs_dense"] <= 1e-4 and acc["onnx"]["top1_agreement_with_dense"] == 1.0
+    bench = tmp_path / "rep" / "_work" / "bench.json"
+    stamp = bench.stat().st_mtime_ns
+    run(config)
+    assert bench.stat().st_mtime_ns == stamp, "a valid step is not redone"
