@@ -133,7 +133,7 @@ def export_one(name: str, source: Path, config: ExportConfig, inputs: torch.Tens
         csr_path = out / f"{name}.csr.pt"
         csr.save(state, csr_path)
         decoded = csr.load_state(csr_path)
-        exact = all(torch.equal(decoded[k].view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8))
+        exact = all(torch.equal(decoded[k].contiguous().view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8))
                     for k, v in state.items() if v.is_floating_point())
         if not exact or decoded.keys() != state.keys():
             raise CnnpruneError(f"{csr_path} does not decode to {source} bit for bit; this is a cnnprune bug")

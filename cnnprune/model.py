@@ -91,9 +91,10 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (weights_only) and return its state_dict in float32."""
+    """Read a checkpoint file (weights_only) and return its state_dict in float32, standard
+    (contiguous) memory format: a model trained channels-last saves channels-last tensors."""
     state = extract_state_dict(safe_torch_load(path), str(path))
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
 
 def load_model(path: str | os.PathLike[str] | None = None) -> nn.Module:

@@ -156,7 +156,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "log": log},
                        state_path)
             _write_logs(out, log)
-    final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    final = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_torch(final, out / "model.pth")
     save_torch({k: (v.half() if v.is_floating_point() else v) for k, v in final.items()}, out / "model_fp16.pth")
     write_json(out / "config.json", asdict(config))
