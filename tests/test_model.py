@@ -64,3 +64,14 @@ def test_truncated_and_missing_checkpoint(tmp_path: Path, checkpoint: Path) -> N
         load_model(tmp_path / "t.pth")
     with pytest.raises(CnnpruneError, match="does not exist"):
         load_model(tmp_path / "none.pth")
+
+
+def test_channels_last_checkpoint_loads_contiguous(tmp_path: Path, random_state) -> None:
+    from cnnprune.model import load_state_dict
+
+    cl = {k: (v.to(memory_format=torch.channels_last) if v.ndim == 4 else v) for k, v in random_state.items()}
+    assert not cl["conv1.weight"].is_contiguous()
+    torch.save(cl, tmp_path / "cl.pth")
+    state = load_state_dict(tmp_path / "cl.pth")
+    assert all(v.is_contiguous() for v in state.values())
+    assert torch.equal(state["conv1.weight"], random_state["conv1.weight"])
