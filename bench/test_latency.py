@@ -7,6 +7,7 @@ carries what the report needs to put the time in context.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,5 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
         benchmark.extra_info["sparse_engine_used"] = model.engine_for(batch)["engine"]
         benchmark.extra_info["dense_layers"] = sum(v["engine"] == "dense" for v in model.layer_choice(batch).values())
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)
+    del model, call
+    gc.collect()  # free this engine's thread pools before the next case is timed
