@@ -70,7 +70,8 @@ def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
                        sha256_file(Path(__file__).parent / "csrc" / "sparse_conv.c"))
     cached = _cached(work / "bench.meta.json", key, config.fresh)
     if cached and out.is_file():
-        return json.loads(out.read_text())
+        return {**json.loads(out.read_text()), "reused": True, "reused_seconds": cached.get("seconds")}
+    t0 = time.perf_counter()
     tmp = work / ".bench.json.tmp"
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
@@ -84,7 +85,8 @@ def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
         tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
         raise CnnpruneError(f"the benchmark run failed ({' '.join(cmd[2:4])}): {tail[-400:]}")
     os.replace(tmp, out)
-    write_json(work / "bench.meta.json", {"fingerprint": key, "command": " ".join(cmd)})
+    write_json(work / "bench.meta.json", {"fingerprint": key, "command": " ".join(cmd),
+                                          "seconds": round(time.perf_counter() - t0, 1)})
     return json.loads(out.read_text())
 
 
@@ -96,7 +98,8 @@ def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     key = _fingerprint("accuracy", hashes, config.dataset, config.data_dir, config.eval_limit, config.models)
     cached = _cached(path, key, config.fresh) or {}
     if cached.get("complete"):
-        return cached
+        return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
+    t0 = time.perf_counter()
     split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
     results = {"fingerprint": key, "dataset": split.name, "test_images": len(split) if not config.eval_limit
                else min(config.eval_limit, len(split)), "models": cached.get("models", {}), "complete": False}
@@ -105,7 +108,7 @@ def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
             results["models"][name] = evaluate_forms(Path(config.artifacts), name, split, config.threads,
                                                      limit=config.eval_limit)
             write_json(path, results)
-    results["complete"] = True
+    results.update(complete=True, seconds=round(time.perf_counter() - t0, 1))
     write_json(path, results)
     return results
 
@@ -117,7 +120,8 @@ def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     key = _fingerprint("memory", hashes, config.memory_runs, config.batches, config.models, config.threads)
     cached = _cached(path, key, config.fresh) or {}
     if cached.get("complete"):
-        return cached
+        return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
+    t0 = time.perf_counter()
     batch = max(config.batches)
     results = {"fingerprint": key, "runs": config.memory_runs, "batch": batch,
                "models": cached.get("models", {}), "complete": False}
@@ -127,7 +131,7 @@ def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
                 form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch, config.memory_runs,
                                                   config.threads)} for form in FORMS}
             write_json(path, results)
-    results["complete"] = True
+    results.update(complete=True, seconds=round(time.perf_counter() - t0, 1))
     write_json(path, results)
     return results
 
@@ -190,7 +194,10 @@ def run(config: PipelineConfig) -> Path:
         t0 = time.perf_counter()
         value = fn()
         timings[label] = round(time.perf_counter() - t0, 1)
-        console.print(f"{label}: {timings[label]:.1f} s")
+        if isinstance(value, dict) and value.get("reused"):
+            before = value.get("reused_seconds")
+            timings[label] = "reused" if before is None else f"{before:.0f} (reused)"
+        console.print(f"{label}: {timings[label]} s")
         return value
 
     source = str(resolve_checkpoint(config.checkpoint))

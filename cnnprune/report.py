@@ -495,7 +495,10 @@ def markdown(results: dict, plot_names: list[str]) -> str:
     L.append("## Reproduce\n")
     L.append("```\nbash run_bench.sh            # this report, on the embedded default\n"
              "pytest bench --benchmark-autosave   # the timings alone\n```\n")
-    L.append("Cost of this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["step_seconds"].items()) + ".\n")
+    L.append("Cost of each step on this machine, in seconds (\"reused\": a valid result of an earlier run with "
+             "the same inputs was kept; the figure is what computing it cost then): "
+             + ", ".join(f"{k} {v:.0f}" if isinstance(v, (int, float)) else f"{k} {v}"
+                         for k, v in results["step_seconds"].items()) + ".\n")
     return "\n".join(L)
 
 
