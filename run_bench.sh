@@ -16,8 +16,9 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 stamp=".venv-installed"
 [ -n "${VIRTUAL_ENV:-}" ] && stamp="$VIRTUAL_ENV/.cnnprune-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   python -m pip install --quiet --upgrade pip
+  export PIP_CONSTRAINT="$PWD/constraints.txt"
   python -m pip install --quiet -e '.[test]'
   touch "$stamp"
 fi

@@ -20,17 +20,13 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from cnnprune.errors import CnnpruneError
 
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
 
-_f32p = ctypes.POINTER(ctypes.c_float)
-_i32p = ctypes.POINTER(ctypes.c_int32)
 _SIGNATURES = {
     "sparse_conv": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
     "maxpool3s2": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int],
     "phase_split": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int],
@@ -87,12 +83,6 @@ def library() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = argtypes
         fn.restype = None
+    lib.channels_per_group.argtypes = [ctypes.c_int] * 6
+    lib.channels_per_group.restype = ctypes.c_int
     return lib
-
-
-def ptr(array: np.ndarray | None) -> int | None:
-    """Address of a C-contiguous array's data (None stays NULL)."""
-    if array is None:
-        return None
-    assert array.flags.c_contiguous
-    return array.ctypes.data

@@ -106,7 +106,8 @@ class _ConvPlan:
     ho: int
     wo: int
     use_sparse: bool = True
-    crow: np.ndarray | None = None
+    ptr: np.ndarray | None = None
+    ngroups: int = 1
     off: np.ndarray | None = None
     val: np.ndarray | None = None
     bias: np.ndarray | None = None
@@ -114,13 +115,17 @@ class _ConvPlan:
     dense_ms: float = float("nan")
 
 
-def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR rows (out channels) of the folded weight with each nonzero's input offset (floats)."""
+def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int
+                     ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """The folded weight as the kernel reads it: nonzeros ordered by (output channel, group of
+    ``group`` input channels), ``ptr`` the start of each (channel, group) run, each nonzero's
+    input offset (floats) and value."""
     w = conv.weight.numpy()
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
-    crow = np.zeros(cout + 1, dtype=np.int32)
-    crow[1:] = np.cumsum(np.bincount(co, minlength=cout))
+    ngroups = -(-cin // group)
+    ptr = np.zeros(cout * ngroups + 1, dtype=np.int32)
+    ptr[1:] = np.cumsum(np.bincount(co * ngroups + ci // group, minlength=cout * ngroups))
     oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
     if conv.stride == 1:
         row = (win + 2) * n
@@ -132,7 +137,7 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int) -> tuple[np.n
         off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
     if off.size and off.max() >= 2**31:
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
-    return crow, off.astype(np.int32), np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
+    return ptr, ngroups, off.astype(np.int32), np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
 
 
 def _padded(c: int, h: int, w: int, n: int) -> np.ndarray:
@@ -176,7 +181,9 @@ class NativeSparseResNet(nn.Module):
             ho, wo = (hin + 2 * conv.padding - conv.weight.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.weight.shape[3]) // conv.stride + 1
             p = _ConvPlan(conv, hin, win, ho, wo)
-            p.crow, p.off, p.val = _sparse_operands(conv, hin, win, n)
+            k = conv.weight.shape[2]
+            group = self.lib.channels_per_group(wo * n, ho, n, conv.stride, k, conv.weight.shape[1])
+            p.ptr, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
             p.bias = conv.bias.numpy().astype(np.float32)
             plans[conv.name] = p
             return ho, wo
@@ -258,8 +265,8 @@ class NativeSparseResNet(nn.Module):
             base, row = phase, phase.shape[2] * n
         else:
             base, row = src, src.shape[2] * n
-        self.lib.sparse_conv(base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0],
-                             p.crow.ctypes.data, p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data,
+        self.lib.sparse_conv(base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.ngroups,
+                             p.ptr.ctypes.data, p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data,
                              dst.ctypes.data, None if res is None else res.ctypes.data, int(relu), self.threads)
 
     def _program(self, n: int) -> dict:
@@ -311,7 +318,7 @@ class NativeSparseResNet(nn.Module):
         args_split = (src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n,
                       phase.ctypes.data if phase is not None else None, t)
         base, row = (phase, phase.shape[2] * n) if p.conv.stride == 2 else (src, src.shape[2] * n)
-        args = (base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.crow.ctypes.data,
+        args = (base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.ngroups, p.ptr.ctypes.data,
                 p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data, dst.ctypes.data,
                 None if res is None else res.ctypes.data, int(relu), t)
         if p.conv.stride == 2 and split:

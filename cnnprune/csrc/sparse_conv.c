@@ -11,112 +11,187 @@
 #include <string.h>
 #include <omp.h>
 
-/* Accumulators are GCC vector values held in small fixed-size arrays whose loops are fully
- * unrolled, so they live in registers. A tile covers R output rows x NV vectors of V floats
- * of one output channel: every nonzero's index and value are loaded once and feed R*NV
- * independent multiply-adds (enough chains to hide the FMA latency even at batch 1). */
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
+/* Accumulators are GCC vector values of the machine's native width (VF: 8 floats with AVX2,
+ * 16 with AVX-512) held in small fixed-size arrays whose loops are fully unrolled, so they
+ * live in registers: never more than NACC of them (AVX2 has 16 vector registers; the rest
+ * hold the broadcast weight and the loaded input). A tile covers R output rows x NV vectors
+ * of one output channel: each nonzero's offset and value are loaded once and feed R*NV
+ * independent multiply-adds. Small tiles (batch 1, late layers) would wait on the FMA latency,
+ * so they keep U sets of accumulators for consecutive nonzeros: R*NV*U >= 8 chains. */
+#if defined(__AVX512F__)
+#define VW 16
+#define NACC 24
+typedef float vf __attribute__((vector_size(64), aligned(4)));
+typedef int32_t i_vf __attribute__((vector_size(64)));
+#else
+#define VW 8
+#define NACC 12
+typedef float vf __attribute__((vector_size(32), aligned(4)));
+typedef int32_t i_vf __attribute__((vector_size(32)));
+#endif
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
 typedef float v2 __attribute__((vector_size(8), aligned(4)));
 typedef float v1 __attribute__((vector_size(4), aligned(4)));
-typedef int32_t i_v16 __attribute__((vector_size(64)));
 typedef int32_t i_v8 __attribute__((vector_size(32)));
 typedef int32_t i_v4 __attribute__((vector_size(16)));
 typedef int32_t i_v2 __attribute__((vector_size(8)));
 typedef int32_t i_v1 __attribute__((vector_size(4)));
 
+/* One tile over the nonzeros j0..j1 of one output channel (one input-channel group of it).
+ * first: start from the bias, else from what earlier groups left in out; last: add the
+ * residual and apply ReLU before the store. */
+typedef void (*tile_fn)(const float *restrict, int64_t, const int32_t *restrict, const float *restrict,
+                        int, int, float *restrict, int64_t, int, float, int, const float *restrict, int);
+
 #define DEFINE_TILE(R, NV, VT, V)                                                              \
-static void tile_##R##_##NV##_##VT(const float *restrict base, int64_t srow,                  \
-        const int32_t *restrict off, const float *restrict val, int j0, int j1, float b,       \
-        float *restrict out, int64_t drow, const float *restrict res, int relu) {              \
-    VT acc[R][NV];                                                                             \
+static void tile_##VT##_##NV##_##R(const float *restrict base, int64_t srow,                  \
+        const int32_t *restrict off, const float *restrict val, int j0, int j1,                \
+        float *restrict out, int64_t drow, int first, float b, int last,                       \
+        const float *restrict res, int relu) {                                                 \
+    enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
+    VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
-        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) acc[r][v] = (VT){0} + b;         \
-    for (int j = j0; j < j1; j++) {                                                            \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
+            acc[0][r][v] = first ? (VT){0} + b : *(const VT *)(out + r * drow + v * (V));      \
+            _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) acc[u][r][v] = (VT){0};        \
+        }                                                                                      \
+    int j = j0;                                                                                \
+    for (; j + U <= j1; j += U)                                                                \
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                                  \
+            const float w = val[j + u];                                                        \
+            const float *restrict s = base + off[j + u];                                       \
+            _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
+                _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                          \
+                    acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (V));                 \
+        }                                                                                      \
+    for (; j < j1; j++) {                                                                      \
         const float w = val[j];                                                                \
         const float *restrict s = base + off[j];                                               \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                   \
             _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                              \
-                acc[r][v] += w * *(const VT *)(s + r * srow + v * (V));                        \
+                acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (V));                     \
     }                                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
-            VT a = acc[r][v];                                                                  \
-            if (res) a += *(const VT *)(res + r * drow + v * (V));                             \
-            if (relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                           \
+            VT a = acc[0][r][v];                                                               \
+            _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) a += acc[u][r][v];             \
+            if (last && res) a += *(const VT *)(res + r * drow + v * (V));                     \
+            if (last && relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                   \
             *(VT *)(out + r * drow + v * (V)) = a;                                             \
         }                                                                                      \
 }
 
-#define DEFINE_ROWS(R)                 \
-    DEFINE_TILE(R, 4, v16, 16)         \
-    DEFINE_TILE(R, 2, v16, 16)         \
-    DEFINE_TILE(R, 1, v16, 16)         \
-    DEFINE_TILE(R, 1, v8, 8)           \
-    DEFINE_TILE(R, 1, v4, 4)           \
-    DEFINE_TILE(R, 1, v2, 2)           \
-    DEFINE_TILE(R, 1, v1, 1)
+#define ROWS_1_TO_3(NV, VT, V) DEFINE_TILE(1, NV, VT, V) DEFINE_TILE(2, NV, VT, V) DEFINE_TILE(3, NV, VT, V)
+#define ROWS_4_TO_6(NV, VT, V) DEFINE_TILE(4, NV, VT, V) DEFINE_TILE(5, NV, VT, V) DEFINE_TILE(6, NV, VT, V)
+#define ROWS_7_TO_8(NV, VT, V) DEFINE_TILE(7, NV, VT, V) DEFINE_TILE(8, NV, VT, V)
+#define ROWS_1_TO_8(NV, VT, V) ROWS_1_TO_3(NV, VT, V) ROWS_4_TO_6(NV, VT, V) ROWS_7_TO_8(NV, VT, V)
 
-DEFINE_ROWS(8)
-DEFINE_ROWS(4)
-DEFINE_ROWS(2)
-DEFINE_ROWS(1)
+DEFINE_TILE(1, 8, vf, VW)
+ROWS_1_TO_3(4, vf, VW)
+ROWS_1_TO_3(2, vf, VW)
+ROWS_4_TO_6(2, vf, VW)
+ROWS_1_TO_8(1, vf, VW)
+#if VW > 8
+ROWS_1_TO_8(1, v8, 8)
+#endif
+ROWS_1_TO_8(1, v4, 4)
+ROWS_1_TO_8(1, v2, 2)
+ROWS_1_TO_8(1, v1, 1)
 
-#define RUN_ROWS(R)                                                                             \
-static void run_rows_##R(const float *base, int64_t srow, const int32_t *off, const float *val, \
-                         int j0, int j1, float b, float *out, int64_t drow, const float *res,   \
-                         int relu, int L) {                                                     \
-    int t = 0;                                                                                  \
-    _Pragma("GCC unroll 1")                                                                     \
-    for (; t + 64 <= L; t += 64)                                                                \
-        tile_##R##_4_v16(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); \
-    if (t + 32 <= L) { tile_##R##_2_v16(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 32; } \
-    if (t + 16 <= L) { tile_##R##_1_v16(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 16; } \
-    if (t + 8 <= L) { tile_##R##_1_v8(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 8; } \
-    if (t + 4 <= L) { tile_##R##_1_v4(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 4; } \
-    if (t + 2 <= L) { tile_##R##_1_v2(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); t += 2; } \
-    if (t < L) tile_##R##_1_v1(base + t, srow, off, val, j0, j1, b, out + t, drow, res ? res + t : 0, relu); \
+#define LIST_1_TO_8(NV, VT) {0, tile_##VT##_##NV##_1, tile_##VT##_##NV##_2, tile_##VT##_##NV##_3, \
+    tile_##VT##_##NV##_4, tile_##VT##_##NV##_5, tile_##VT##_##NV##_6, tile_##VT##_##NV##_7, tile_##VT##_##NV##_8}
+
+/* Tile kinds, widest first: {floats per row, most rows, functions by row count}. */
+typedef struct { int width, max_rows; tile_fn fn[9]; } tile_kind;
+static const tile_kind KINDS[] = {
+    {8 * VW, 1, {0, tile_vf_8_1}},
+    {4 * VW, 3, {0, tile_vf_4_1, tile_vf_4_2, tile_vf_4_3}},
+    {2 * VW, 6, {0, tile_vf_2_1, tile_vf_2_2, tile_vf_2_3, tile_vf_2_4, tile_vf_2_5, tile_vf_2_6}},
+    {VW, 8, LIST_1_TO_8(1, vf)},
+#if VW > 8
+    {8, 8, LIST_1_TO_8(1, v8)},
+#endif
+    {4, 8, LIST_1_TO_8(1, v4)},
+    {2, 8, LIST_1_TO_8(1, v2)},
+    {1, 8, LIST_1_TO_8(1, v1)},
+};
+#define NKINDS ((int)(sizeof(KINDS) / sizeof(KINDS[0])))
+
+/* Output rows per tile for a row of L floats (Wout * N): as many as keep the widest tile
+ * that fits within NACC accumulators. */
+int row_block(int L) {
+    return L >= 8 * VW ? 1 : L >= 4 * VW ? 3 : L >= 2 * VW ? 6 : 8;
 }
 
-RUN_ROWS(8)
-RUN_ROWS(4)
-RUN_ROWS(2)
-RUN_ROWS(1)
+/* Input channels per group: the input one column tile of a k x k convolution reads from a
+ * group (planes x rows x floats) is kept to about half of a 32 KiB L1 data cache. */
+int channels_per_group(int L, int Ho, int N, int stride, int k, int cin) {
+    const int R = row_block(L) < Ho ? row_block(L) : Ho;
+    const int tw = L < 8 * VW ? L : 8 * VW;
+    const int64_t reach = stride == 1 ? k - 1 : (k - 1) / 2;
+    const int64_t planes = stride == 1 || k == 1 ? 1 : 4;
+    const int64_t bytes = planes * (R + reach) * (tw + reach * N) * (int64_t)sizeof(float);
+    int64_t g = (16 * 1024) / bytes;
+    if (g < 1) g = 1;
+    return g > cin ? cin : (int)g;
+}
+
+/* Widest tile that fits the rest of the row (rem floats) with r rows. */
+static int pick_kind(int rem, int r) {
+    for (int k = 0; k < NKINDS; k++)
+        if (KINDS[k].width <= rem && r <= KINDS[k].max_rows) return k;
+    return NKINDS - 1;
+}
 
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
- * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there; crow:
- * nonzeros of each output channel. dst/res: padded (Cout, Ho+2, Wo+2, N), interiors only.
- * Rows are blocked by R = 4 when the row is short (batch 1) and by 1 when one row already
- * fills the register tile (large batch). */
-void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout,
-                 const int32_t *crow, const int32_t *off, const float *val, const float *bias,
+ * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there. The
+ * nonzeros of output channel co, input-channel group g are ptr[co*ngroups+g] ..
+ * ptr[co*ngroups+g+1]: groups are sized so that the input a column tile reads from one group
+ * stays in L1 while every output channel of the chunk uses it. dst/res: padded
+ * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
+ * pairs, at least two per thread where the layer allows it. */
+void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
+                 const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
                  float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
-    const int R = L >= 64 ? (Ho % 2 == 0 ? 2 : 1)
-                : L <= 16 && Ho % 8 == 0 ? 8 : (Ho % 4 == 0 ? 4 : (Ho % 2 == 0 ? 2 : 1));
-    const int nblocks = Ho / R;
-    /* row blocks outermost: one input slab is reused by every output channel while in cache */
+    const int R = row_block(L);
+    const int nyb = (Ho + R - 1) / R;
+    int nchunks = (2 * nthreads + nyb - 1) / nyb;
+    const int most = Cout / 8 > 1 ? Cout / 8 : 1;
+    if (nchunks > most) nchunks = most;
+    if (nchunks < 1) nchunks = 1;
+    const int cchunk = (Cout + nchunks - 1) / nchunks;
     #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-    for (int yb = 0; yb < nblocks; yb++) {
-        for (int co = 0; co < Cout; co++) {
-            const int y = yb * R;
-            const int64_t o = co * dplane + (y + 1) * drow + N;
+    for (int yb = 0; yb < nyb; yb++) {
+        for (int ch = 0; ch < nchunks; ch++) {
+            const int y = yb * R, r = Ho - y < R ? Ho - y : R;
+            const int c0 = ch * cchunk, c1 = c0 + cchunk < Cout ? c0 + cchunk : Cout;
             const float *base = src + y * src_row;
-            const float *r = res ? res + o : 0;
-            if (R == 8) run_rows_8(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
-            else if (R == 4) run_rows_4(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
-            else if (R == 2) run_rows_2(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
-            else run_rows_1(base, src_row, off, val, crow[co], crow[co + 1], bias[co], dst + o, drow, r, relu, L);
+            for (int t = 0; t < L;) {
+                const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
+                const tile_fn fn = kind->fn[r];
+                for (int g = 0; g < ngroups; g++) {
+                    for (int co = c0; co < c1; co++) {
+                        const int64_t o = co * dplane + (y + 1) * drow + N + t;
+                        const int32_t *p = ptr + (int64_t)co * ngroups + g;
+                        fn(base + t, src_row, off, val, p[0], p[1], dst + o, drow, g == 0, bias[co],
+                           g == ngroups - 1, res ? res + o : 0, relu);
+                    }
+                }
+                t += kind->width;
+            }
         }
     }
 }
 
 /* 3x3 stride-2 max pool, padding 1, on post-ReLU input (values >= 0, so the zero border
- * acts as -inf padding). src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N). */
-void maxpool3s2(const float *src, int C, int H, int W, int N, float *dst, int nthreads) {
+ * acts as -inf padding). src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N).
+ * The maximum of each output value is kept in a register over the 9 taps (batch innermost,
+ * so consecutive n vectorise). */
+void maxpool3s2(const float *restrict src, int C, int H, int W, int N, float *restrict dst, int nthreads) {
     const int Ho = H / 2, Wo = W / 2;
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const int64_t drow = (int64_t)(Wo + 2) * N, dplane = (int64_t)(Ho + 2) * drow;
@@ -124,14 +199,17 @@ void maxpool3s2(const float *src, int C, int H, int W, int N, float *dst, int nt
     for (int c = 0; c < C; c++) {
         for (int y = 0; y < Ho; y++) {
             for (int x = 0; x < Wo; x++) {
-                float *d = dst + c * dplane + (y + 1) * drow + (int64_t)(x + 1) * N;
-                const float *s = src + c * splane + (int64_t)(2 * y) * srow + (int64_t)(2 * x) * N;
-                for (int n = 0; n < N; n++) d[n] = s[n];
-                for (int ky = 0; ky < 3; ky++)
-                    for (int kx = 0; kx < 3; kx++) {
-                        const float *p = s + ky * srow + (int64_t)kx * N;
-                        for (int n = 0; n < N; n++) d[n] = p[n] > d[n] ? p[n] : d[n];
-                    }
+                float *restrict d = dst + c * dplane + (y + 1) * drow + (int64_t)(x + 1) * N;
+                const float *restrict s = src + c * splane + (int64_t)(2 * y) * srow + (int64_t)(2 * x) * N;
+                for (int n = 0; n < N; n++) {
+                    float m = s[n];
+                    _Pragma("GCC unroll 3") for (int ky = 0; ky < 3; ky++)
+                        _Pragma("GCC unroll 3") for (int kx = 0; kx < 3; kx++) {
+                            const float v = s[ky * srow + (int64_t)kx * N + n];
+                            m = v > m ? v : m;
+                        }
+                    d[n] = m;
+                }
             }
         }
     }
@@ -139,19 +217,21 @@ void maxpool3s2(const float *src, int C, int H, int W, int N, float *dst, int nt
 
 /* Split a padded (C, Hp, Wp, N) tensor into 4 phase planes (a, b, C, Hp/2, Wp/2, N):
  * plane (a, b) holds rows a, a+2, ... and columns b, b+2, ... (Hp, Wp even). */
-void phase_split(const float *src, int C, int Hp, int Wp, int N, float *dst, int nthreads) {
+void phase_split(const float *restrict src, int C, int Hp, int Wp, int N, float *restrict dst, int nthreads) {
     const int Hh = Hp / 2, Wh = Wp / 2;
     const int64_t plane = (int64_t)Hh * Wh * N;
     #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
     for (int c = 0; c < C; c++) {
         for (int r = 0; r < Hp; r++) {
             const int a = r & 1;
-            for (int col = 0; col < Wp; col++) {
-                const int b = col & 1;
-                float *d = dst + ((int64_t)(a * 2 + b) * C + c) * plane + (int64_t)(r / 2) * Wh * N + (int64_t)(col / 2) * N;
-                const float *s = src + ((int64_t)c * Hp + r) * Wp * N + (int64_t)col * N;
-                memcpy(d, s, sizeof(float) * N);
-            }
+            const float *restrict s = src + ((int64_t)c * Hp + r) * Wp * N;
+            float *restrict even = dst + ((int64_t)(a * 2) * C + c) * plane + (int64_t)(r / 2) * Wh * N;
+            float *restrict odd = dst + ((int64_t)(a * 2 + 1) * C + c) * plane + (int64_t)(r / 2) * Wh * N;
+            for (int col = 0; col < Wh; col++)
+                for (int n = 0; n < N; n++) {
+                    even[(int64_t)col * N + n] = s[(int64_t)(2 * col) * N + n];
+                    odd[(int64_t)col * N + n] = s[(int64_t)(2 * col + 1) * N + n];
+                }
         }
     }
 }
