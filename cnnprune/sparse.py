@@ -140,6 +140,16 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int
     return ptr, ngroups, off.astype(np.int32), np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
 
 
+def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
+    """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
+    until an output channel has about ``min_run`` nonzeros per group on average, since each
+    (channel, group) pass reloads and stores its accumulators."""
+    cout, cin, k, _ = conv.weight.shape
+    nnz = max(int(torch.count_nonzero(conv.weight)), 1)
+    l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
+    return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
+
+
 def _padded(c: int, h: int, w: int, n: int) -> np.ndarray:
     return np.zeros((c, h + 2, w + 2, n), dtype=np.float32)
 
@@ -181,8 +191,7 @@ class NativeSparseResNet(nn.Module):
             ho, wo = (hin + 2 * conv.padding - conv.weight.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.weight.shape[3]) // conv.stride + 1
             p = _ConvPlan(conv, hin, win, ho, wo)
-            k = conv.weight.shape[2]
-            group = self.lib.channels_per_group(wo * n, ho, n, conv.stride, k, conv.weight.shape[1])
+            group = _group_size(self.lib, conv, wo * n, ho, n)
             p.ptr, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
             p.bias = conv.bias.numpy().astype(np.float32)
             plans[conv.name] = p
