@@ -19,7 +19,8 @@ Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,6 @@ class NativeSparseResNet(nn.Module):
         self.threads = threads or torch.get_num_threads()
         self.calibrate = calibrate
         self._plans: dict[int, dict] = {}
-        self._keep: list = []
         self.eval()
 
     # -- planning
@@ -220,8 +220,8 @@ class NativeSparseResNet(nn.Module):
             dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n)
             phase = np.empty((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n), dtype=np.float32) \
                 if p.conv.stride == 2 else None
-            p.sparse_ms = _best_ms(lambda: self._conv(p, src, dst, None, True, phase, force="sparse"), repeats)
-            p.dense_ms = _best_ms(lambda: self._conv(p, src, dst, None, True, phase, force="dense"), repeats)
+            p.sparse_ms = _best_ms(self._sparse_call(p, src, dst, None, True, phase), repeats)
+            p.dense_ms = _best_ms(lambda: self._dense_conv(p, src, dst, None, True), repeats)
             p.use_sparse = p.sparse_ms <= p.dense_ms
 
     def _choose_engine(self, n: int, plan: dict, repeats: int = 5) -> None:
@@ -248,35 +248,38 @@ class NativeSparseResNet(nn.Module):
                 for name, p in plan["convs"].items()}
 
     # -- execution
-    def _conv(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-              phase: np.ndarray | None, force: str | None = None) -> None:
-        n = src.shape[3]
-        use_sparse = p.use_sparse if force is None else force == "sparse"
-        if not use_sparse:
-            previous = torch.get_num_threads()
+    def _dense_conv(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None,
+                    relu: bool) -> None:
+        """One convolution in PyTorch (oneDNN) on this engine's thread count, layout conversion included."""
+        previous = torch.get_num_threads()
+        if previous != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            x = _to_nchw(src)
+            y = F.conv2d(x, p.conv.weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
+            if res is not None:
+                y += _to_nchw(res)
+            if relu:
+                y.relu_()
+            _from_nchw(y, dst)
+        finally:
             if previous != self.threads:
-                torch.set_num_threads(self.threads)
-            try:
-                x = _to_nchw(src)
-                y = F.conv2d(x, p.conv.weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
-                if res is not None:
-                    y += _to_nchw(res)
-                if relu:
-                    y.relu_()
-                _from_nchw(y, dst)
-            finally:
-                if previous != self.threads:
-                    torch.set_num_threads(previous)
-            return
-        if p.conv.stride == 2:
-            self.lib.phase_split(src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n,
-                                 phase.ctypes.data, self.threads)
-            base, row = phase, phase.shape[2] * n
-        else:
-            base, row = src, src.shape[2] * n
-        self.lib.sparse_conv(base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.ngroups,
-                             p.ptr.ctypes.data, p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data,
-                             dst.ctypes.data, None if res is None else res.ctypes.data, int(relu), self.threads)
+                torch.set_num_threads(previous)
+
+    def _sparse_call(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
+                     phase: np.ndarray | None, split: bool = True) -> Callable[[], object]:
+        """One convolution on the C kernels as a closure over raw addresses (it keeps the buffers
+        alive). Stride 2 reads phase planes, made here unless ``split`` is False (already made
+        for this input)."""
+        lib, n, t = self.lib, src.shape[3], self.threads
+        resp = None if res is None else res.ctypes.data
+        base, row = (phase, phase.shape[2] * n) if p.conv.stride == 2 else (src, src.shape[2] * n)
+        args = (base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.ngroups, p.ptr.ctypes.data,
+                p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data, dst.ctypes.data, resp, int(relu), t)
+        if p.conv.stride == 2 and split:
+            args_split = (src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n, phase.ctypes.data, t)
+            return lambda keep=(src, dst, res, phase): (lib.phase_split(*args_split), lib.sparse_conv(*args))
+        return lambda keep=(src, dst, res, phase): lib.sparse_conv(*args)
 
     def _program(self, n: int) -> dict:
         """Buffers (zero borders, allocated once per batch size) and the step list of a forward."""
@@ -313,26 +316,15 @@ class NativeSparseResNet(nn.Module):
         h, w = plan["final_hw"]
         pooled = np.empty((n, cur.shape[0]), dtype=np.float32)
         steps.append(lambda cur=cur: lib.avgpool(cur.ctypes.data, cur.shape[0], h, w, n, pooled.ctypes.data))
-        self._keep.extend([inp, a, cur, xbuf, pooled])
         plan.update(steps=steps, xbuf=xbuf, pooled=pooled)
         self._choose_engine(n, plan)
         return plan
 
     def _conv_step(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-                   phase: np.ndarray | None, split: bool = True):
+                   phase: np.ndarray | None, split: bool = True) -> Callable[[], object]:
         if not p.use_sparse:
-            return lambda: self._conv(p, src, dst, res, relu, phase, force="dense")
-        lib, n, t = self.lib, src.shape[3], self.threads
-        self._keep.extend([src, dst, res, phase])  # the steps hold raw addresses only
-        args_split = (src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n,
-                      phase.ctypes.data if phase is not None else None, t)
-        base, row = (phase, phase.shape[2] * n) if p.conv.stride == 2 else (src, src.shape[2] * n)
-        args = (base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.ngroups, p.ptr.ctypes.data,
-                p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data, dst.ctypes.data,
-                None if res is None else res.ctypes.data, int(relu), t)
-        if p.conv.stride == 2 and split:
-            return lambda: (lib.phase_split(*args_split), lib.sparse_conv(*args))
-        return lambda: lib.sparse_conv(*args)
+            return lambda: self._dense_conv(p, src, dst, res, relu)
+        return self._sparse_call(p, src, dst, res, relu, phase, split)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
