@@ -15,7 +15,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,11 +63,19 @@ def _artifact_hashes(artifacts: Path) -> dict:
     return {name: {k: f["sha256"] for k, f in e["files"].items()} for name, e in record["models"].items()}
 
 
+def code_hash() -> str:
+    """sha256 over the code that produces the measured figures (the sparse engine and the
+    benchmarks), so that a changed kernel invalidates earlier timings, accuracies and memory."""
+    root = Path(__file__).resolve().parent
+    files = [root / "sparse.py", root / "kernels.py", root / "csrc" / "sparse_conv.c", root / "measure.py",
+             root.parent / "bench" / "conftest.py", root.parent / "bench" / "test_latency.py"]
+    return _fingerprint(*[sha256_file(f) for f in files if f.is_file()])
+
+
 def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     """Run ``pytest bench`` (pytest-benchmark, autosaved to .benchmarks/) and keep its JSON."""
     out = work / "bench.json"
-    key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.models,
-                       sha256_file(Path(__file__).parent / "csrc" / "sparse_conv.c"))
+    key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.models, code_hash())
     cached = _cached(work / "bench.meta.json", key, config.fresh)
     if cached and out.is_file():
         return {**json.loads(out.read_text()), "reused": True, "reused_seconds": cached.get("seconds")}
@@ -90,50 +98,52 @@ def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     return json.loads(out.read_text())
 
 
-def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
-    from cnnprune.data import load_split
-    from cnnprune.measure import evaluate_forms
-
-    path = work / "accuracy.json"
-    key = _fingerprint("accuracy", hashes, config.dataset, config.data_dir, config.eval_limit, config.models)
+def _per_model_step(path: Path, key: str, config: PipelineConfig, header: Callable[[], dict],
+                    measure: Callable[[str], dict]) -> dict:
+    """A step measured model by model: each model's result is written as soon as it is known, so
+    an interrupted step resumes with the models still missing (same fingerprint)."""
     cached = _cached(path, key, config.fresh) or {}
     if cached.get("complete"):
         return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
     t0 = time.perf_counter()
-    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    results = {"fingerprint": key, "dataset": split.name, "test_images": len(split) if not config.eval_limit
-               else min(config.eval_limit, len(split)), "models": cached.get("models", {}), "complete": False}
+    results = {"fingerprint": key, **header(), "models": cached.get("models", {}), "complete": False}
     for name in config.models:
         if name not in results["models"]:
-            results["models"][name] = evaluate_forms(Path(config.artifacts), name, split, config.threads,
-                                                     limit=config.eval_limit)
+            results["models"][name] = measure(name)
             write_json(path, results)
     results.update(complete=True, seconds=round(time.perf_counter() - t0, 1))
     write_json(path, results)
     return results
+
+
+def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+    from cnnprune.data import load_split
+    from cnnprune.measure import evaluate_forms
+
+    key = _fingerprint("accuracy", hashes, config.dataset, config.data_dir, config.eval_limit, config.models,
+                       code_hash())
+    split = None
+
+    def header() -> dict:
+        nonlocal split
+        split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+        return {"dataset": split.name,
+                "test_images": len(split) if not config.eval_limit else min(config.eval_limit, len(split))}
+
+    return _per_model_step(work / "accuracy.json", key, config, header, lambda name: evaluate_forms(
+        Path(config.artifacts), name, split, config.threads, limit=config.eval_limit))
 
 
 def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     from cnnprune.measure import FORMS, measure_memory
 
-    path = work / "memory.json"
-    key = _fingerprint("memory", hashes, config.memory_runs, config.batches, config.models, config.threads)
-    cached = _cached(path, key, config.fresh) or {}
-    if cached.get("complete"):
-        return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
-    t0 = time.perf_counter()
+    key = _fingerprint("memory", hashes, config.memory_runs, config.batches, config.models, config.threads,
+                       code_hash())
     batch = max(config.batches)
-    results = {"fingerprint": key, "runs": config.memory_runs, "batch": batch,
-               "models": cached.get("models", {}), "complete": False}
-    for name in config.models:
-        if name not in results["models"]:
-            results["models"][name] = {
-                form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch, config.memory_runs,
-                                                  config.threads)} for form in FORMS}
-            write_json(path, results)
-    results.update(complete=True, seconds=round(time.perf_counter() - t0, 1))
-    write_json(path, results)
-    return results
+    return _per_model_step(work / "memory.json", key, config, lambda: {"runs": config.memory_runs, "batch": batch},
+                           lambda name: {form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch,
+                                                                           config.memory_runs, config.threads)}
+                                         for form in FORMS})
 
 
 def step_finetune(config: PipelineConfig, source: str) -> dict | None:
