@@ -25,6 +25,9 @@ SIGNIFICANT_SPEEDUP = 1.2   # "speeds up significantly": at least 1.2× faster
 LESS_MEMORY = 0.9           # "less resource usage": at least 10 % less
 MUCH_LIGHTER = 0.5          # "a much lighter model": at most half the bytes
 ACCURACY_KEPT_PP = 1.0      # accuracy "kept": at most 1 percentage point lost
+# The sparse engine's targets (speedup over the best dense engine, same model, same run), by
+# target sparsity and batch size; 1.0 means "never slower than dense".
+SPARSE_GOALS = {("90", 32): 3.2, ("90", 1): 1.5, ("75", 32): 2.0, ("75", 1): 1.3, ("50", 32): 1.0, ("50", 1): 1.0}
 ONE_SHOT = ("one_shot_50", "one_shot_75", "one_shot_90")
 ITERATIVE = ("iterative_50", "iterative_75", "iterative_90")
 
@@ -157,6 +160,31 @@ def speedups(results: dict) -> list[dict]:
                             "flop_limit": limit,
                             "fraction_of_flop_limit": s_same / limit if s_same and limit else None,
                             "sparse_engine_used": row.get("sparse_engine_used")})
+    return out
+
+
+def sparse_goals(results: dict) -> list[dict]:
+    """Each pruned model against the sparse engine's goal for its sparsity and batch (CPU).
+
+    A goal of 1.0 ("never slower") is met when the sparse median is within the best dense
+    engine's IQR of its median (the noise of this run); a goal above the model's FLOP limit can
+    only be met by doing less arithmetic per nonzero than dense engines do, which is said.
+    """
+    out = []
+    rows = [s for s in speedups(results) if s["device"] == "cpu" and s["engine"] == "sparse"]
+    table = latency_table(results)
+    for r in sorted(rows, key=lambda r: (r["model"].split("_")[-1], r["batch"], r["model"])):
+        goal = SPARSE_GOALS.get((r["model"].split("_")[-1], r["batch"]))
+        if goal is None or r["speedup_vs_best_dense"] is None:
+            continue
+        dense = table[("cpu", r["batch"])][r["model"]][r["best_dense_engine"]]
+        if goal == 1.0:
+            met = r["median_ms"] <= dense["median_ms"] + dense["iqr_ms"]
+        else:
+            met = r["speedup_vs_best_dense"] >= goal
+        out.append({"model": r["model"], "batch": r["batch"], "goal": goal, "speedup": r["speedup_vs_best_dense"],
+                    "flop_limit": r["flop_limit"], "met": met, "above_flop_limit": goal > r["flop_limit"],
+                    "sparse_engine_used": r["sparse_engine_used"]})
     return out
 
 
@@ -449,6 +477,21 @@ def markdown(results: dict, plot_names: list[str]) -> str:
              "same threads, divided by the sparse engine's median. FLOP limit = dense MACs / nonzero MACs. "
              "† = the sparse engine measured its sparse path slower than dense onnxruntime at this batch size and "
              "ran onnxruntime; ‡k = k of its 20 convolutions ran dense (oneDNN) because that was faster.\n")
+
+    goals = sparse_goals(results)
+    if goals:
+        L.append("### The sparse engine against its goals\n")
+        L.append("| model | batch | goal vs best dense | measured | FLOP limit | verdict |")
+        L.append("|---|---:|---:|---:|---:|---|")
+        for g in goals:
+            verdict = "met" if g["met"] else "not met"
+            if g["above_flop_limit"]:
+                verdict += " (the goal is above this model's FLOP limit)"
+            if g["sparse_engine_used"] == "onnxruntime":
+                verdict += "; ran the dense fallback"
+            L.append(f"| {g['model']} | {g['batch']} | {'never slower' if g['goal'] == 1.0 else _x(g['goal'])} | "
+                     f"{_x(g['speedup'])} | {_x(g['flop_limit'])} | {verdict} |")
+        L.append("\n\"Never slower\" = the sparse median is within the best dense engine's median + IQR of this run.\n")
 
     L.append("## Accuracy and agreement between forms\n")
     L.append(f"| model | dense | onnx | sparse | max \\|logit diff\\| vs dense | top-1 agreement | "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnprune.report import claims, markdown, write_report
+from cnnprune.report import claims, markdown, sparse_goals, write_report
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10
 
 MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
@@ -103,3 +103,18 @@ def test_every_number_comes_from_results() -> None:
     for row in r2["latency"]:
         row["median_ms"] *= 1.5
     assert markdown(r2, []) != text_a and "7 threads" in markdown(r2, [])
+
+
+def test_sparse_goals_follow_the_numbers() -> None:
+    r = synthetic()
+    goals = {(g["model"], g["batch"]): g for g in sparse_goals(r)}
+    assert len(goals) == 12
+    # synthetic sparse time = dense · (1 − 0.7·s): at 90 % that is 1/0.37 = 2.70×
+    g = goals[("one_shot_90", 32)]
+    assert g["goal"] == 3.2 and not g["met"] and abs(g["speedup"] - 1 / 0.37) < 1e-9
+    assert goals[("one_shot_90", 1)]["met"] and goals[("one_shot_50", 1)]["met"]
+    for row in r["latency"]:
+        if row["engine"] == "sparse" and row["model"] == "one_shot_50" and row["batch"] == 1:
+            row["median_ms"] = 2.5 + 0.2   # slower than dense (2.5 ms, IQR 0.1) beyond the noise
+    assert not {(g["model"], g["batch"]): g for g in sparse_goals(r)}[("one_shot_50", 1)]["met"]
+    assert "The sparse engine against its goals" in markdown(r, [])
