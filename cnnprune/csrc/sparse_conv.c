@@ -150,24 +150,24 @@ static int pick_kind(int rem, int r) {
  * ptr[co*ngroups+g+1]: groups are sized so that the input a column tile reads from one group
  * stays in L1 while every output channel of the chunk uses it. dst/res: padded
  * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
- * pairs, at least two per thread where the layer allows it. */
+ * pairs, row blocks of equal height, about four items per thread where the layer allows it,
+ * handed out dynamically since the nonzeros per channel vary. */
 void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                  const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
                  float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
-    const int R = row_block(L);
-    const int nyb = (Ho + R - 1) / R;
-    int nchunks = (2 * nthreads + nyb - 1) / nyb;
+    const int nyb = (Ho + row_block(L) - 1) / row_block(L);
+    int nchunks = (4 * nthreads + nyb - 1) / nyb;
     const int most = Cout / 8 > 1 ? Cout / 8 : 1;
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
     const int cchunk = (Cout + nchunks - 1) / nchunks;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
-            const int y = yb * R, r = Ho - y < R ? Ho - y : R;
+            const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
             const int c0 = ch * cchunk, c1 = c0 + cchunk < Cout ? c0 + cchunk : Cout;
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
