@@ -1,0 +1,91 @@
+"""The C sparse convolution against F.conv2d on single layers: every tile shape, row remainder,
+input-channel grouping, stride, empty channel and thread count the network can produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnprune.kernels import library
+from cnnprune.sparse import FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw
+
+
+def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
+               res: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+    lib = library()
+    n, cin, h, w = x.shape
+    cout, _, k, _ = conv.weight.shape
+    ho, wo = (h + 2 * conv.padding - k) // conv.stride + 1, (w + 2 * conv.padding - k) // conv.stride + 1
+    src, dst = _padded(cin, h, w, n), _padded(cout, ho, wo, n)
+    _from_nchw(x, src)
+    resbuf = None
+    if res is not None:
+        resbuf = _padded(cout, ho, wo, n)
+        _from_nchw(res, resbuf)
+    ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
+    base = src
+    if conv.stride == 2:
+        base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
+        lib.phase_split(src.ctypes.data, cin, h + 2, w + 2, n, base.ctypes.data, threads)
+    lib.sparse_conv(base.ctypes.data, base.shape[2] * n, ho, wo, n, cout, ngroups, ptr.ctypes.data,
+                    off.ctypes.data, val.ctypes.data, conv.bias.numpy().ctypes.data, dst.ctypes.data,
+                    None if resbuf is None else resbuf.ctypes.data, int(relu), threads)
+    return _to_nchw(dst)
+
+
+def random_conv(cin: int, cout: int, k: int, stride: int, density: float, seed: int) -> FoldedConv:
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(cout, cin, k, k, generator=g)
+    weight[torch.rand(weight.shape, generator=g) >= density] = 0
+    weight[0] = 0  # an output channel with no nonzero at all
+    return FoldedConv("c", weight, torch.randn(cout, generator=g), stride, 1 if k == 3 else 0)
+
+
+def reference(conv: FoldedConv, x: torch.Tensor, res: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    y = F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
+    if res is not None:
+        y = y + res
+    return y.relu() if relu else y
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 32])
+@pytest.mark.parametrize("k, stride, hw", [(3, 1, 16), (3, 1, 7), (3, 2, 8), (1, 2, 8), (3, 1, 2)])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.6, 1.0])
+def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, density: float) -> None:
+    conv = random_conv(12, 24, k, stride, density, seed=n * 100 + hw)
+    x = torch.randn(n, 12, hw, hw, generator=torch.Generator().manual_seed(n))
+    want = reference(conv, x, None, True)
+    for group in (1, 5, 12):
+        for threads in (1, 2):
+            got = run_kernel(conv, x, group, threads)
+            assert (got - want).abs().max() <= 1e-4, (group, threads)
+
+
+def test_residual_and_no_relu() -> None:
+    conv = random_conv(16, 16, 3, 1, 0.3, seed=7)
+    x = torch.randn(3, 16, 6, 6)
+    res = torch.randn(3, 16, 6, 6)
+    for relu in (False, True):
+        got = run_kernel(conv, x, group=4, threads=2, res=res, relu=relu)
+        assert (got - reference(conv, x, res, relu)).abs().max() <= 1e-4
+    assert (run_kernel(conv, x, group=4, threads=2, relu=False) < 0).any(), "negative outputs kept without ReLU"
+
+
+def test_group_offsets_cover_every_nonzero_once() -> None:
+    conv = random_conv(10, 6, 3, 1, 0.5, seed=3)
+    ptr, ngroups, off, val = _sparse_operands(conv, 8, 8, 2, group=4)
+    assert ngroups == 3 and ptr[0] == 0 and ptr[-1] == len(val) == int((conv.weight != 0).sum())
+    assert (np.diff(ptr) >= 0).all()
+    assert ptr[ngroups] == 0, "channel 0 has no nonzero"
+
+
+def test_channels_per_group_keeps_a_tile_in_l1() -> None:
+    lib = library()
+    # batch 32, 16-wide rows, 3x3 stride 1: one 64-float tile reads 3 rows of 128 floats per channel
+    g = lib.channels_per_group(16 * 32, 16, 32, 1, 3, 64)
+    assert 1 <= g <= 64 and g * 3 * 128 * 4 <= 16 * 1024
+    # batch 1, 2x2 maps: a channel's 4 padded rows of 4 floats are 64 bytes
+    assert lib.channels_per_group(2, 2, 1, 1, 3, 512) == 16 * 1024 // 64
+    assert lib.channels_per_group(2, 2, 1, 1, 3, 100) == 100, "never more than the layer has"
