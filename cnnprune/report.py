@@ -404,6 +404,25 @@ def plots(results: dict, folder: Path) -> list[str]:
     return names
 
 
+def reproduce_command(config: dict) -> str:
+    """The ``run_bench.sh`` command line of this run: the options that differ from the defaults."""
+    from cnnprune.pipeline import PipelineConfig
+
+    default = PipelineConfig()
+    flags = {"dataset": "--dataset", "data_dir": "--data-dir", "checkpoint": "--checkpoint", "threads": "--threads",
+             "rounds": "--rounds", "eval_limit": "--eval-limit", "memory_runs": "--memory-runs",
+             "finetune_epochs": "--finetune-epochs"}
+    parts = ["bash run_bench.sh"]
+    for key, flag in flags.items():
+        value = config.get(key, getattr(default, key))
+        if value != getattr(default, key):
+            parts.append(f"{flag} {value}")
+    batches = tuple(config.get("batches", default.batches))
+    if batches != default.batches:
+        parts.append(f"--batches {','.join(map(str, batches))}")
+    return " ".join(parts)
+
+
 def markdown(results: dict, plot_names: list[str]) -> str:
     m, models = results["machine"], results["models"]
     bi = results.get("benchmark_machine_info", {})
@@ -536,7 +555,7 @@ def markdown(results: dict, plot_names: list[str]) -> str:
         L.append(f"![{p}]({p})")
     L.append("")
     L.append("## Reproduce\n")
-    L.append("```\nbash run_bench.sh            # this report, on the embedded default\n"
+    L.append(f"```\n{reproduce_command(cfg)}   # this report\n"
              "pytest bench --benchmark-autosave   # the timings alone\n```\n")
     L.append("Cost of each step on this machine, in seconds (\"reused\": a valid result of an earlier run with "
              "the same inputs was kept; the figure is what computing it cost then): "

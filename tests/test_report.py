@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnprune.report import claims, markdown, sparse_goals, write_report
+from cnnprune.report import claims, markdown, reproduce_command, sparse_goals, write_report
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10
 
 MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
@@ -118,3 +118,10 @@ def test_sparse_goals_follow_the_numbers() -> None:
             row["median_ms"] = 2.5 + 0.2   # slower than dense (2.5 ms, IQR 0.1) beyond the noise
     assert not {(g["model"], g["batch"]): g for g in sparse_goals(r)}[("one_shot_50", 1)]["met"]
     assert "The sparse engine against its goals" in markdown(r, [])
+
+
+def test_reproduce_command_names_what_differs_from_the_defaults() -> None:
+    assert reproduce_command({"batches": [1, 32], "threads": 2}) == "bash run_bench.sh"
+    assert reproduce_command({"batches": [1, 32], "finetune_epochs": 1, "threads": 4}) == \
+        "bash run_bench.sh --threads 4 --finetune-epochs 1"
+    assert reproduce_command({"batches": [8]}).endswith("--batches 8")
