@@ -30,9 +30,19 @@ _SIGNATURES = {
                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
     "maxpool3s2": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int],
     "phase_split": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int],
-    "avgpool": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
-    "pack_input": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
+    "run_steps": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
 }
+
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL = range(5)
+
+
+class Step(ctypes.Structure):
+    """One operation of a native forward pass, ``step_t`` in ``csrc/sparse_conv.c`` (the same
+    fields in the same order): C, H, W, N describe the input, Ho, Wo, Cout the output."""
+
+    _fields_ = ([(name, ctypes.c_int32) for name in ("kind", "C", "H", "W", "N", "Ho", "Wo", "Cout", "ngroups", "relu")]
+                + [("src_row", ctypes.c_int64)]
+                + [(name, ctypes.c_void_p) for name in ("src", "res", "dst", "ptr", "off", "val", "bias")])
 
 
 def cache_dir() -> Path:

@@ -222,7 +222,8 @@ class NativeSparseResNet(nn.Module):
             dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n)
             phase = np.empty((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n), dtype=np.float32) \
                 if p.conv.stride == 2 else None
-            p.sparse_ms = _best_ms(self._sparse_call(p, src, dst, None, True, phase), repeats)
+            sparse = self._native(self._sparse_steps(p, src, dst, None, True, phase), [src, dst, phase])
+            p.sparse_ms = _best_ms(sparse, repeats)
             p.dense_ms = _best_ms(lambda: self._dense_conv(p, src, dst, None, True), repeats)
             p.use_sparse = p.sparse_ms <= p.dense_ms
 
@@ -268,36 +269,56 @@ class NativeSparseResNet(nn.Module):
             if previous != self.threads:
                 torch.set_num_threads(previous)
 
-    def _sparse_call(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-                     phase: np.ndarray | None, split: bool = True) -> Callable[[], object]:
-        """One convolution on the C kernels as a closure over raw addresses (it keeps the buffers
-        alive). Stride 2 reads phase planes, made here unless ``split`` is False (already made
-        for this input)."""
-        lib, n, t = self.lib, src.shape[3], self.threads
-        resp = None if res is None else res.ctypes.data
-        base, row = (phase, phase.shape[2] * n) if p.conv.stride == 2 else (src, src.shape[2] * n)
-        args = (base.ctypes.data, row, p.ho, p.wo, n, p.conv.weight.shape[0], p.ngroups, p.ptr.ctypes.data,
-                p.off.ctypes.data, p.val.ctypes.data, p.bias.ctypes.data, dst.ctypes.data, resp, int(relu), t)
+    def _sparse_steps(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
+                      phase: np.ndarray | None, split: bool = True) -> list:
+        """One convolution as native steps (raw addresses: the plan keeps the arrays). Stride 2
+        reads phase planes, made here unless ``split`` is False (already made for this input)."""
+        from cnnprune.kernels import CONV, SPLIT, Step
+
+        n = src.shape[3]
+        steps = []
         if p.conv.stride == 2 and split:
-            args_split = (src.ctypes.data, src.shape[0], src.shape[1], src.shape[2], n, phase.ctypes.data, t)
-            return lambda keep=(src, dst, res, phase): (lib.phase_split(*args_split), lib.sparse_conv(*args))
-        return lambda keep=(src, dst, res, phase): lib.sparse_conv(*args)
+            steps.append(Step(kind=SPLIT, src=src.ctypes.data, C=src.shape[0], H=src.shape[1], W=src.shape[2], N=n,
+                              dst=phase.ctypes.data))
+        base = phase if p.conv.stride == 2 else src
+        steps.append(Step(kind=CONV, src=base.ctypes.data, src_row=base.shape[2] * n, Ho=p.ho, Wo=p.wo, N=n,
+                          Cout=p.conv.weight.shape[0], ngroups=p.ngroups, ptr=p.ptr.ctypes.data,
+                          off=p.off.ctypes.data, val=p.val.ctypes.data, bias=p.bias.ctypes.data,
+                          dst=dst.ctypes.data, res=None if res is None else res.ctypes.data, relu=int(relu)))
+        return steps
+
+    def _native(self, steps: list, keep: list) -> Callable[[], object]:
+        """Run consecutive native steps in one call (one parallel region); ``keep`` holds their arrays."""
+        from cnnprune.kernels import Step
+
+        array = (Step * len(steps))(*steps)
+        lib, t = self.lib, self.threads
+        return lambda array=array, keep=keep: lib.run_steps(array, len(array), t)
 
     def _program(self, n: int) -> dict:
-        """Buffers (zero borders, allocated once per batch size) and the step list of a forward."""
+        """Buffers (zero borders, allocated once per batch size) and the forward pass: runs of
+        native steps, each one call, with the layers that run dense (PyTorch) between them."""
+        from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step
+
         plan = self._plan(n)
-        if "steps" in plan:
+        if "program" in plan:
             return plan
         convs = plan["convs"]
-        lib, t = self.lib, self.threads
-        inp = _padded(3, 32, 32, n)
         xbuf = np.empty((n, 3, 32, 32), dtype=np.float32)
-        steps: list = [lambda: lib.pack_input(xbuf.ctypes.data, n, 3, 32, 32, inp.ctypes.data)]
-        stem = convs[self.net.stem.name]
+        inp = _padded(3, 32, 32, n)
         a = _padded(64, 32, 32, n)
-        steps.append(self._conv_step(stem, inp, a, None, True, None))
         cur = _padded(64, 16, 16, n)
-        steps.append(lambda a=a, cur=cur: lib.maxpool3s2(a.ctypes.data, 64, 32, 32, n, cur.ctypes.data, t))
+        keep = [xbuf, inp, a, cur]
+        items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=32, W=32, dst=inp.ctypes.data)]
+
+        def conv(p: _ConvPlan, src, dst, res, relu, phase, split=True) -> None:
+            if p.use_sparse:
+                items.extend(self._sparse_steps(p, src, dst, res, relu, phase, split))
+            else:
+                items.append(lambda: self._dense_conv(p, src, dst, res, relu))
+
+        conv(convs[self.net.stem.name], inp, a, None, True, None)
+        items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=32, W=32, N=n, dst=cur.ctypes.data))
         for b in self.net.blocks:
             p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
             cin, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0]
@@ -305,28 +326,34 @@ class NativeSparseResNet(nn.Module):
             if b.conv1.stride == 2:
                 phase = np.empty((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n), dtype=np.float32)
             mid = _padded(cout, p1.ho, p1.wo, n)
-            steps.append(self._conv_step(p1, cur, mid, None, True, phase))
+            conv(p1, cur, mid, None, True, phase)
             identity = cur
             if b.downsample is not None:
                 pd = convs[b.downsample.name]
                 identity = _padded(cout, pd.ho, pd.wo, n)
                 # the phase planes of ``cur`` were just made by conv1: reuse them
-                steps.append(self._conv_step(pd, cur, identity, None, False, phase, split=not p1.use_sparse))
+                conv(pd, cur, identity, None, False, phase, split=not p1.use_sparse)
             out = _padded(cout, p2.ho, p2.wo, n)
-            steps.append(self._conv_step(p2, mid, out, identity, True, None))
+            conv(p2, mid, out, identity, True, None)
+            keep += [phase, mid, identity, out]
             cur = out
         h, w = plan["final_hw"]
         pooled = np.empty((n, cur.shape[0]), dtype=np.float32)
-        steps.append(lambda cur=cur: lib.avgpool(cur.ctypes.data, cur.shape[0], h, w, n, pooled.ctypes.data))
-        plan.update(steps=steps, xbuf=xbuf, pooled=pooled)
+        keep.append(pooled)
+        items.append(Step(kind=AVGPOOL, src=cur.ctypes.data, C=cur.shape[0], H=h, W=w, N=n, dst=pooled.ctypes.data))
+        program, run = [], []
+        for item in items + [None]:
+            if isinstance(item, Step):
+                run.append(item)
+                continue
+            if run:
+                program.append(self._native(run, keep))
+                run = []
+            if item is not None:
+                program.append(item)
+        plan.update(program=program, xbuf=xbuf, pooled=pooled)
         self._choose_engine(n, plan)
         return plan
-
-    def _conv_step(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-                   phase: np.ndarray | None, split: bool = True) -> Callable[[], object]:
-        if not p.use_sparse:
-            return lambda: self._dense_conv(p, src, dst, res, relu)
-        return self._sparse_call(p, src, dst, res, relu, phase, split)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -343,8 +370,8 @@ class NativeSparseResNet(nn.Module):
     def _run_sparse(self, x: torch.Tensor) -> torch.Tensor:
         prog = self._plans[x.shape[0]]
         prog["xbuf"][...] = x.detach().float().numpy()
-        for step in prog["steps"]:
-            step()
+        for part in prog["program"]:
+            part()
         return torch.from_numpy(prog["pooled"]) @ self.net.fc_weight.t() + self.net.fc_bias
 
 

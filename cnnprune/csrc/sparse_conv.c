@@ -152,9 +152,9 @@ static int pick_kind(int rem, int r) {
  * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
  * pairs, row blocks of equal height, about four items per thread where the layer allows it,
  * handed out dynamically since the nonzeros per channel vary. */
-void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                 const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
-                 float *dst, const float *res, int relu, int nthreads) {
+static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
+                             const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
+                             float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
@@ -164,7 +164,7 @@ void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int C
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
     const int cchunk = (Cout + nchunks - 1) / nchunks;
-    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) collapse(2)
+    #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
@@ -191,11 +191,11 @@ void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int C
  * acts as -inf padding). src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N).
  * The maximum of each output value is kept in a register over the 9 taps (batch innermost,
  * so consecutive n vectorise). */
-void maxpool3s2(const float *restrict src, int C, int H, int W, int N, float *restrict dst, int nthreads) {
+static void maxpool3s2_body(const float *restrict src, int C, int H, int W, int N, float *restrict dst) {
     const int Ho = H / 2, Wo = W / 2;
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const int64_t drow = (int64_t)(Wo + 2) * N, dplane = (int64_t)(Ho + 2) * drow;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
+    #pragma omp for schedule(static) collapse(2)
     for (int c = 0; c < C; c++) {
         for (int y = 0; y < Ho; y++) {
             for (int x = 0; x < Wo; x++) {
@@ -217,10 +217,10 @@ void maxpool3s2(const float *restrict src, int C, int H, int W, int N, float *re
 
 /* Split a padded (C, Hp, Wp, N) tensor into 4 phase planes (a, b, C, Hp/2, Wp/2, N):
  * plane (a, b) holds rows a, a+2, ... and columns b, b+2, ... (Hp, Wp even). */
-void phase_split(const float *restrict src, int C, int Hp, int Wp, int N, float *restrict dst, int nthreads) {
+static void phase_split_body(const float *restrict src, int C, int Hp, int Wp, int N, float *restrict dst) {
     const int Hh = Hp / 2, Wh = Wp / 2;
     const int64_t plane = (int64_t)Hh * Wh * N;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
+    #pragma omp for schedule(static) collapse(2)
     for (int c = 0; c < C; c++) {
         for (int r = 0; r < Hp; r++) {
             const int a = r & 1;
@@ -237,9 +237,10 @@ void phase_split(const float *restrict src, int C, int Hp, int Wp, int N, float 
 }
 
 /* Global average pool of the interior of a padded (C, H+2, W+2, N) tensor -> (N, C). */
-void avgpool(const float *src, int C, int H, int W, int N, float *dst) {
+static void avgpool_body(const float *src, int C, int H, int W, int N, float *dst) {
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const float inv = 1.0f / (float)(H * W);
+    #pragma omp for schedule(static)
     for (int c = 0; c < C; c++)
         for (int n = 0; n < N; n++) {
             float s = 0.f;
@@ -250,12 +251,63 @@ void avgpool(const float *src, int C, int H, int W, int N, float *dst) {
 }
 
 /* NCHW input -> padded (C, H+2, W+2, N); the border of dst must already be zero. */
-void pack_input(const float *src, int N, int C, int H, int W, float *dst) {
+static void pack_input_body(const float *src, int N, int C, int H, int W, float *dst) {
     const int64_t drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
+    #pragma omp for schedule(static)
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
             for (int y = 0; y < H; y++)
                 for (int x = 0; x < W; x++)
                     dst[c * dplane + (y + 1) * drow + (int64_t)(x + 1) * N + n] =
                         src[(((int64_t)n * C + c) * H + y) * W + x];
+}
+
+
+/* Entry points for single operations: one parallel region each. */
+void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
+                 const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
+                 float *dst, const float *res, int relu, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    sparse_conv_body(src, src_row, Ho, Wo, N, Cout, ngroups, ptr, off, val, bias, dst, res, relu, nthreads);
+}
+
+void maxpool3s2(const float *src, int C, int H, int W, int N, float *dst, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    maxpool3s2_body(src, C, H, W, N, dst);
+}
+
+void phase_split(const float *src, int C, int Hp, int Wp, int N, float *dst, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    phase_split_body(src, C, Hp, Wp, N, dst);
+}
+
+/* A forward pass as a list of steps run inside one parallel region: the threads meet at the
+ * barrier that closes each step's loop instead of being started and stopped per operation,
+ * and Python calls once per run of consecutive native steps. Field use per kind: see each
+ * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output. */
+enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4 };
+typedef struct {
+    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu;
+    int64_t src_row;
+    const float *src, *res;
+    float *dst;
+    const int32_t *ptr, *off;
+    const float *val, *bias;
+} step_t;
+
+void run_steps(const step_t *steps, int nsteps, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    for (int i = 0; i < nsteps; i++) {
+        const step_t *s = &steps[i];
+        switch (s->kind) {
+        case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
+        case STEP_CONV:
+            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->val,
+                             s->bias, s->dst, s->res, s->relu, nthreads);
+            break;
+        case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        }
+    }
 }
