@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnprune.report import claims, markdown, reproduce_command, sparse_goals, write_report
+from cnnprune.report import claims, markdown, noise_floor, reproduce_command, sparse_goals, write_report
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10
 
 MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
@@ -125,3 +125,18 @@ def test_reproduce_command_names_what_differs_from_the_defaults() -> None:
     assert reproduce_command({"batches": [1, 32], "finetune_epochs": 1, "threads": 4}) == \
         "bash run_bench.sh --threads 4 --finetune-epochs 1"
     assert reproduce_command({"batches": [8]}).endswith("--batches 8")
+
+
+def test_speedups_within_the_runs_noise_do_not_count() -> None:
+    r = synthetic()
+    assert all(1.0 <= v < 1.01 for v in noise_floor(r).values()), "iterative ≈ one-shot sparsity: no noise"
+    for row in r["latency"]:
+        if row["model"] == "iterative_50" and row["engine"] == "onnxruntime" and row["batch"] == 32:
+            row["median_ms"] *= 1.5          # a slow spell: same work as one_shot_50, 1.5× the time
+        if row["model"] == "one_shot_75" and row["engine"] == "onnxruntime" and row["batch"] == 32:
+            row["median_ms"] /= 1.3          # a dense "speedup" from noise alone
+    assert abs(noise_floor(r)[("cpu", 32)] - 1.5) < 1e-9
+    verdict = verdicts(r)["speeds up the model significantly"]
+    assert verdict.startswith("holds only for the cnnprune sparse engine")
+    # synthetic sparse at 90 %: 1/0.37 = 2.7× (counts); at 50 %: 1/0.65 = 1.54× at batch 32 (counts, > 1.5)
+    assert "one_shot_90 (batch 32)" in verdict and "one_shot_75 (batch 32)" in verdict
