@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnprune.kernels import library
+from cnnprune.kernels import CONV, SPLIT, Step, library
 from cnnprune.sparse import FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw
 
 
@@ -25,13 +25,15 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
         resbuf = _padded(cout, ho, wo, n)
         _from_nchw(res, resbuf)
     ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
-    base = src
+    steps, base = [], src
     if conv.stride == 2:
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
-        lib.phase_split(src.ctypes.data, cin, h + 2, w + 2, n, base.ctypes.data, threads)
-    lib.sparse_conv(base.ctypes.data, base.shape[2] * n, ho, wo, n, cout, ngroups, ptr.ctypes.data,
-                    off.ctypes.data, val.ctypes.data, conv.bias.numpy().ctypes.data, dst.ctypes.data,
-                    None if resbuf is None else resbuf.ctypes.data, int(relu), threads)
+        steps.append(Step(kind=SPLIT, src=src.ctypes.data, C=cin, H=h + 2, W=w + 2, N=n, dst=base.ctypes.data))
+    steps.append(Step(kind=CONV, src=base.ctypes.data, src_row=base.shape[2] * n, Ho=ho, Wo=wo, N=n, Cout=cout,
+                      ngroups=ngroups, ptr=ptr.ctypes.data, off=off.ctypes.data, val=val.ctypes.data,
+                      bias=conv.bias.numpy().ctypes.data, dst=dst.ctypes.data,
+                      res=None if resbuf is None else resbuf.ctypes.data, relu=int(relu)))
+    lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     return _to_nchw(dst)
 
 

@@ -263,24 +263,6 @@ static void pack_input_body(const float *src, int N, int C, int H, int W, float 
 }
 
 
-/* Entry points for single operations: one parallel region each. */
-void sparse_conv(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                 const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
-                 float *dst, const float *res, int relu, int nthreads) {
-    #pragma omp parallel num_threads(nthreads)
-    sparse_conv_body(src, src_row, Ho, Wo, N, Cout, ngroups, ptr, off, val, bias, dst, res, relu, nthreads);
-}
-
-void maxpool3s2(const float *src, int C, int H, int W, int N, float *dst, int nthreads) {
-    #pragma omp parallel num_threads(nthreads)
-    maxpool3s2_body(src, C, H, W, N, dst);
-}
-
-void phase_split(const float *src, int C, int Hp, int Wp, int N, float *dst, int nthreads) {
-    #pragma omp parallel num_threads(nthreads)
-    phase_split_body(src, C, Hp, Wp, N, dst);
-}
-
 /* A forward pass as a list of steps run inside one parallel region: the threads meet at the
  * barrier that closes each step's loop instead of being started and stopped per operation,
  * and Python calls once per run of consecutive native steps. Field use per kind: see each
