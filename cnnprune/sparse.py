@@ -118,11 +118,13 @@ class _ConvPlan:
     dense_ms: float = float("nan")
 
 
-def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int
+def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
                      ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """The folded weight as the kernel reads it: nonzeros ordered by (output channel, group of
     ``group`` input channels), ``ptr`` the start of each (channel, group) run, each nonzero's
-    input offset (floats) and value."""
+    input offset (floats) and value. Offsets are uint16 where they all fit (``narrow``; small
+    batches), else int32: at batch 1 the late layers stream their nonzeros from memory for only
+    4-16 multiply-adds each, so 6 instead of 8 bytes per nonzero is time saved."""
     w = conv.weight.numpy()
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
@@ -140,7 +142,9 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int
         off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
     if off.size and off.max() >= 2**31:
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
-    return ptr, ngroups, off.astype(np.int32), np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
+    narrow = narrow and (off.size == 0 or off.max() < 2**16)
+    return ptr, ngroups, off.astype(np.uint16 if narrow else np.int32), \
+        np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
 
 
 def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
@@ -273,7 +277,7 @@ class NativeSparseResNet(nn.Module):
                       phase: np.ndarray | None, split: bool = True) -> list:
         """One convolution as native steps (raw addresses: the plan keeps the arrays). Stride 2
         reads phase planes, made here unless ``split`` is False (already made for this input)."""
-        from cnnprune.kernels import CONV, SPLIT, Step
+        from cnnprune.kernels import SPLIT, Step, conv_step
 
         n = src.shape[3]
         steps = []
@@ -281,10 +285,8 @@ class NativeSparseResNet(nn.Module):
             steps.append(Step(kind=SPLIT, src=src.ctypes.data, C=src.shape[0], H=src.shape[1], W=src.shape[2], N=n,
                               dst=phase.ctypes.data))
         base = phase if p.conv.stride == 2 else src
-        steps.append(Step(kind=CONV, src=base.ctypes.data, src_row=base.shape[2] * n, Ho=p.ho, Wo=p.wo, N=n,
-                          Cout=p.conv.weight.shape[0], ngroups=p.ngroups, ptr=p.ptr.ctypes.data,
-                          off=p.off.ctypes.data, val=p.val.ctypes.data, bias=p.bias.ctypes.data,
-                          dst=dst.ctypes.data, res=None if res is None else res.ctypes.data, relu=int(relu)))
+        steps.append(conv_step(base, p.ho, p.wo, p.conv.weight.shape[0], p.ngroups, p.ptr, p.off, p.val, p.bias,
+                               dst, res, relu))
         return steps
 
     def _native(self, steps: list, keep: list) -> Callable[[], object]:

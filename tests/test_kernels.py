@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnprune.kernels import CONV, SPLIT, Step, library
+from cnnprune.kernels import SPLIT, Step, conv_step, library
 from cnnprune.sparse import FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw
 
 
 def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
-               res: torch.Tensor | None = None, relu: bool = True) -> torch.Tensor:
+               res: torch.Tensor | None = None, relu: bool = True, narrow: bool = True) -> torch.Tensor:
     lib = library()
     n, cin, h, w = x.shape
     cout, _, k, _ = conv.weight.shape
@@ -24,15 +24,12 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     if res is not None:
         resbuf = _padded(cout, ho, wo, n)
         _from_nchw(res, resbuf)
-    ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
+    ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group, narrow)
     steps, base = [], src
     if conv.stride == 2:
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
         steps.append(Step(kind=SPLIT, src=src.ctypes.data, C=cin, H=h + 2, W=w + 2, N=n, dst=base.ctypes.data))
-    steps.append(Step(kind=CONV, src=base.ctypes.data, src_row=base.shape[2] * n, Ho=ho, Wo=wo, N=n, Cout=cout,
-                      ngroups=ngroups, ptr=ptr.ctypes.data, off=off.ctypes.data, val=val.ctypes.data,
-                      bias=conv.bias.numpy().ctypes.data, dst=dst.ctypes.data,
-                      res=None if resbuf is None else resbuf.ctypes.data, relu=int(relu)))
+    steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, resbuf, relu))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     return _to_nchw(dst)
 
@@ -61,8 +58,9 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
     want = reference(conv, x, None, True)
     for group in (1, 5, 12):
         for threads in (1, 2):
-            got = run_kernel(conv, x, group, threads)
-            assert (got - want).abs().max() <= 1e-4, (group, threads)
+            for narrow in (True, False):
+                got = run_kernel(conv, x, group, threads, narrow=narrow)
+                assert (got - want).abs().max() <= 1e-4, (group, threads, narrow)
 
 
 def test_residual_and_no_relu() -> None:
@@ -81,6 +79,14 @@ def test_group_offsets_cover_every_nonzero_once() -> None:
     assert ngroups == 3 and ptr[0] == 0 and ptr[-1] == len(val) == int((conv.weight != 0).sum())
     assert (np.diff(ptr) >= 0).all()
     assert ptr[ngroups] == 0, "channel 0 has no nonzero"
+
+
+def test_offsets_are_16_bit_only_where_they_fit() -> None:
+    conv = random_conv(12, 8, 3, 1, 0.5, seed=4)
+    small = _sparse_operands(conv, 8, 8, 1, group=12)[2]
+    large = _sparse_operands(conv, 16, 16, 32, group=12)[2]  # 12 planes of 18*18*32 floats
+    assert small.dtype == np.uint16 and large.dtype == np.int32 and int(large.max()) >= 2**16
+    assert _sparse_operands(conv, 8, 8, 1, group=12, narrow=False)[2].dtype == np.int32
 
 
 def test_channels_per_group_keeps_a_tile_in_l1() -> None:

@@ -41,15 +41,16 @@ typedef int32_t i_v1 __attribute__((vector_size(4)));
 /* One tile over the nonzeros j0..j1 of one output channel (one input-channel group of it).
  * first: start from the bias, else from what earlier groups left in out; last: add the
  * residual and apply ReLU before the store. */
-typedef void (*tile_fn)(const float *restrict, int64_t, const int32_t *restrict, const float *restrict,
+typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, const float *restrict,
                         int, int, float *restrict, int64_t, int, float, int, const float *restrict, int);
 
-#define DEFINE_TILE(R, NV, VT, V)                                                              \
-static void tile_##VT##_##NV##_##R(const float *restrict base, int64_t srow,                  \
-        const int32_t *restrict off, const float *restrict val, int j0, int j1,                \
+#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF)                                                            \
+static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow,             \
+        const void *restrict offp, const float *restrict val, int j0, int j1,                \
         float *restrict out, int64_t drow, int first, float b, int last,                       \
         const float *restrict res, int relu) {                                                 \
     enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
+    const OT *restrict off = (const OT *)offp;                                                 \
     VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
@@ -82,6 +83,8 @@ static void tile_##VT##_##NV##_##R(const float *restrict base, int64_t srow,    
         }                                                                                      \
 }
 
+#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, ) DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16)
+
 #define ROWS_1_TO_3(NV, VT, V) DEFINE_TILE(1, NV, VT, V) DEFINE_TILE(2, NV, VT, V) DEFINE_TILE(3, NV, VT, V)
 #define ROWS_4_TO_6(NV, VT, V) DEFINE_TILE(4, NV, VT, V) DEFINE_TILE(5, NV, VT, V) DEFINE_TILE(6, NV, VT, V)
 #define ROWS_7_TO_8(NV, VT, V) DEFINE_TILE(7, NV, VT, V) DEFINE_TILE(8, NV, VT, V)
@@ -99,22 +102,26 @@ ROWS_1_TO_8(1, v4, 4)
 ROWS_1_TO_8(1, v2, 2)
 ROWS_1_TO_8(1, v1, 1)
 
-#define LIST_1_TO_8(NV, VT) {0, tile_##VT##_##NV##_1, tile_##VT##_##NV##_2, tile_##VT##_##NV##_3, \
-    tile_##VT##_##NV##_4, tile_##VT##_##NV##_5, tile_##VT##_##NV##_6, tile_##VT##_##NV##_7, tile_##VT##_##NV##_8}
+#define LIST_1_TO_8(NV, VT, S) {0, tile_##VT##_##NV##_1##S, tile_##VT##_##NV##_2##S, tile_##VT##_##NV##_3##S, \
+    tile_##VT##_##NV##_4##S, tile_##VT##_##NV##_5##S, tile_##VT##_##NV##_6##S, tile_##VT##_##NV##_7##S, tile_##VT##_##NV##_8##S}
+#define LIST_1_TO_6(NV, VT, S) {0, tile_##VT##_##NV##_1##S, tile_##VT##_##NV##_2##S, tile_##VT##_##NV##_3##S, \
+    tile_##VT##_##NV##_4##S, tile_##VT##_##NV##_5##S, tile_##VT##_##NV##_6##S}
+#define LIST_1_TO_3(NV, VT, S) {0, tile_##VT##_##NV##_1##S, tile_##VT##_##NV##_2##S, tile_##VT##_##NV##_3##S}
 
-/* Tile kinds, widest first: {floats per row, most rows, functions by row count}. */
-typedef struct { int width, max_rows; tile_fn fn[9]; } tile_kind;
+/* Tile kinds, widest first: {floats per row, most rows, functions by offset width (32-bit,
+ * 16-bit) and row count}. */
+typedef struct { int width, max_rows; tile_fn fn[2][9]; } tile_kind;
 static const tile_kind KINDS[] = {
-    {8 * VW, 1, {0, tile_vf_8_1}},
-    {4 * VW, 3, {0, tile_vf_4_1, tile_vf_4_2, tile_vf_4_3}},
-    {2 * VW, 6, {0, tile_vf_2_1, tile_vf_2_2, tile_vf_2_3, tile_vf_2_4, tile_vf_2_5, tile_vf_2_6}},
-    {VW, 8, LIST_1_TO_8(1, vf)},
+    {8 * VW, 1, {{0, tile_vf_8_1}, {0, tile_vf_8_1_16}}},
+    {4 * VW, 3, {LIST_1_TO_3(4, vf, ), LIST_1_TO_3(4, vf, _16)}},
+    {2 * VW, 6, {LIST_1_TO_6(2, vf, ), LIST_1_TO_6(2, vf, _16)}},
+    {VW, 8, {LIST_1_TO_8(1, vf, ), LIST_1_TO_8(1, vf, _16)}},
 #if VW > 8
-    {8, 8, LIST_1_TO_8(1, v8)},
+    {8, 8, {LIST_1_TO_8(1, v8, ), LIST_1_TO_8(1, v8, _16)}},
 #endif
-    {4, 8, LIST_1_TO_8(1, v4)},
-    {2, 8, LIST_1_TO_8(1, v2)},
-    {1, 8, LIST_1_TO_8(1, v1)},
+    {4, 8, {LIST_1_TO_8(1, v4, ), LIST_1_TO_8(1, v4, _16)}},
+    {2, 8, {LIST_1_TO_8(1, v2, ), LIST_1_TO_8(1, v2, _16)}},
+    {1, 8, {LIST_1_TO_8(1, v1, ), LIST_1_TO_8(1, v1, _16)}},
 };
 #define NKINDS ((int)(sizeof(KINDS) / sizeof(KINDS[0])))
 
@@ -153,8 +160,8 @@ static int pick_kind(int rem, int r) {
  * pairs, row blocks of equal height, about four items per thread where the layer allows it,
  * handed out dynamically since the nonzeros per channel vary. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                             const int32_t *ptr, const int32_t *off, const float *val, const float *bias,
-                             float *dst, const float *res, int relu, int nthreads) {
+                             const int32_t *ptr, const void *off, int off16, const float *val,
+                             const float *bias, float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
@@ -172,7 +179,7 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
-                const tile_fn fn = kind->fn[r];
+                const tile_fn fn = kind->fn[off16 != 0][r];
                 for (int g = 0; g < ngroups; g++) {
                     for (int co = c0; co < c1; co++) {
                         const int64_t o = co * dplane + (y + 1) * drow + N + t;
@@ -188,51 +195,74 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
 }
 
 /* 3x3 stride-2 max pool, padding 1, on post-ReLU input (values >= 0, so the zero border
- * acts as -inf padding). src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N).
- * The maximum of each output value is kept in a register over the 9 taps (batch innermost,
- * so consecutive n vectorise). */
-static void maxpool3s2_body(const float *restrict src, int C, int H, int W, int N, float *restrict dst) {
+ * acts as -inf padding): one output row from the three input rows at s (padded row length
+ * srow floats). Batch innermost, so consecutive n vectorise; batch 1 has its own loop (a
+ * vectorised loop of one iteration per pixel costs several times the work). */
+static void maxpool_row(const float *restrict s, int64_t srow, int Wo, int N, float *restrict d) {
+    if (N == 1) {
+        for (int x = 0; x < Wo; x++) {
+            float m = s[2 * x];
+            _Pragma("GCC unroll 3") for (int ky = 0; ky < 3; ky++)
+                _Pragma("GCC unroll 3") for (int kx = 0; kx < 3; kx++) {
+                    const float v = s[ky * srow + 2 * x + kx];
+                    m = v > m ? v : m;
+                }
+            d[x] = m;
+        }
+        return;
+    }
+    for (int x = 0; x < Wo; x++, s += 2 * (int64_t)N, d += N)
+        for (int n = 0; n < N; n++) {
+            float m = s[n];
+            _Pragma("GCC unroll 3") for (int ky = 0; ky < 3; ky++)
+                _Pragma("GCC unroll 3") for (int kx = 0; kx < 3; kx++) {
+                    const float v = s[ky * srow + (int64_t)kx * N + n];
+                    m = v > m ? v : m;
+                }
+            d[n] = m;
+        }
+}
+
+/* src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N). Rows are handed out as
+ * one flat loop calling a function with restrict pointers: the same loops written inline
+ * under a collapsed OpenMP loop ran 4-6x slower (GCC 12). */
+static void maxpool3s2_body(const float *src, int C, int H, int W, int N, float *dst) {
     const int Ho = H / 2, Wo = W / 2;
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const int64_t drow = (int64_t)(Wo + 2) * N, dplane = (int64_t)(Ho + 2) * drow;
-    #pragma omp for schedule(static) collapse(2)
-    for (int c = 0; c < C; c++) {
-        for (int y = 0; y < Ho; y++) {
-            for (int x = 0; x < Wo; x++) {
-                float *restrict d = dst + c * dplane + (y + 1) * drow + (int64_t)(x + 1) * N;
-                const float *restrict s = src + c * splane + (int64_t)(2 * y) * srow + (int64_t)(2 * x) * N;
-                for (int n = 0; n < N; n++) {
-                    float m = s[n];
-                    _Pragma("GCC unroll 3") for (int ky = 0; ky < 3; ky++)
-                        _Pragma("GCC unroll 3") for (int kx = 0; kx < 3; kx++) {
-                            const float v = s[ky * srow + (int64_t)kx * N + n];
-                            m = v > m ? v : m;
-                        }
-                    d[n] = m;
-                }
-            }
-        }
+    #pragma omp for schedule(static)
+    for (int i = 0; i < C * Ho; i++) {
+        const int c = i / Ho, y = i % Ho;
+        maxpool_row(src + c * splane + (int64_t)(2 * y) * srow, srow, Wo, N, dst + c * dplane + (y + 1) * drow + N);
     }
+}
+
+/* One padded row of Wp pixels (N floats each) split into its even and odd pixels. */
+static void split_row(const float *restrict s, int Wh, int N, float *restrict even, float *restrict odd) {
+    if (N == 1) {
+        for (int col = 0; col < Wh; col++) {
+            even[col] = s[2 * col];
+            odd[col] = s[2 * col + 1];
+        }
+        return;
+    }
+    for (int col = 0; col < Wh; col++, s += 2 * (int64_t)N, even += N, odd += N)
+        for (int n = 0; n < N; n++) {
+            even[n] = s[n];
+            odd[n] = s[N + n];
+        }
 }
 
 /* Split a padded (C, Hp, Wp, N) tensor into 4 phase planes (a, b, C, Hp/2, Wp/2, N):
  * plane (a, b) holds rows a, a+2, ... and columns b, b+2, ... (Hp, Wp even). */
-static void phase_split_body(const float *restrict src, int C, int Hp, int Wp, int N, float *restrict dst) {
+static void phase_split_body(const float *src, int C, int Hp, int Wp, int N, float *dst) {
     const int Hh = Hp / 2, Wh = Wp / 2;
     const int64_t plane = (int64_t)Hh * Wh * N;
-    #pragma omp for schedule(static) collapse(2)
-    for (int c = 0; c < C; c++) {
-        for (int r = 0; r < Hp; r++) {
-            const int a = r & 1;
-            const float *restrict s = src + ((int64_t)c * Hp + r) * Wp * N;
-            float *restrict even = dst + ((int64_t)(a * 2) * C + c) * plane + (int64_t)(r / 2) * Wh * N;
-            float *restrict odd = dst + ((int64_t)(a * 2 + 1) * C + c) * plane + (int64_t)(r / 2) * Wh * N;
-            for (int col = 0; col < Wh; col++)
-                for (int n = 0; n < N; n++) {
-                    even[(int64_t)col * N + n] = s[(int64_t)(2 * col) * N + n];
-                    odd[(int64_t)col * N + n] = s[(int64_t)(2 * col + 1) * N + n];
-                }
-        }
+    #pragma omp for schedule(static)
+    for (int i = 0; i < C * Hp; i++) {
+        const int c = i / Hp, r = i % Hp, a = r & 1;
+        float *even = dst + ((int64_t)(a * 2) * C + c) * plane + (int64_t)(r / 2) * Wh * N;
+        split_row(src + (int64_t)i * Wp * N, Wh, N, even, even + (int64_t)C * plane);
     }
 }
 
@@ -269,11 +299,12 @@ static void pack_input_body(const float *src, int N, int C, int H, int W, float 
  * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output. */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4 };
 typedef struct {
-    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu;
+    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16;
     int64_t src_row;
     const float *src, *res;
     float *dst;
-    const int32_t *ptr, *off;
+    const int32_t *ptr;
+    const void *off;
     const float *val, *bias;
 } step_t;
 
@@ -284,7 +315,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         switch (s->kind) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
         case STEP_CONV:
-            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->val,
+            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->off16, s->val,
                              s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
