@@ -156,14 +156,26 @@ static int pick_kind(int rem, int r) {
     return NKINDS - 1;
 }
 
+/* First output channel whose nonzeros start at or after the nonzero index target: chunks of
+ * output channels cut at equal shares of the nonzeros, so that work items weigh alike. */
+static int chunk_start(const int32_t *ptr, int ngroups, int Cout, int64_t target) {
+    int lo = 0, hi = Cout;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (ptr[(int64_t)mid * ngroups] < target) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
  * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there. The
  * nonzeros of output channel co, input-channel group g are ptr[co*ngroups+g] ..
  * ptr[co*ngroups+g+1]: groups are sized so that the input a column tile reads from one group
  * stays in L1 while every output channel of the chunk uses it. dst/res: padded
  * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
- * pairs, row blocks of equal height, about four items per thread where the layer allows it,
- * handed out dynamically since the nonzeros per channel vary. */
+ * pairs: row blocks of equal height, chunks of equal nonzero counts, about four items per
+ * thread and a multiple of the thread count where the layer allows it, handed out
+ * dynamically. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                              const int32_t *ptr, const void *off, int off16, const float *val,
                              const float *bias, float *dst, const float *res, int relu, int nthreads) {
@@ -172,15 +184,17 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int L = Wo * N;
     const int nyb = (Ho + row_block(L) - 1) / row_block(L);
     int nchunks = (4 * nthreads + nyb - 1) / nyb;
+    while ((nyb * nchunks) % nthreads) nchunks++;
     const int most = Cout / 8 > 1 ? Cout / 8 : 1;
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
-    const int cchunk = (Cout + nchunks - 1) / nchunks;
+    const int64_t total = ptr[(int64_t)Cout * ngroups];
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
-            const int c0 = ch * cchunk, c1 = c0 + cchunk < Cout ? c0 + cchunk : Cout;
+            const int c0 = chunk_start(ptr, ngroups, Cout, total * ch / nchunks);
+            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, ngroups, Cout, total * (ch + 1) / nchunks);
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
