@@ -8,7 +8,8 @@ Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
   a contiguous run of an input row, with no im2col (the spatially-vectorised sparse × dense
   scheme of XNNPACK's "Fast Sparse ConvNets"); stride-2 convolutions read 4 phase planes.
   Each output channel's nonzeros are cut into input-channel groups (``_group_size``) so that
-  what a register tile reads stays in L1 while the whole output-channel chunk uses it.
+  what a register tile reads stays in L1 while the whole output-channel chunk uses it; offsets
+  are 16-bit where they fit (``_sparse_operands``).
   Per layer and per batch size it times the sparse kernel against PyTorch's dense
   convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``); if
   the whole sparse network still loses to dense onnxruntime at that batch size (lightly pruned
