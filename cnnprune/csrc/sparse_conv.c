@@ -38,19 +38,25 @@ typedef int32_t i_v4 __attribute__((vector_size(16)));
 typedef int32_t i_v2 __attribute__((vector_size(8)));
 typedef int32_t i_v1 __attribute__((vector_size(4)));
 
-/* One tile over the nonzeros j0..j1 of one output channel (one input-channel group of it).
- * first: start from the bias, else from what earlier groups left in out; last: add the
- * residual and apply ReLU before the store. */
+/* One tile position for the output channels c = 0..nch-1 of a chunk (one input-channel group
+ * of each): channel c's nonzeros are p[c*pstride] .. p[c*pstride+1], its output at out +
+ * c*dplane. first: start from the bias, else from what earlier groups left in out; last: add
+ * the residual and apply ReLU before the store. The channel loop is inside the tile so that a
+ * channel's short run of nonzeros costs no call. */
 typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, const float *restrict,
-                        int, int, float *restrict, int64_t, int, float, int, const float *restrict, int);
+                        const int32_t *restrict, int, int, float *restrict, int64_t, int64_t, int,
+                        const float *restrict, int, const float *restrict, int);
 
-#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF)                                                            \
+#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF)                                                  \
 static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow,             \
-        const void *restrict offp, const float *restrict val, int j0, int j1,                \
-        float *restrict out, int64_t drow, int first, float b, int last,                       \
-        const float *restrict res, int relu) {                                                 \
+        const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
+        int pstride, int nch, float *restrict out, int64_t drow, int64_t dplane, int first,     \
+        const float *restrict bias, int last, const float *restrict res, int relu) {           \
     enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
     const OT *restrict off = (const OT *)offp;                                                 \
+    for (int c = 0; c < nch; c++, p += pstride, out += dplane, res = res ? res + dplane : 0) { \
+    const int j0 = p[0], j1 = p[1];                                                            \
+    const float b = bias[c];                                                                   \
     VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
@@ -81,6 +87,7 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
             if (last && relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                   \
             *(VT *)(out + r * drow + v * (V)) = a;                                             \
         }                                                                                      \
+    }                                                                                          \
 }
 
 #define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, ) DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16)
@@ -199,14 +206,10 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
                 const tile_fn fn = kind->fn[off16 != 0][r];
-                for (int g = 0; g < ngroups; g++) {
-                    for (int co = c0; co < c1; co++) {
-                        const int64_t o = co * dplane + (y + 1) * drow + N + t;
-                        const int32_t *p = ptr + (int64_t)co * ngroups + g;
-                        fn(base + t, src_row, off, val, p[0], p[1], dst + o, drow, g == 0, bias[co],
-                           g == ngroups - 1, res ? res + o : 0, relu);
-                    }
-                }
+                const int64_t o = c0 * dplane + (y + 1) * drow + N + t;
+                for (int g = 0; g < ngroups; g++)
+                    fn(base + t, src_row, off, val, ptr + (int64_t)c0 * ngroups + g, ngroups, c1 - c0, dst + o, drow,
+                       dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
                 t += kind->width;
             }
         }
