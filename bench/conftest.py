@@ -32,7 +32,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-models", default=",".join(MODELS), help="comma-separated models")
     g.addoption("--bench-engines", default=",".join(ENGINES), help="comma-separated engines")
     g.addoption("--bench-devices", default="cpu,cuda", help="comma-separated devices")
-    g.addoption("--bench-rounds", type=int, default=None, help="timed rounds per case (default 50 at batch 1, 10 above)")
+    g.addoption("--bench-rounds", type=int, default=None,
+                help="timed rounds per case and pass (default 20 at batch 1, 4 above)")
+    g.addoption("--bench-passes", type=int, default=3,
+                help="passes over the matrix; within a pass the engines of one model and batch run back to back")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -45,6 +48,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("batch", [int(b) for b in _csv(opt("--bench-batches"))], ids=lambda b: f"b{b}")
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", _csv(opt("--bench-devices")))
+    if "bench_pass" in metafunc.fixturenames:
+        passes = opt("--bench-passes")
+        if passes < 1:
+            raise pytest.UsageError(f"--bench-passes must be at least 1, got {passes}")
+        metafunc.parametrize("bench_pass", range(passes), ids=lambda p: f"p{p}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Pass by pass, and within a pass the engines of one (device, model, batch) back to back:
+    the machine's speed drifts over minutes, so engines compared with each other are timed
+    seconds apart, and each pass is one more sample of that comparison."""
+    def key(item: pytest.Item) -> tuple:
+        p = getattr(item, "callspec", None)
+        if p is None or "bench_pass" not in p.params:
+            return (-1,)
+        q = p.params
+        return (q["bench_pass"], q["device"], MODELS.index(q["model_name"]) if q["model_name"] in MODELS else 99,
+                q["model_name"], q["batch"], ENGINES.index(q["engine"]) if q["engine"] in ENGINES else 99)
+
+    items.sort(key=key)
 
 
 @pytest.fixture(scope="session")

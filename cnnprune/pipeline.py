@@ -42,6 +42,7 @@ class PipelineConfig:
     finetune_epochs: int = 0
     models: tuple[str, ...] = MODELS
     fresh: bool = False
+    passes: int = 3
 
 
 def _fingerprint(*parts: object) -> str:
@@ -75,7 +76,8 @@ def code_hash() -> str:
 def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     """Run ``pytest bench`` (pytest-benchmark, autosaved to .benchmarks/) and keep its JSON."""
     out = work / "bench.json"
-    key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.models, code_hash())
+    key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.passes, config.models,
+                       code_hash())
     cached = _cached(work / "bench.meta.json", key, config.fresh)
     if cached and out.is_file():
         return {**json.loads(out.read_text()), "reused": True, "reused_seconds": cached.get("seconds")}
@@ -88,6 +90,7 @@ def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
            f"--bench-batches={','.join(map(str, config.batches))}", f"--bench-models={','.join(config.models)}"]
     if config.rounds:
         cmd.append(f"--bench-rounds={config.rounds}")
+    cmd.append(f"--bench-passes={config.passes}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not tmp.is_file():
         tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
@@ -267,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reports", default="reports")
     parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    parser.add_argument("--rounds", type=positive_int, help="timed rounds per benchmark case")
+    parser.add_argument("--rounds", type=positive_int, help="timed rounds per benchmark case and pass")
+    parser.add_argument("--passes", type=positive_int, default=3,
+                        help="passes over the benchmark matrix (speedups are the median of per-pass ratios)")
     parser.add_argument("--eval-limit", type=positive_int, help="evaluate on the first N test images only (smoke runs)")
     parser.add_argument("--memory-runs", type=positive_int, default=20)
     parser.add_argument("--finetune-epochs", type=non_negative_int, default=0,
@@ -290,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CnnpruneError("--dataset cifar10 needs --data-dir pointing at a cifar-10-batches-py folder")
     config = PipelineConfig(args.dataset, args.data_dir, args.checkpoint, args.artifacts, args.reports,
                             args.threads, batches, args.rounds, args.eval_limit, args.memory_runs,
-                            args.finetune_epochs, models, args.fresh)
+                            args.finetune_epochs, models, args.fresh, args.passes)
     run(config)
     return 0
 

@@ -14,7 +14,8 @@ def test_bench_smoke(tmp_path: Path, checkpoint: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "-p", "no:cacheprovider", "--benchmark-disable",
            f"--bench-artifacts={tmp_path / 'art'}", f"--bench-checkpoint={checkpoint}",
-           "--bench-models=unpruned,one_shot_90", "--bench-batches=2", "--bench-threads=1", "--bench-rounds=1"]
+           "--bench-models=unpruned,one_shot_90", "--bench-batches=2", "--bench-threads=1", "--bench-rounds=1",
+           "--bench-passes=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "8 passed" in proc.stdout and "8 skipped" in proc.stdout or "16 passed" in proc.stdout, proc.stdout[-500:]

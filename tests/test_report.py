@@ -140,3 +140,46 @@ def test_speedups_within_the_runs_noise_do_not_count() -> None:
     assert verdict.startswith("holds only for the cnnprune sparse engine")
     # synthetic sparse at 90 %: 1/0.37 = 2.7× (counts); at 50 %: 1/0.65 = 1.54× at batch 32 (counts, > 1.5)
     assert "one_shot_90 (batch 32)" in verdict and "one_shot_75 (batch 32)" in verdict
+
+
+def _bench_entry(model: str, engine: str, p: int, data_ms: list[float]) -> dict:
+    data = [d / 1e3 for d in data_ms]
+    return {"name": f"{model}-{engine}-p{p}",
+            "extra_info": {"model": model, "engine": engine, "batch": 1, "device": "cpu", "pass": p,
+                           **({"sparse_engine_used": "sparse"} if engine == "sparse" else {})},
+            "stats": {"data": data, "median": sorted(data)[len(data) // 2], "iqr": 0.0, "mean": sum(data) / len(data),
+                      "min": min(data), "max": max(data), "rounds": len(data)}}
+
+
+def test_passes_merge_and_speedups_are_per_pass_ratios() -> None:
+    from cnnprune.report import latency_rows, paired_ratio
+
+    # the machine halves its speed between passes; within a pass sparse is always 2x faster
+    bench = {"benchmarks": [_bench_entry("one_shot_90", e, p, [ms * (1 + p)] * 3)
+                            for p in range(3) for e, ms in (("onnxruntime", 4.0), ("sparse", 2.0))]}
+    rows = {r["engine"]: r for r in latency_rows(bench)}
+    assert set(rows) == {"onnxruntime", "sparse"}
+    assert rows["sparse"]["rounds"] == 9 and rows["sparse"]["passes"] == 3
+    assert rows["sparse"]["pass_medians_ms"] == pytest.approx([2.0, 4.0, 6.0])
+    assert rows["sparse"]["median_ms"] == pytest.approx(4.0) and rows["sparse"]["min_ms"] == pytest.approx(2.0)
+    assert paired_ratio(rows["onnxruntime"], rows["sparse"]) == pytest.approx((2.0, 2.0, 2.0))
+    # pooled medians would give 8/4 = 2 here too, but not when passes are unbalanced:
+    rows["sparse"]["pass_medians_ms"] = [2.0, 8.0, 6.0]
+    assert paired_ratio(rows["onnxruntime"], rows["sparse"]) == pytest.approx((2.0, 1.0, 2.0))
+
+
+def test_goals_with_passes_use_the_range_over_passes() -> None:
+    r = synthetic()
+    for row in r["latency"]:
+        row["passes"] = 3
+        row["pass_medians_ms"] = [row["median_ms"]] * 3
+        if row["engine"] == "sparse" and row["model"] == "one_shot_50" and row["batch"] == 1:
+            # slower than onnxruntime in one pass of three: not shown slower
+            row["pass_medians_ms"] = [2.0, 2.6, 3.0]
+        if row["engine"] == "sparse" and row["model"] == "iterative_50" and row["batch"] == 1:
+            row["pass_medians_ms"] = [2.6, 2.7, 2.8]  # slower in every pass
+    goals = {(g["model"], g["batch"]): g for g in sparse_goals(r)}
+    assert goals[("one_shot_50", 1)]["met"] and goals[("one_shot_50", 1)]["within_noise"]
+    assert not goals[("iterative_50", 1)]["met"] and not goals[("iterative_50", 1)]["within_noise"]
+    assert goals[("one_shot_90", 32)]["speedup_range"] == pytest.approx([1 / 0.37] * 2)
+    assert "range over passes" in markdown(r, [])
