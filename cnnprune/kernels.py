@@ -55,6 +55,13 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
                 res=None if res is None else res.ctypes.data, relu=int(relu))
 
 
+def split_step(src: np.ndarray, dst: np.ndarray) -> Step:
+    """The SPLIT step: padded (C, Hp, Wp, N) ``src`` into the 4 phase planes ``dst`` (4C, Hp/2,
+    Wp/2, N) that a stride-2 convolution reads. Raw addresses: the caller keeps the arrays alive."""
+    c, hp, wp, n = src.shape
+    return Step(kind=SPLIT, src=src.ctypes.data, C=c, H=hp, W=wp, N=n, dst=dst.ctypes.data)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("CNNPRUNE_CACHE", Path.home() / ".cache" / "cnnprune"))
 

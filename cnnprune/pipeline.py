@@ -64,12 +64,14 @@ def _artifact_hashes(artifacts: Path) -> dict:
     return {name: {k: f["sha256"] for k, f in e["files"].items()} for name, e in record["models"].items()}
 
 
-def code_hash() -> str:
+def code_hash(bench: bool = False) -> str:
     """sha256 over the code that produces the measured figures (the sparse engine and the
-    benchmarks), so that a changed kernel invalidates earlier timings, accuracies and memory."""
+    measurements; with ``bench``, the benchmark files too), so that a changed kernel
+    invalidates earlier timings, accuracies and memory, and a changed harness only timings."""
     root = Path(__file__).resolve().parent
-    files = [root / "sparse.py", root / "kernels.py", root / "csrc" / "sparse_conv.c", root / "measure.py",
-             root.parent / "bench" / "conftest.py", root.parent / "bench" / "test_latency.py"]
+    files = [root / "sparse.py", root / "kernels.py", root / "csrc" / "sparse_conv.c", root / "measure.py"]
+    if bench:
+        files += [root.parent / "bench" / "conftest.py", root.parent / "bench" / "test_latency.py"]
     return _fingerprint(*[sha256_file(f) for f in files if f.is_file()])
 
 
@@ -77,7 +79,7 @@ def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     """Run ``pytest bench`` (pytest-benchmark, autosaved to .benchmarks/) and keep its JSON."""
     out = work / "bench.json"
     key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.passes, config.models,
-                       code_hash())
+                       code_hash(bench=True))
     cached = _cached(work / "bench.meta.json", key, config.fresh)
     if cached and out.is_file():
         return {**json.loads(out.read_text()), "reused": True, "reused_seconds": cached.get("seconds")}

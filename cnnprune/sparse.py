@@ -141,9 +141,10 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
         row = wh * n
         plane = ((oy % 2) * 2 + (ox % 2)) * cin + ci
         off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
-    if off.size and off.max() >= 2**31:
+    top = int(off.max()) if off.size else 0
+    if top >= 2**31:
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
-    narrow = narrow and (off.size == 0 or off.max() < 2**16)
+    narrow = narrow and top < 2**16
     return ptr, ngroups, off.astype(np.uint16 if narrow else np.int32), \
         np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
 
@@ -278,13 +279,11 @@ class NativeSparseResNet(nn.Module):
                       phase: np.ndarray | None, split: bool = True) -> list:
         """One convolution as native steps (raw addresses: the plan keeps the arrays). Stride 2
         reads phase planes, made here unless ``split`` is False (already made for this input)."""
-        from cnnprune.kernels import SPLIT, Step, conv_step
+        from cnnprune.kernels import conv_step, split_step
 
-        n = src.shape[3]
         steps = []
         if p.conv.stride == 2 and split:
-            steps.append(Step(kind=SPLIT, src=src.ctypes.data, C=src.shape[0], H=src.shape[1], W=src.shape[2], N=n,
-                              dst=phase.ctypes.data))
+            steps.append(split_step(src, phase))
         base = phase if p.conv.stride == 2 else src
         steps.append(conv_step(base, p.ho, p.wo, p.conv.weight.shape[0], p.ngroups, p.ptr, p.off, p.val, p.bias,
                                dst, res, relu))

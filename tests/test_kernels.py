@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnprune.kernels import SPLIT, Step, conv_step, library
+from cnnprune.kernels import Step, conv_step, library, split_step
 from cnnprune.sparse import FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw
 
 
@@ -28,7 +28,7 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     steps, base = [], src
     if conv.stride == 2:
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
-        steps.append(Step(kind=SPLIT, src=src.ctypes.data, C=cin, H=h + 2, W=w + 2, N=n, dst=base.ctypes.data))
+        steps.append(split_step(src, base))
     steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, resbuf, relu))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     return _to_nchw(dst)
