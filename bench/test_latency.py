@@ -81,10 +81,7 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
     })
     if engine == "sparse":
         benchmark.extra_info["sparse_engine_used"] = model.engine_for(batch)["engine"]
-        choice = model.layer_choice(batch).values()
-        benchmark.extra_info["dense_layers"] = sum(v["engine"] == "dense" for v in choice)
-        kinds = [v["kernel"] if v["engine"] == "sparse" else "dense" for v in choice]
-        benchmark.extra_info["layer_kernels"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+        benchmark.extra_info["dense_layers"] = sum(v["engine"] == "dense" for v in model.layer_choice(batch).values())
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)
     del model, call
     gc.collect()  # free this engine's thread pools before the next case is timed

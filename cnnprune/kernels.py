@@ -31,31 +31,26 @@ _SIGNATURES = {
 }
 
 PACK, CONV, MAXPOOL, SPLIT, AVGPOOL = range(5)
-SINGLE, PAIR, TAPS = range(3)
 
 
 class Step(ctypes.Structure):
     """One operation of a native forward pass, ``step_t`` in ``csrc/sparse_conv.c`` (the same
     fields in the same order): C, H, W, N describe the input, Ho, Wo, Cout the output; off16:
-    the nonzeros' offsets are uint16 (else int32); mode: how entries map to weights (SINGLE,
-    PAIR, TAPS: see ``sparse._sparse_operands``)."""
+    the nonzeros' offsets are uint16 (else int32)."""
 
-    _fields_ = ([(name, ctypes.c_int32) for name in ("kind", "C", "H", "W", "N", "Ho", "Wo", "Cout", "ngroups", "relu", "off16",
-                                                         "mode")]
+    _fields_ = ([(name, ctypes.c_int32) for name in ("kind", "C", "H", "W", "N", "Ho", "Wo", "Cout", "ngroups", "relu", "off16")]
                 + [("src_row", ctypes.c_int64)]
                 + [(name, ctypes.c_void_p) for name in ("src", "res", "dst", "ptr", "off", "val", "bias")])
 
 
 def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, off: np.ndarray,
-              val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-              mode: int = 0) -> Step:
+              val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool) -> Step:
     """The CONV step of one sparse convolution over padded (C, H, W, N) ``src`` (phase planes for
-    stride 2); ``off`` (uint16 or int32) and ``mode`` as ``sparse._sparse_operands`` made them.
-    The step holds raw addresses: the caller keeps the arrays alive."""
+    stride 2); ``off`` is uint16 or int32, as ``sparse._sparse_operands`` made it. The step holds
+    raw addresses: the caller keeps the arrays alive."""
     n = src.shape[3]
     return Step(kind=CONV, src=src.ctypes.data, src_row=src.shape[2] * n, Ho=ho, Wo=wo, N=n, Cout=cout,
                 ngroups=ngroups, ptr=ptr.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
-                mode=mode,
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,
                 res=None if res is None else res.ctypes.data, relu=int(relu))
 
@@ -117,6 +112,4 @@ def library() -> ctypes.CDLL:
         fn.restype = None
     lib.channels_per_group.argtypes = [ctypes.c_int] * 6
     lib.channels_per_group.restype = ctypes.c_int
-    lib.taps_batch_ok.argtypes = [ctypes.c_int]
-    lib.taps_batch_ok.restype = ctypes.c_int
     return lib

@@ -234,8 +234,7 @@ def sparse_goals(results: dict) -> list[dict]:
         out.append({"model": r["model"], "batch": r["batch"], "goal": goal, "speedup": r["speedup_vs_best_dense"],
                     "speedup_range": [low, high], "paired": paired, "within_noise": within_noise,
                     "flop_limit": r["flop_limit"], "met": met, "above_flop_limit": goal > r["flop_limit"],
-                    "sparse_engine_used": r["sparse_engine_used"],
-                    "layer_kernels": table[("cpu", r["batch"])][r["model"]]["sparse"].get("layer_kernels")})
+                    "sparse_engine_used": r["sparse_engine_used"]})
     return out
 
 
@@ -269,10 +268,6 @@ def _mb(x: float | None) -> str:
 def _range(goal: dict) -> str:
     low, high = goal["speedup_range"]
     return f" ({low:.2f}–{high:.2f})" if goal.get("paired") else ""
-
-
-def _kernels(counts: dict | None) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "–"
 
 
 def _x(x: float | None) -> str:
@@ -601,8 +596,8 @@ def markdown(results: dict, plot_names: list[str]) -> str:
     goals = sparse_goals(results)
     if goals:
         L.append("### The sparse engine against its goals\n")
-        L.append("| model | batch | goal vs best dense | measured | FLOP limit | layer kernels (first pass) | verdict |")
-        L.append("|---|---:|---:|---:|---:|---|---|")
+        L.append("| model | batch | goal vs best dense | measured | FLOP limit | verdict |")
+        L.append("|---|---:|---:|---:|---:|---|")
         for g in goals:
             verdict = "met" if g["met"] else "not met"
             if g["above_flop_limit"]:
@@ -614,13 +609,9 @@ def markdown(results: dict, plot_names: list[str]) -> str:
             elif "onnxruntime" in (g["sparse_engine_used"] or ""):
                 verdict += "; ran the dense fallback in some passes"
             L.append(f"| {g['model']} | {g['batch']} | {'never slower' if g['goal'] == 1.0 else _x(g['goal'])} | "
-                     f"{_x(g['speedup'])}{_range(g)} | {_x(g['flop_limit'])} | {_kernels(g.get('layer_kernels'))} | "
-                     f"{verdict} |")
-        L.append("\nLayer kernels: how many of the 20 convolutions ran each kernel, as the engine's calibration chose "
-                 "them at load (single = one output channel per tile; pair = two output channels over the union of "
-                 "their nonzeros; taps = rows of 3×3 taps sharing input loads; dense = oneDNN).")
+                     f"{_x(g['speedup'])}{_range(g)} | {_x(g['flop_limit'])} | {verdict} |")
         if any(g["paired"] for g in goals):
-            L.append("Measured = median of the per-pass ratios (range over passes). \"Never slower\" = not slower in "
+            L.append("\nMeasured = median of the per-pass ratios (range over passes). \"Never slower\" = not slower in "
                      "every pass; \"within noise\" = the range over passes includes 1.\n")
         else:
             L.append("\n\"Never slower\" = the sparse median is within the best dense engine's median + IQR of this run.\n")

@@ -10,10 +10,8 @@ Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
   Each output channel's nonzeros are cut into input-channel groups (``_group_size``) so that
   what a register tile reads stays in L1 while the whole output-channel chunk uses it; offsets
   are 16-bit where they fit (``_sparse_operands``).
-  Per layer and per batch size it times each sparse kernel that applies (``KERNELS``: one
-  output channel per tile; output-channel pairs over the union of their nonzeros; rows of 3x3
-  taps sharing loads, batches of 8-64) and PyTorch's dense convolution (oneDNN) on the same
-  shape, once, and keeps the fastest (``layer_choice``); if
+  Per layer and per batch size it times the sparse kernel against PyTorch's dense
+  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``); if
   the whole sparse network still loses to dense onnxruntime at that batch size (lightly pruned
   models), it runs onnxruntime instead (``engine_for``), so it is never slower than dense.
   Threads: ``threads`` (default: torch's), used by the kernels and the fallback alike.
@@ -25,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnprune import csr
-from cnnprune.kernels import PAIR, SINGLE, TAPS
 from cnnprune.errors import CnnpruneError
 from cnnprune.model import build_model, check_state_dict, load_state_dict
 
 BN_EPS = 1e-5
 ENGINES = ("native", "torch-csr")
-KERNELS = {"single": SINGLE, "pair": PAIR, "taps": TAPS}
-"""Sparse kernels the calibration chooses from per layer (see ``_sparse_operands``)."""
 
 
 @dataclass
@@ -115,8 +110,6 @@ class _ConvPlan:
     ho: int
     wo: int
     use_sparse: bool = True
-    mode: int = SINGLE
-    group: int = 1
     ptr: np.ndarray | None = None
     ngroups: int = 1
     off: np.ndarray | None = None
@@ -124,68 +117,21 @@ class _ConvPlan:
     bias: np.ndarray | None = None
     sparse_ms: float = float("nan")
     dense_ms: float = float("nan")
-    kernel_ms: dict[str, float] = field(default_factory=dict)
-
-    def set_operands(self, n: int, mode: int) -> None:
-        self.mode = mode
-        self.ptr, self.ngroups, self.off, self.val = _sparse_operands(self.conv, self.hin, self.win, n, self.group,
-                                                                      mode=mode)
 
 
-def taps_apply(conv: FoldedConv, n: int) -> bool:
-    """Whether the tap-row kernel can run this convolution at batch ``n``: 3x3, stride 1, and
-    a batch of 8, 16, 32 or 64 (whole vectors per pixel, a pixel stride the kernel knows)."""
-    from cnnprune.kernels import library
-
-    return conv.weight.shape[2:] == (3, 3) and conv.stride == 1 and conv.padding == 1 \
-        and bool(library().taps_batch_ok(n))
-
-
-def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True,
-                     mode: int = SINGLE) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """The folded weight as the kernel reads it: entries ordered by (output unit, group of
-    ``group`` input channels), ``ptr`` the start of each (unit, group) run, each entry's input
-    offset (floats) and value(s). ``mode``:
-
-    - ``SINGLE``: an entry is one nonzero of one output channel.
-    - ``PAIR``: a unit is the output channels (2u, 2u+1) and an entry a weight position where
-      either is nonzero, with both values (one may be 0): each input vector loaded feeds two
-      multiply-adds.
-    - ``TAPS`` (see ``taps_apply``): an entry is one (output channel, input channel, ky) row of
-      the 3x3 kernel with its three kx values (0 where absent), offset of its kx = 0 tap; the
-      entries of a (channel, group) are sorted by which taps are present (mask 1-7) and ``ptr``
-      holds 7 runs per (channel, group), so the kernel's loop has the mask as a constant.
-
-    Offsets are uint16 where they all fit (``narrow``; small batches), else int32: at batch 1
-    the late layers stream their nonzeros from memory for only 4-16 multiply-adds each, so 6
-    instead of 8 bytes per nonzero is time saved."""
+def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
+                     ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """The folded weight as the kernel reads it: nonzeros ordered by (output channel, group of
+    ``group`` input channels), ``ptr`` the start of each (channel, group) run, each nonzero's
+    input offset (floats) and value. Offsets are uint16 where they all fit (``narrow``; small
+    batches), else int32: at batch 1 the late layers stream their nonzeros from memory for only
+    4-16 multiply-adds each, so 6 instead of 8 bytes per nonzero is time saved."""
     w = conv.weight.numpy()
     cout, cin, kh, kw = w.shape
+    co, ci, ky, kx = np.nonzero(w)
     ngroups = -(-cin // group)
-    if mode == TAPS:
-        if not taps_apply(conv, n):
-            raise CnnpruneError(f"{conv.name}: the tap-row kernel needs a 3x3 stride-1 convolution and a batch "
-                                f"that is a multiple of 8, not batch {n}")
-        mask = ((w != 0) * np.array([1, 2, 4])).sum(axis=3)  # (cout, cin, ky): kx taps present
-        cu, ci, ky = np.nonzero(mask)
-        key = (cu * ngroups + ci // group) * 7 + mask[cu, ci, ky] - 1
-        order = np.argsort(key, kind="stable")
-        cu, ci, ky, key = cu[order], ci[order], ky[order], key[order]
-        kx = np.zeros_like(ky)
-        runs = 7
-        values = w[cu, ci, ky, :]
-    else:
-        unit = 2 if mode == PAIR else 1
-        if cout % unit:
-            raise CnnpruneError(f"{conv.name}: {cout} output channels cannot be paired")
-        wu = w.reshape(cout // unit, unit, cin, kh, kw)
-        cu, ci, ky, kx = np.nonzero((wu != 0).any(axis=1))
-        key = cu * ngroups + ci // group
-        runs = 1
-        cout //= unit
-        values = wu[cu, :, ci, ky, kx]
-    ptr = np.zeros(cout * ngroups * runs + 1, dtype=np.int32)
-    ptr[1:] = np.cumsum(np.bincount(key, minlength=cout * ngroups * runs))
+    ptr = np.zeros(cout * ngroups + 1, dtype=np.int32)
+    ptr[1:] = np.cumsum(np.bincount(co * ngroups + ci // group, minlength=cout * ngroups))
     oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
     if conv.stride == 1:
         row = (win + 2) * n
@@ -200,7 +146,7 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
     narrow = narrow and top < 2**16
     return ptr, ngroups, off.astype(np.uint16 if narrow else np.int32), \
-        np.ascontiguousarray(values.reshape(-1), dtype=np.float32)
+        np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
 
 
 def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
@@ -252,8 +198,9 @@ class NativeSparseResNet(nn.Module):
         def add(conv: FoldedConv, hin: int, win: int) -> tuple[int, int]:
             ho, wo = (hin + 2 * conv.padding - conv.weight.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.weight.shape[3]) // conv.stride + 1
-            p = _ConvPlan(conv, hin, win, ho, wo, group=_group_size(self.lib, conv, wo * n, ho, n))
-            p.set_operands(n, SINGLE)
+            p = _ConvPlan(conv, hin, win, ho, wo)
+            group = _group_size(self.lib, conv, wo * n, ho, n)
+            p.ptr, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
             p.bias = conv.bias.numpy().astype(np.float32)
             plans[conv.name] = p
             return ho, wo
@@ -273,9 +220,7 @@ class NativeSparseResNet(nn.Module):
         return plan
 
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
-        """Per layer, time each sparse kernel that applies (``KERNELS``) and dense (oneDNN, incl.
-        layout conversion); keep the fastest. Which kernel wins depends on density and batch:
-        pairs and tap rows load less per multiply-add but multiply zeros or run shorter loops."""
+        """Time sparse vs dense (oneDNN, incl. layout conversion) per layer; keep the faster."""
         for p in plan["convs"].values():
             cin = p.conv.weight.shape[1]
             src = _padded(cin, p.hin, p.win, n)
@@ -283,26 +228,22 @@ class NativeSparseResNet(nn.Module):
             dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n)
             phase = np.empty((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n), dtype=np.float32) \
                 if p.conv.stride == 2 else None
-            for name, mode in KERNELS.items():
-                if mode == TAPS and not taps_apply(p.conv, n) or mode == PAIR and p.conv.weight.shape[0] % 2:
-                    continue
-                p.set_operands(n, mode)
-                run = self._native(self._sparse_steps(p, src, dst, None, True, phase), [src, dst, phase])
-                p.kernel_ms[name] = _best_ms(run, repeats)
-            best = min(p.kernel_ms, key=p.kernel_ms.get)
-            p.set_operands(n, KERNELS[best])
-            p.sparse_ms = p.kernel_ms[best]
+            sparse = self._native(self._sparse_steps(p, src, dst, None, True, phase), [src, dst, phase])
+            p.sparse_ms = _best_ms(sparse, repeats)
             p.dense_ms = _best_ms(lambda: self._dense_conv(p, src, dst, None, True), repeats)
             p.use_sparse = p.sparse_ms <= p.dense_ms
 
-    def _choose_engine(self, n: int, plan: dict, repeats: int = 5) -> None:
-        """Whole network: keep the sparse program only if it beats dense onnxruntime at this batch."""
+    def _choose_engine(self, n: int, plan: dict, rounds: int = 1) -> None:
+        """Whole network: keep the sparse program only if it beats dense onnxruntime at this batch
+        (medians over blocks in A B B A order, ``_paired_ms``: this decision is what keeps lightly
+        pruned models from running slower than dense)."""
         plan["engine"] = "sparse"
         if self._fallback is None:
             return
         x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        plan["sparse_ms"] = _best_ms(lambda: self._run_sparse(x), repeats)
-        plan["dense_ms"] = _best_ms(lambda: self._fallback.run(None, {"input": x.numpy()}), repeats)
+        xn = x.numpy()
+        plan["sparse_ms"], plan["dense_ms"] = _paired_ms(lambda: self._run_sparse(x),
+                                                         lambda: self._fallback.run(None, {"input": xn}), rounds)
         if plan["dense_ms"] < plan["sparse_ms"]:
             plan["engine"] = "onnxruntime"
 
@@ -312,13 +253,10 @@ class NativeSparseResNet(nn.Module):
         return {"engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms")}
 
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
-        """Per layer: engine chosen, sparse kernel chosen (``KERNELS``), density and the
-        calibration timings (ms) at this batch size."""
+        """Per layer: engine chosen, density and the calibration timings (ms) at this batch size."""
         plan = self._plan(batch_size)
-        names = {mode: name for name, mode in KERNELS.items()}
-        return {name: {"engine": "sparse" if p.use_sparse else "dense", "kernel": names[p.mode],
-                       "density": p.conv.density, "sparse_ms": p.sparse_ms, "dense_ms": p.dense_ms,
-                       "kernel_ms": dict(p.kernel_ms)}
+        return {name: {"engine": "sparse" if p.use_sparse else "dense", "density": p.conv.density,
+                       "sparse_ms": p.sparse_ms, "dense_ms": p.dense_ms}
                 for name, p in plan["convs"].items()}
 
     # -- execution
@@ -351,7 +289,7 @@ class NativeSparseResNet(nn.Module):
             steps.append(split_step(src, phase))
         base = phase if p.conv.stride == 2 else src
         steps.append(conv_step(base, p.ho, p.wo, p.conv.weight.shape[0], p.ngroups, p.ptr, p.off, p.val, p.bias,
-                               dst, res, relu, p.mode))
+                               dst, res, relu))
         return steps
 
     def _native(self, steps: list, keep: list) -> Callable[[], object]:
@@ -447,6 +385,34 @@ def _ort_session(model: nn.Module, threads: int):
     from cnnprune.export import onnx_bytes, ort_session
 
     return ort_session(onnx_bytes(model), threads)
+
+
+def _paired_ms(a: Callable[[], object], b: Callable[[], object], rounds: int = 1, block_ms: float = 100.0,
+               warm_ms: float = 30.0) -> tuple[float, float]:
+    """Median ms per call of ``a`` and of ``b`` over blocks in A B B A order (``rounds`` times),
+    so that a machine whose speed drifts weighs on both alike. Each block first runs untimed
+    calls for ``warm_ms`` (at least 2): the thread pool that ran last (onnxruntime's spinning
+    workers, OpenMP's) keeps the cores busy for a while after it returns, and the next engine's
+    first calls pay for it; alternating single calls measured that, not the engines."""
+    times: dict[int, list[float]] = {0: [], 1: []}
+
+    def block(i: int) -> None:
+        fn = (a, b)[i]
+        t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
+        while warm < 2 or time.perf_counter() < t_end:
+            fn()
+            warm += 1
+        t_end, timed = time.perf_counter() + block_ms / 1e3, 0
+        while timed < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            fn()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+            timed += 1
+
+    for _ in range(rounds):
+        for i in (0, 1, 1, 0):
+            block(i)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def _best_ms(fn, repeats: int) -> float:

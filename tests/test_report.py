@@ -183,15 +183,3 @@ def test_goals_with_passes_use_the_range_over_passes() -> None:
     assert not goals[("iterative_50", 1)]["met"] and not goals[("iterative_50", 1)]["within_noise"]
     assert goals[("one_shot_90", 32)]["speedup_range"] == pytest.approx([1 / 0.37] * 2)
     assert "range over passes" in markdown(r, [])
-
-
-def test_goals_table_shows_the_kernels_the_calibration_chose() -> None:
-    r = synthetic()
-    for row in r["latency"]:
-        if row["engine"] == "sparse" and row["model"] == "one_shot_90" and row["batch"] == 32:
-            row["layer_kernels"] = {"dense": 1, "pair": 4, "single": 12, "taps": 3}
-    goals = {(g["model"], g["batch"]): g for g in sparse_goals(r)}
-    assert goals[("one_shot_90", 32)]["layer_kernels"]["taps"] == 3
-    line = next(l for l in markdown(r, []).splitlines() if l.startswith("| one_shot_90 | 32 |"))
-    assert "dense 1, pair 4, single 12, taps 3" in line
-    assert "| – |" in next(l for l in markdown(r, []).splitlines() if l.startswith("| one_shot_90 | 1 |"))

@@ -59,3 +59,12 @@ def test_bad_inputs(artifacts: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(CnnpruneError, match="no CUDA GPU"):
             sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr", device="cuda")
+
+
+def test_paired_timing_tells_the_slower_function() -> None:
+    import time
+
+    from cnnprune.sparse import _paired_ms
+
+    slow, fast = _paired_ms(lambda: time.sleep(0.004), lambda: time.sleep(0.001), block_ms=10, warm_ms=2)
+    assert slow > fast >= 1.0

@@ -132,219 +132,6 @@ static const tile_kind KINDS[] = {
 };
 #define NKINDS ((int)(sizeof(KINDS) / sizeof(KINDS[0])))
 
-/* Pair tiles: two output channels (2c, 2c+1) at once over the union of their nonzeros, each
- * entry an offset and two values (0 where a channel lacks that weight). Every input vector
- * loaded feeds two multiply-adds instead of one. At density d (independent patterns) a pair
- * has 2d - d^2 entries per weight position, so a share 1/(2-d) of its multiply-adds is useful
- * (at least half). Where loads, not multiply-adds, bound the single-channel tile (large
- * batches, denser layers) this wins; calibration decides per layer. Same signature as
- * tile_fn: nch counts pairs, bias and planes advance two channels at a time. */
-#define DEFINE_PAIR_OT(R, NV, VT, V, OT, SUF, PIN)                                                \
-static void pair_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow,             \
-        const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
-        int pstride, int nch, float *restrict out, int64_t drow, int64_t dplane, int first,     \
-        const float *restrict bias, int last, const float *restrict res, int relu) {           \
-    enum { U = 2 * R * NV >= 8 ? 1 : 2 * R * NV >= 4 ? 2 : 4 };                                \
-    const OT *restrict off = (const OT *)offp;                                                 \
-    for (int c = 0; c < nch; c++, p += pstride, out += 2 * dplane, bias += 2,                  \
-         res = res ? res + 2 * dplane : 0) {                                                   \
-    const int j0 = p[0], j1 = p[1];                                                            \
-    VT acc[U][2][R][NV];                                                                       \
-    _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                        \
-    _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
-        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
-            acc[0][h][r][v] = first ? (VT){0} + bias[h]                                        \
-                                    : *(const VT *)(out + h * dplane + r * drow + v * (V));    \
-            _Pragma("GCC unroll 4") for (int u = 1; u < U; u++) acc[u][h][r][v] = (VT){0};     \
-        }                                                                                      \
-    int j = j0;                                                                                \
-    for (; j + U <= j1; j += U)                                                                \
-        _Pragma("GCC unroll 4") for (int u = 0; u < U; u++) {                                  \
-            const float w0 = val[2 * (j + u)], w1 = val[2 * (j + u) + 1];                      \
-            const float *restrict s = base + off[j + u];                                       \
-            _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
-                _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                        \
-                    VT x = *(const VT *)(s + r * srow + v * (V));                              \
-                    PIN(x);                                                                    \
-                    acc[u][0][r][v] += w0 * x;                                                 \
-                    acc[u][1][r][v] += w1 * x;                                                 \
-                }                                                                              \
-        }                                                                                      \
-    for (; j < j1; j++) {                                                                      \
-        const float w0 = val[2 * j], w1 = val[2 * j + 1];                                      \
-        const float *restrict s = base + off[j];                                               \
-        _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                   \
-            _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                            \
-                VT x = *(const VT *)(s + r * srow + v * (V));                                  \
-                PIN(x);                                                                        \
-                acc[0][0][r][v] += w0 * x;                                                     \
-                acc[0][1][r][v] += w1 * x;                                                     \
-            }                                                                                  \
-    }                                                                                          \
-    _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                        \
-    _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
-        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
-            VT a = acc[0][h][r][v];                                                            \
-            _Pragma("GCC unroll 4") for (int u = 1; u < U; u++) a += acc[u][h][r][v];          \
-            if (last && res) a += *(const VT *)(res + h * dplane + r * drow + v * (V));        \
-            if (last && relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                   \
-            *(VT *)(out + h * dplane + r * drow + v * (V)) = a;                                \
-        }                                                                                      \
-    }                                                                                          \
-}
-
-/* PIN_REG keeps a loaded vector in a register: without it GCC folds the load into both
- * multiply-adds, loading it twice (the loads are what pairs save). Sub-vector types skip it. */
-#define PIN_REG(x) __asm__("" : "+x"(x))
-#define PIN_NONE(x) (void)0
-#define PIN_vf PIN_REG
-#define PIN_v8 PIN_REG
-#define PIN_v4 PIN_REG
-#define PIN_v2 PIN_NONE
-#define PIN_v1 PIN_NONE
-#define DEFINE_PAIR(R, NV, VT, V) DEFINE_PAIR_OT(R, NV, VT, V, int32_t, , PIN_##VT) \
-    DEFINE_PAIR_OT(R, NV, VT, V, uint16_t, _16, PIN_##VT)
-#define PAIR_ROWS_1_TO_6(NV, VT, V) DEFINE_PAIR(1, NV, VT, V) DEFINE_PAIR(2, NV, VT, V) DEFINE_PAIR(3, NV, VT, V) \
-    DEFINE_PAIR(4, NV, VT, V) DEFINE_PAIR(5, NV, VT, V) DEFINE_PAIR(6, NV, VT, V)
-
-DEFINE_PAIR(1, 6, vf, VW)
-DEFINE_PAIR(1, 5, vf, VW)
-DEFINE_PAIR(1, 4, vf, VW)
-DEFINE_PAIR(1, 3, vf, VW)
-DEFINE_PAIR(2, 3, vf, VW)
-DEFINE_PAIR(1, 2, vf, VW)
-DEFINE_PAIR(2, 2, vf, VW)
-DEFINE_PAIR(3, 2, vf, VW)
-PAIR_ROWS_1_TO_6(1, vf, VW)
-#if VW > 8
-PAIR_ROWS_1_TO_6(1, v8, 8)
-#endif
-PAIR_ROWS_1_TO_6(1, v4, 4)
-PAIR_ROWS_1_TO_6(1, v2, 2)
-PAIR_ROWS_1_TO_6(1, v1, 1)
-
-#define PLIST_1_TO_6(NV, VT, S) {0, pair_##VT##_##NV##_1##S, pair_##VT##_##NV##_2##S, pair_##VT##_##NV##_3##S, \
-    pair_##VT##_##NV##_4##S, pair_##VT##_##NV##_5##S, pair_##VT##_##NV##_6##S}
-#define PLIST_1_TO_3(NV, VT, S) {0, pair_##VT##_##NV##_1##S, pair_##VT##_##NV##_2##S, pair_##VT##_##NV##_3##S}
-#define PLIST_1_TO_2(NV, VT, S) {0, pair_##VT##_##NV##_1##S, pair_##VT##_##NV##_2##S}
-#define PLIST_1(NV, VT, S) {0, pair_##VT##_##NV##_1##S}
-
-/* Pair tiles of whole vectors: PAIR_V[offset width][vectors 1..6][rows], 2*rows*vectors <= 12. */
-static const tile_fn PAIR_V[2][7][7] = {
-    {{0}, PLIST_1_TO_6(1, vf, ), PLIST_1_TO_3(2, vf, ), PLIST_1_TO_2(3, vf, ), PLIST_1(4, vf, ),
-     PLIST_1(5, vf, ), PLIST_1(6, vf, )},
-    {{0}, PLIST_1_TO_6(1, vf, _16), PLIST_1_TO_3(2, vf, _16), PLIST_1_TO_2(3, vf, _16), PLIST_1(4, vf, _16),
-     PLIST_1(5, vf, _16), PLIST_1(6, vf, _16)},
-};
-/* Pair tiles narrower than a vector, widest first: {floats, functions by offset width and rows}. */
-typedef struct { int width; tile_fn fn[2][7]; } pair_kind;
-static const pair_kind PAIR_NARROW[] = {
-#if VW > 8
-    {8, {PLIST_1_TO_6(1, v8, ), PLIST_1_TO_6(1, v8, _16)}},
-#endif
-    {4, {PLIST_1_TO_6(1, v4, ), PLIST_1_TO_6(1, v4, _16)}},
-    {2, {PLIST_1_TO_6(1, v2, ), PLIST_1_TO_6(1, v2, _16)}},
-    {1, {PLIST_1_TO_6(1, v1, ), PLIST_1_TO_6(1, v1, _16)}},
-};
-#define NPAIR_NARROW ((int)(sizeof(PAIR_NARROW) / sizeof(PAIR_NARROW[0])))
-
-/* Rows per pair tile for a row of L floats, and the most vectors a pair tile of r rows holds. */
-static int pair_row_block(int L) {
-    return L >= 4 * VW ? 1 : L >= 3 * VW ? 2 : L >= 2 * VW ? 3 : 6;
-}
-static int pair_max_vectors(int r) {
-    return r == 1 ? 6 : r == 2 ? 3 : r == 3 ? 2 : 1;
-}
-
-/* Tap-row tiles (3x3, stride 1, batch a multiple of the vector width): an entry is one
- * (output channel, input channel, ky) row of the kernel with its kx taps (mask bits 0-2, three
- * values, 0 where absent). In the batch-innermost layout the three taps read the same input
- * row shifted by whole pixels, so a tile of P output pixels x VP vectors loads each of the
- * P+2 input pixels once and feeds every tap that uses it: a full row does 3*P*VP multiply-adds
- * for (P+2)*VP loads instead of one load per multiply-add, and nothing multiplies a zero.
- * Entries are sorted by mask within a (channel, group): ptr holds 7 runs (masks 1..7) per
- * (channel, group), so the mask is a constant in each run's loop (no branch per entry). ps:
- * floats per pixel (the batch). */
-#define TAP_RUN(M)                                                                             \
-    for (int j = p[M - 1]; j < p[M]; j++) {                                                    \
-        const float *restrict s = base + off[j];                                               \
-        const float w0 = val[3 * j], w1 = val[3 * j + 1], w2 = val[3 * j + 2];                 \
-        _Pragma("GCC unroll 16") for (int q = 0; q < P + 2; q++) {                             \
-            const int use0 = ((M) & 1) && q < P, use1 = ((M) & 2) && q >= 1 && q - 1 < P,      \
-                      use2 = ((M) & 4) && q >= 2;                                              \
-            if (!(use0 || use1 || use2)) continue;                                             \
-            _Pragma("GCC unroll 8") for (int v = 0; v < VP; v++) {                             \
-                vf x = *(const vf *)(s + q * ps + v * VW);                                     \
-                PIN_REG(x);                                                                    \
-                if (use0) acc[q][v] += w0 * x;                                                 \
-                if (use1) acc[q - 1][v] += w1 * x;                                             \
-                if (use2) acc[q - 2][v] += w2 * x;                                             \
-            }                                                                                  \
-        }                                                                                      \
-    }
-
-#define DEFINE_TAPS_OT(PX, VPX, PSX, OT, SUF)                                                \
-static void taps_##PSX##_##VPX##_##PX##SUF(const float *restrict base, int64_t unused_row,      \
-        const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
-        int pstride, int nch, float *restrict out, int64_t unused, int64_t dplane, int first,   \
-        const float *restrict bias, int last, const float *restrict res, int relu) {           \
-    enum { P = PX, VP = VPX, ps = PSX };                                                       \
-    const OT *restrict off = (const OT *)offp;                                                 \
-    for (int c = 0; c < nch; c++, p += pstride, out += dplane, res = res ? res + dplane : 0) { \
-    const float b = bias[c];                                                                   \
-    vf acc[P][VP];                                                                             \
-    _Pragma("GCC unroll 16") for (int q = 0; q < P; q++)                                       \
-        _Pragma("GCC unroll 8") for (int v = 0; v < VP; v++)                                   \
-            acc[q][v] = first ? (vf){0} + b : *(const vf *)(out + q * ps + v * VW);            \
-    TAP_RUN(1) TAP_RUN(2) TAP_RUN(3) TAP_RUN(4) TAP_RUN(5) TAP_RUN(6) TAP_RUN(7)               \
-    _Pragma("GCC unroll 16") for (int q = 0; q < P; q++)                                       \
-        _Pragma("GCC unroll 8") for (int v = 0; v < VP; v++) {                                 \
-            vf a = acc[q][v];                                                                  \
-            if (last && res) a += *(const vf *)(res + q * ps + v * VW);                        \
-            if (last && relu) { vf z = {0}; a = (vf)((i_vf)a & (a > z)); }                     \
-            *(vf *)(out + q * ps + v * VW) = a;                                                \
-        }                                                                                      \
-    }                                                                                          \
-}
-#define DEFINE_TAPS(P, VP, PS) DEFINE_TAPS_OT(P, VP, PS, int32_t, ) DEFINE_TAPS_OT(P, VP, PS, uint16_t, _16)
-#define TAPS_1_TO_5(VP, PS) DEFINE_TAPS(1, VP, PS) DEFINE_TAPS(2, VP, PS) DEFINE_TAPS(3, VP, PS) \
-    DEFINE_TAPS(4, VP, PS) DEFINE_TAPS(5, VP, PS)
-#define TAPS_LIST(VP, PS, S) TAPS_LIST_(VP, PS, S)
-#define TAPS_LIST_(VP, PS, S) {0, taps_##PS##_##VP##_1##S, taps_##PS##_##VP##_2##S, taps_##PS##_##VP##_3##S, \
-    taps_##PS##_##VP##_4##S, taps_##PS##_##VP##_5##S}
-
-#ifndef TAPS_VP
-#define TAPS_VP 4
-#endif
-#ifndef TAPS_P
-#define TAPS_P 3
-#endif
-/* Batches of 8, 16, 32 and 64 floats per pixel (compile-time pixel stride: loads address by
- * immediate offsets); tiles of up to TAPS_P pixels x TAPS_VP vectors (at most 10 accumulators:
- * with the three broadcast weights and the loaded vector they fill the 16 AVX2 registers, more
- * spill). */
-TAPS_1_TO_5(1, 8)
-TAPS_1_TO_5(2, 16)
-TAPS_1_TO_5(TAPS_VP, 32)
-TAPS_1_TO_5(TAPS_VP, 64)
-static const tile_fn TAPS[2][4][6] = {
-    {TAPS_LIST(1, 8, ), TAPS_LIST(2, 16, ), TAPS_LIST(TAPS_VP, 32, ), TAPS_LIST(TAPS_VP, 64, )},
-    {TAPS_LIST(1, 8, _16), TAPS_LIST(2, 16, _16), TAPS_LIST(TAPS_VP, 32, _16), TAPS_LIST(TAPS_VP, 64, _16)},
-};
-static const int TAPS_VPS[4] = {1, 2, TAPS_VP, TAPS_VP};
-
-static int taps_index(int N) {
-    return N == 8 ? 0 : N == 16 ? 1 : N == 32 ? 2 : N == 64 ? 3 : -1;
-}
-
-/* Whether the tap-row kernel has tiles for batch N on this machine (whole vectors per tile). */
-int taps_batch_ok(int N) {
-    const int i = taps_index(N);
-    return i >= 0 && N % (TAPS_VPS[i] * VW) == 0;
-}
-
-enum { MODE_SINGLE = 0, MODE_PAIR = 1, MODE_TAPS = 2 };
-
 /* Output rows per tile for a row of L floats (Wout * N): as many as keep the widest tile
  * that fits within NACC accumulators. */
 int row_block(int L) {
@@ -378,11 +165,11 @@ static int pick_kind(int rem, int r) {
 
 /* First output channel whose nonzeros start at or after the nonzero index target: chunks of
  * output channels cut at equal shares of the nonzeros, so that work items weigh alike. */
-static int chunk_start(const int32_t *ptr, int stride, int Cout, int64_t target) {
+static int chunk_start(const int32_t *ptr, int ngroups, int Cout, int64_t target) {
     int lo = 0, hi = Cout;
     while (lo < hi) {
         const int mid = (lo + hi) / 2;
-        if (ptr[(int64_t)mid * stride] < target) lo = mid + 1; else hi = mid;
+        if (ptr[(int64_t)mid * ngroups] < target) lo = mid + 1; else hi = mid;
     }
     return lo;
 }
@@ -397,68 +184,33 @@ static int chunk_start(const int32_t *ptr, int stride, int Cout, int64_t target)
  * thread and a multiple of the thread count where the layer allows it, handed out
  * dynamically. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                             const int32_t *ptr, const void *off, int off16, int mode, const float *val,
+                             const int32_t *ptr, const void *off, int off16, const float *val,
                              const float *bias, float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
-    const int L = Wo * N, cw = mode == MODE_PAIR ? 2 : 1, units = Cout / cw;
-    const int runs = mode == MODE_TAPS ? 7 : 1;  /* runs of entries per (unit, group) */
-    const int rb = mode == MODE_PAIR ? pair_row_block(L) : mode == MODE_TAPS ? 1 : row_block(L);
-    const int nyb = (Ho + rb - 1) / rb;
+    const int L = Wo * N;
+    const int nyb = (Ho + row_block(L) - 1) / row_block(L);
     int nchunks = (4 * nthreads + nyb - 1) / nyb;
     while ((nyb * nchunks) % nthreads) nchunks++;
-    const int most = units / 8 > 1 ? units / 8 : 1;
+    const int most = Cout / 8 > 1 ? Cout / 8 : 1;
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
-    const int stride = ngroups * runs;
-    const int64_t total = ptr[(int64_t)units * stride];
+    const int64_t total = ptr[(int64_t)Cout * ngroups];
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
-            const int c0 = chunk_start(ptr, stride, units, total * ch / nchunks);
-            const int c1 = ch == nchunks - 1 ? units : chunk_start(ptr, stride, units, total * (ch + 1) / nchunks);
+            const int c0 = chunk_start(ptr, ngroups, Cout, total * ch / nchunks);
+            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, ngroups, Cout, total * (ch + 1) / nchunks);
             const float *base = src + y * src_row;
-            const int64_t o0 = (int64_t)c0 * cw * dplane + (y + 1) * drow + N;
-            if (mode == MODE_TAPS) {
-                /* tiles of P pixels x VP vectors: batch blocks of VP vectors, pixels split evenly */
-                const int ni = taps_index(N), vp = TAPS_VPS[ni];
-                const int pmax = TAPS_P, nt = (Wo + pmax - 1) / pmax;
-                for (int b0 = 0; b0 < N; b0 += vp * VW)
-                    for (int i = 0; i < nt; i++) {
-                        const int x0 = Wo * i / nt, np = Wo * (i + 1) / nt - x0;
-                        const int64_t t = (int64_t)x0 * N + b0;
-                        const tile_fn fn = TAPS[off16 != 0][ni][np];
-                        for (int g = 0; g < ngroups; g++)
-                            fn(base + t, N, off, val, ptr + ((int64_t)c0 * ngroups + g) * runs, stride, c1 - c0,
-                               dst + o0 + t, drow, dplane, g == 0, bias + c0, g == ngroups - 1,
-                               res ? res + o0 + t : 0, relu);
-                    }
-                continue;
-            }
-            const int nv = L / VW;
-            const int nvt = mode == MODE_PAIR ? (nv + pair_max_vectors(r) - 1) / pair_max_vectors(r) : 0;
-            for (int t = 0, i = 0; t < L; i++) {
-                tile_fn fn;
-                int width;
-                if (mode != MODE_PAIR) {
-                    const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
-                    fn = kind->fn[off16 != 0][r];
-                    width = kind->width;
-                } else if (i < nvt) {  /* whole vectors, split evenly over the fewest tiles */
-                    const int v = (int)((int64_t)nv * (i + 1) / nvt - (int64_t)nv * i / nvt);
-                    fn = PAIR_V[off16 != 0][v][r];
-                    width = v * VW;
-                } else {
-                    int k = 0;
-                    while (k < NPAIR_NARROW - 1 && PAIR_NARROW[k].width > L - t) k++;
-                    fn = PAIR_NARROW[k].fn[off16 != 0][r];
-                    width = PAIR_NARROW[k].width;
-                }
+            for (int t = 0; t < L;) {
+                const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
+                const tile_fn fn = kind->fn[off16 != 0][r];
+                const int64_t o = c0 * dplane + (y + 1) * drow + N + t;
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + (int64_t)c0 * ngroups + g, ngroups, c1 - c0, dst + o0 + t,
-                       drow, dplane, g == 0, bias + c0 * cw, g == ngroups - 1, res ? res + o0 + t : 0, relu);
-                t += width;
+                    fn(base + t, src_row, off, val, ptr + (int64_t)c0 * ngroups + g, ngroups, c1 - c0, dst + o, drow,
+                       dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
+                t += kind->width;
             }
         }
     }
@@ -569,7 +321,7 @@ static void pack_input_body(const float *src, int N, int C, int H, int W, float 
  * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output. */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4 };
 typedef struct {
-    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, mode;
+    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16;
     int64_t src_row;
     const float *src, *res;
     float *dst;
@@ -585,7 +337,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         switch (s->kind) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
         case STEP_CONV:
-            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->off16, s->mode, s->val,
+            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->off16, s->val,
                              s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
