@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnprune import csr
+from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
 from cnnprune.model import build_model, check_state_dict, load_state_dict
 
@@ -159,8 +160,9 @@ def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
 
 
-def _padded(c: int, h: int, w: int, n: int) -> np.ndarray:
-    return np.zeros((c, h + 2, w + 2, n), dtype=np.float32)
+def _padded(c: int, h: int, w: int, n: int, arena: Arena | None = None) -> np.ndarray:
+    shape = (c, h + 2, w + 2, n)
+    return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
 
 
 def _to_nchw(buf: np.ndarray) -> torch.Tensor:
@@ -223,11 +225,11 @@ class NativeSparseResNet(nn.Module):
         """Time sparse vs dense (oneDNN, incl. layout conversion) per layer; keep the faster."""
         for p in plan["convs"].values():
             cin = p.conv.weight.shape[1]
-            src = _padded(cin, p.hin, p.win, n)
+            arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
+            src = _padded(cin, p.hin, p.win, n, arena)
             src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
-            dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n)
-            phase = np.empty((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n), dtype=np.float32) \
-                if p.conv.stride == 2 else None
+            dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n, arena)
+            phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
             sparse = self._native(self._sparse_steps(p, src, dst, None, True, phase), [src, dst, phase])
             p.sparse_ms = _best_ms(sparse, repeats)
             p.dense_ms = _best_ms(lambda: self._dense_conv(p, src, dst, None, True), repeats)
@@ -301,18 +303,20 @@ class NativeSparseResNet(nn.Module):
         return lambda array=array, keep=keep: lib.run_steps(array, len(array), t)
 
     def _program(self, n: int) -> dict:
-        """Buffers (zero borders, allocated once per batch size) and the forward pass: runs of
-        native steps, each one call, with the layers that run dense (PyTorch) between them."""
+        """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``) and
+        the forward pass: runs of native steps, each one call, with the layers that run dense
+        (PyTorch) between them."""
         from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step
 
         plan = self._plan(n)
         if "program" in plan:
             return plan
         convs = plan["convs"]
-        xbuf = np.empty((n, 3, 32, 32), dtype=np.float32)
-        inp = _padded(3, 32, 32, n)
-        a = _padded(64, 32, 32, n)
-        cur = _padded(64, 16, 16, n)
+        arena = Arena()
+        xbuf = arena.zeros((n, 3, 32, 32))
+        inp = _padded(3, 32, 32, n, arena)
+        a = _padded(64, 32, 32, n, arena)
+        cur = _padded(64, 16, 16, n, arena)
         keep = [xbuf, inp, a, cur]
         items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=32, W=32, dst=inp.ctypes.data)]
 
@@ -329,21 +333,21 @@ class NativeSparseResNet(nn.Module):
             cin, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0]
             phase = None
             if b.conv1.stride == 2:
-                phase = np.empty((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n), dtype=np.float32)
-            mid = _padded(cout, p1.ho, p1.wo, n)
+                phase = arena.zeros((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n))
+            mid = _padded(cout, p1.ho, p1.wo, n, arena)
             conv(p1, cur, mid, None, True, phase)
             identity = cur
             if b.downsample is not None:
                 pd = convs[b.downsample.name]
-                identity = _padded(cout, pd.ho, pd.wo, n)
+                identity = _padded(cout, pd.ho, pd.wo, n, arena)
                 # the phase planes of ``cur`` were just made by conv1: reuse them
                 conv(pd, cur, identity, None, False, phase, split=not p1.use_sparse)
-            out = _padded(cout, p2.ho, p2.wo, n)
+            out = _padded(cout, p2.ho, p2.wo, n, arena)
             conv(p2, mid, out, identity, True, None)
             keep += [phase, mid, identity, out]
             cur = out
         h, w = plan["final_hw"]
-        pooled = np.empty((n, cur.shape[0]), dtype=np.float32)
+        pooled = arena.zeros((n, cur.shape[0]))
         keep.append(pooled)
         items.append(Step(kind=AVGPOOL, src=cur.ctypes.data, C=cur.shape[0], H=h, W=w, N=n, dst=pooled.ctypes.data))
         program, run = [], []

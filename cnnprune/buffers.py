@@ -1,0 +1,59 @@
+"""Activation buffers of the native sparse engine, on transparent huge pages where Linux offers them.
+
+Why: at batch 32 one layer's activations span megabytes (layer1: 64 planes of 41.5 KB), and a
+register tile of the sparse kernel reads about ten input planes and writes up to 64 output
+planes, each on its own 4 KiB pages: more pages than the first-level TLB holds. Carving the
+buffers from mappings advised ``MADV_HUGEPAGE`` (2 MiB pages; this machine's THP mode is
+``madvise``, so plain allocations never get them) measured 1.08-1.10x for the whole network at
+75 % sparsity, batch 32 (no change at batch 1, where everything is small). Where madvise or huge
+pages are unavailable the mapping simply uses normal pages.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+HUGE_PAGE = 2 << 20
+ALIGN = 64
+
+
+class Arena:
+    """Zeroed arrays carved one after another from anonymous mappings of at least ``chunk``
+    bytes, each advised to use huge pages. Nothing is freed before the arena and every array
+    cut from it are gone (arrays keep their mapping alive), so one arena serves one plan."""
+
+    def __init__(self, chunk: int = 8 << 20) -> None:
+        self.chunk = chunk
+        self._map: mmap.mmap | None = None
+        self._base = 0
+        self._used = 0
+        self._size = 0
+        self.mapped_bytes = 0
+
+    def _new_map(self, nbytes: int) -> None:
+        size = max(self.chunk, nbytes) + HUGE_PAGE
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advice is not None:
+            try:
+                m.madvise(advice)
+            except OSError:
+                pass
+        address = np.frombuffer(m, dtype=np.uint8, count=1).ctypes.data
+        self._map, self._base = m, (-address) % HUGE_PAGE
+        self._used, self._size = 0, size - self._base
+        self.mapped_bytes += size
+
+    def zeros(self, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """A zero-filled, 64-byte aligned, writable array (fresh anonymous memory is zero)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        if self._map is None or self._used + nbytes > self._size:
+            self._new_map(nbytes)
+        start = self._base + self._used
+        self._used += -(-nbytes // ALIGN) * ALIGN
+        return np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=start).view(dtype).reshape(shape)
