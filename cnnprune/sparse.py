@@ -235,10 +235,11 @@ class NativeSparseResNet(nn.Module):
             p.dense_ms = _best_ms(lambda: self._dense_conv(p, src, dst, None, True), repeats)
             p.use_sparse = p.sparse_ms <= p.dense_ms
 
-    def _choose_engine(self, n: int, plan: dict, rounds: int = 1) -> None:
+    def _choose_engine(self, n: int, plan: dict, rounds: int = 1, margin: float = 0.05) -> None:
         """Whole network: keep the sparse program only if it beats dense onnxruntime at this batch
-        (medians over blocks in A B B A order, ``_paired_ms``: this decision is what keeps lightly
-        pruned models from running slower than dense)."""
+        by at least ``margin`` (fraction): this decision is what keeps lightly pruned models from
+        running slower than dense, so a near tie, which the next minutes of a noisy machine may
+        turn either way, goes to dense. Medians over blocks in A B B A order (``_paired_ms``)."""
         plan["engine"] = "sparse"
         if self._fallback is None:
             return
@@ -246,7 +247,7 @@ class NativeSparseResNet(nn.Module):
         xn = x.numpy()
         plan["sparse_ms"], plan["dense_ms"] = _paired_ms(lambda: self._run_sparse(x),
                                                          lambda: self._fallback.run(None, {"input": xn}), rounds)
-        if plan["dense_ms"] < plan["sparse_ms"]:
+        if plan["sparse_ms"] > (1 - margin) * plan["dense_ms"]:
             plan["engine"] = "onnxruntime"
 
     def engine_for(self, batch_size: int) -> dict:
