@@ -546,7 +546,7 @@ def markdown(results: dict, plot_names: list[str]) -> str:
              "without its in-memory dense fallback. Weights in memory are the bytes of the loaded tensors.")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
              "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer dense/sparse "
-             "choice, dense onnxruntime fallback where the whole sparse net is slower); `torch-csr` = naive "
+             "choice, dense onnxruntime fallback unless the whole sparse net is at least 5 % faster); `torch-csr` = naive "
              "`torch.sparse` CSR × im2col.\n")
 
     L.append("## The report's claims\n")
