@@ -270,6 +270,14 @@ def _range(goal: dict) -> str:
     return f" ({low:.2f}–{high:.2f})" if goal.get("paired") else ""
 
 
+def _fallback_passes(used: str | None) -> str:
+    """"all" when the sparse engine ran its onnxruntime fallback in every pass, "some" when in
+    some ("onnxruntime+sparse", as ``latency_rows`` joins the passes), else ""."""
+    if used == "onnxruntime":
+        return "all"
+    return "some" if "onnxruntime" in (used or "") else ""
+
+
 def _x(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
@@ -576,10 +584,9 @@ def markdown(results: dict, plot_names: list[str]) -> str:
                     sparse_row = r
                     raw = next(x for x in results["latency"] if x["model"] == model and x["engine"] == "sparse"
                                and x["batch"] == batch and x["device"] == device)
-                    if raw.get("sparse_engine_used") == "onnxruntime":
-                        cell += " †"
-                    elif "onnxruntime" in (raw.get("sparse_engine_used") or ""):
-                        cell += " (†)"
+                    fallback = _fallback_passes(raw.get("sparse_engine_used"))
+                    if fallback:
+                        cell += " †" if fallback == "all" else " (†)"
                     elif raw.get("dense_layers"):
                         cell += f" ‡{raw['dense_layers']}"
                 cells.append(cell)
@@ -604,10 +611,9 @@ def markdown(results: dict, plot_names: list[str]) -> str:
                 verdict += " (the goal is above this model's FLOP limit)"
             if g["within_noise"]:
                 verdict += "; the difference is within this run's noise"
-            if g["sparse_engine_used"] == "onnxruntime":
-                verdict += "; ran the dense fallback"
-            elif "onnxruntime" in (g["sparse_engine_used"] or ""):
-                verdict += "; ran the dense fallback in some passes"
+            fallback = _fallback_passes(g["sparse_engine_used"])
+            if fallback:
+                verdict += "; ran the dense fallback" + ("" if fallback == "all" else " in some passes")
             L.append(f"| {g['model']} | {g['batch']} | {'never slower' if g['goal'] == 1.0 else _x(g['goal'])} | "
                      f"{_x(g['speedup'])}{_range(g)} | {_x(g['flop_limit'])} | {verdict} |")
         if any(g["paired"] for g in goals):

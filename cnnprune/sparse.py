@@ -11,9 +11,9 @@ Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
   what a register tile reads stays in L1 while the whole output-channel chunk uses it; offsets
   are 16-bit where they fit (``_sparse_operands``).
   Per layer and per batch size it times the sparse kernel against PyTorch's dense
-  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``); if
-  the whole sparse network still loses to dense onnxruntime at that batch size (lightly pruned
-  models), it runs onnxruntime instead (``engine_for``), so it is never slower than dense.
+  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``); unless
+  the whole sparse network beats dense onnxruntime at that batch size by at least 5 % (lightly
+  pruned models), it runs onnxruntime instead (``engine_for``), so it is never slower than dense.
   Threads: ``threads`` (default: torch's), used by the kernels and the fallback alike.
 - ``torch-csr``: the naive reference, ``torch.sparse`` CSR × unfolded input (cuSPARSE on
   CUDA), for the comparison and for GPUs.
