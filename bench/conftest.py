@@ -1,8 +1,9 @@
 """pytest-benchmark harness options and fixtures.
 
-``pytest bench --benchmark-autosave`` times every model × engine × batch × device. The
-artifacts folder is made on first use (prune + export of the embedded default model) and
-reused while still valid. Options narrow the matrix (the CI smoke run uses them).
+``pytest bench --benchmark-autosave`` times every model × engine × batch × device, and on a GPU
+also the 2:4 semi-structured comparison in fp16 (``test_latency_2_4``). The artifacts folder is
+made on first use (prune + export of the embedded default model) and reused while still valid.
+Options narrow the matrix (the CI smoke run uses them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from cnnprune.schedules import CHECKPOINT_NAMES
 
 MODELS = ("unpruned", *CHECKPOINT_NAMES)
-ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr")
+ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr", "cuda-graph")
+FP16_ENGINES = ("fp16-cudnn", "fp16-gemm", "fp16-2:4")
 
 
 def _csv(text: str) -> list[str]:
@@ -46,6 +48,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("engine", _csv(opt("--bench-engines")))
     if "batch" in metafunc.fixturenames:
         metafunc.parametrize("batch", [int(b) for b in _csv(opt("--bench-batches"))], ids=lambda b: f"b{b}")
+    if "fp16_engine" in metafunc.fixturenames:
+        metafunc.parametrize("fp16_engine", FP16_ENGINES)
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", _csv(opt("--bench-devices")))
     if "bench_pass" in metafunc.fixturenames:
@@ -64,10 +68,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if p is None or "bench_pass" not in p.params:
             return (-1,)
         q = p.params
-        return (q["bench_pass"], q["device"], MODELS.index(q["model_name"]) if q["model_name"] in MODELS else 99,
-                q["model_name"], q["batch"], ENGINES.index(q["engine"]) if q["engine"] in ENGINES else 99)
+        model, engine = q.get("model_name", "semi_2_4"), q.get("engine", q.get("fp16_engine"))
+        order = ENGINES + FP16_ENGINES
+        return (q["bench_pass"], q["device"], MODELS.index(model) if model in MODELS else 99, model, q["batch"],
+                order.index(engine) if engine in order else 99)
 
     items.sort(key=key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cudnn_autotune() -> None:
+    """cuDNN picks the fastest convolution algorithm per shape (during the untimed first call and
+    warm-up): the dense CUDA engines run as a user tuning for speed would run them."""
+    torch.backends.cudnn.benchmark = True
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +108,25 @@ def artifacts(pytestconfig: pytest.Config) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def semi_2_4(artifacts: Path) -> Path:
+    """The unpruned model pruned 2:4 (``cnnprune.prune.write_2_4``), beside the other exports."""
+    from cnnprune.prune import write_2_4
+
+    return write_2_4(artifacts / "unpruned.pth", artifacts / "semi_2_4.pth")
+
+
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     import numpy
     import onnxruntime
 
+    from cnnprune.cuda import cuda_info
     from cnnprune.measure import cpu_model
 
     machine_info["cnnprune"] = {
+        "cuda_info": cuda_info(),
+        "commit": os.environ.get("CNNPRUNE_COMMIT"),
+        "command": "pytest " + " ".join(config.invocation_params.args),
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "threads": config.getoption("--bench-threads") or torch.get_num_threads(),

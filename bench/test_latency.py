@@ -1,5 +1,6 @@
-"""Inference latency: {unpruned + six} × {torch, onnxruntime, sparse, torch-csr} × batch × device
-× pass.
+"""Inference latency: {unpruned + six} × {torch, onnxruntime, sparse, torch-csr, cuda-graph} ×
+batch × device × pass; on a GPU also the 2:4 semi-structured model in fp16 (cuDNN dense,
+im2col dense GEMM, im2col 2:4 GEMM).
 
 Every case times one forward pass on a fixed random input after warm-up rounds, with the same
 thread count for every engine. CUDA cases synchronise inside the timed call. Each pass loads
@@ -41,7 +42,27 @@ def _load(engine: str, device: str, artifacts: Path, name: str, threads: int):
         return sparse.load(artifacts / f"{name}.csr.pt", threads=threads), artifacts / f"{name}.csr.pt"
     if engine == "torch-csr":
         return sparse.load(artifacts / f"{name}.csr.pt", engine="torch-csr", device=device), artifacts / f"{name}.csr.pt"
+    if engine == "cuda-graph":
+        if device != "cuda":
+            pytest.skip("CUDA graphs are CUDA-only")
+        from cnnprune.model import load_model
+
+        return load_model(artifacts / f"{name}.pth").to(device), artifacts / f"{name}.pth"
     raise pytest.UsageError(f"unknown engine {engine}")
+
+
+def _timed_call(model, x: torch.Tensor, device: str):
+    """One forward pass as the benchmark times it; CUDA calls synchronise before returning."""
+    if device == "cuda":
+        def call():
+            with torch.no_grad():
+                model(x)
+            torch.cuda.synchronize()
+    else:
+        def call():
+            with torch.no_grad():
+                model(x)
+    return call
 
 
 @pytest.fixture(scope="session")
@@ -55,18 +76,12 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
     model, path = _load(engine, device, artifacts, model_name, threads)
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    if device == "cuda":
-        x = x.to(device)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    if engine == "cuda-graph":
+        from cnnprune.cuda import graphed
 
-        def call():
-            with torch.no_grad():
-                model(x)
-            torch.cuda.synchronize()
-    else:
-        def call():
-            with torch.no_grad():
-                model(x)
+        model = graphed(model, x)  # capture (after cuDNN autotuning on a side stream): not timed
+    call = _timed_call(model, x, device)
     call()  # first call: plans, calibrates, allocates (not timed)
     if model_name not in model_counts:
         model_counts[model_name] = counts(load_state_dict(artifacts / f"{model_name}.pth"))
@@ -85,3 +100,38 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)
     del model, call
     gc.collect()  # free this engine's thread pools before the next case is timed
+
+
+def test_latency_2_4(benchmark, semi_2_4: Path, fp16_engine: str, batch: int, device: str, bench_pass: int,
+                     pytestconfig: pytest.Config) -> None:
+    """What a GPU needs for a real speedup (beyond the report): the unpruned model pruned 2:4 and
+    run in fp16 as dense cuDNN convolutions, as an im2col dense GEMM, and as an im2col 2:4
+    semi-structured GEMM (sparse tensor cores), eager, timed like ``test_latency``."""
+    if device != "cuda" or not torch.cuda.is_available():
+        pytest.skip("2:4 semi-structured kernels need a CUDA GPU")
+    from cnnprune.model import load_model
+
+    if fp16_engine == "fp16-cudnn":
+        model = load_model(semi_2_4).to(device=device, dtype=torch.float16)
+        layers_2_4, backend = 0, None
+    else:
+        model = sparse.load(semi_2_4, engine="torch-2:4" if fp16_engine == "fp16-2:4" else "torch-gemm",
+                            device=device, dtype=torch.float16)
+        layers_2_4 = sum(f == "2:4" for f in model.formats.values())
+        backend = next((getattr(m, "BACKEND", None) for m in model.mats.values() if hasattr(m, "BACKEND")), None)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device, torch.float16)
+    call = _timed_call(model, x, device)
+    call()
+    c = counts(load_state_dict(semi_2_4))
+    rounds = pytestconfig.getoption("--bench-rounds") or (20 if batch == 1 else 4)
+    benchmark.group = f"{device} batch {batch} fp16 2:4"
+    benchmark.extra_info.update({
+        "model": "semi_2_4", "engine": fp16_engine, "batch": batch, "device": device, "pass": bench_pass,
+        "dtype": "float16", "sparsity": c["sparsity"], "params_nonzero": c["params_nonzero"],
+        "params_total": c["params_total"], "dense_macs_per_image": c["dense_macs"],
+        "nonzero_macs_per_image": c["nonzero_macs"], "flop_limit_speedup": c["flop_limit_speedup"],
+        "layers_2_4": layers_2_4, "semi_structured_backend": backend,
+    })
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)
+    del model, call
+    gc.collect()

@@ -1,6 +1,6 @@
 """Sparse inference for the pruned ResNet18: ``cnnprune.sparse.load(path) -> nn.Module``.
 
-Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
+Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
 
 - ``native`` (CPU, the fast path): BatchNorm folded into the convolutions, every
   convolution a sparse *direct* convolution in C (``csrc/sparse_conv.c``) over activations
@@ -16,7 +16,9 @@ Two engines run a ``.csr.pt`` file (or any permanent checkpoint):
   pruned models), it runs onnxruntime instead (``engine_for``), so it is never slower than dense.
   Threads: ``threads`` (default: torch's), used by the kernels and the fallback alike.
 - ``torch-csr``: the naive reference, ``torch.sparse`` CSR × unfolded input (cuSPARSE on
-  CUDA), for the comparison and for GPUs.
+  CUDA), for the comparison and for GPUs; ``torch-2:4`` and ``torch-gemm`` run the same
+  im2col path with 2:4 semi-structured (sparse tensor cores) or dense weights
+  (``TorchGemmResNet``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from cnnprune.errors import CnnpruneError
 from cnnprune.model import build_model, check_state_dict, load_state_dict
 
 BN_EPS = 1e-5
-ENGINES = ("native", "torch-csr")
+ENGINES = ("native", "torch-csr", "torch-2:4", "torch-gemm")
 
 
 @dataclass
@@ -430,25 +432,61 @@ def _best_ms(fn, repeats: int) -> float:
     return best * 1e3
 
 
-# ------------------------------------------------------------------ torch.sparse reference
+# ------------------------------------------------------------------ im2col GEMM engines (CPU / CUDA)
 
 
-class TorchCSRResNet(nn.Module):
-    """Naive sparse reference: each folded conv as ``torch.sparse`` CSR × unfolded input.
+GEMM_LAYOUTS = {"torch-csr": "csr", "torch-2:4": "2:4", "torch-gemm": "dense"}
 
-    On CUDA the product runs in cuSPARSE. Kept simple on purpose: it is what "just use
-    torch.sparse" gives, the baseline the native engine is measured against.
+
+def _semi_structured(matrix: torch.Tensor) -> torch.Tensor | None:
+    """``matrix`` as a torch 2:4 semi-structured tensor (cuSPARSELt, else CUTLASS), or None where
+    its shape is outside what those kernels take (rows a multiple of 32, columns of 64): such a
+    layer (the stem, fc) runs as a dense GEMM."""
+    from torch.sparse import to_sparse_semi_structured
+
+    rows, cols = matrix.shape
+    if rows % 32 or cols % 64:
+        return None
+    return to_sparse_semi_structured(matrix)
+
+
+class TorchGemmResNet(nn.Module):
+    """Each folded conv as weight matrix (Cout, in·kh·kw) × unfolded input (im2col), the weight
+    held in one of three layouts:
+
+    - ``csr``: ``torch.sparse`` CSR (cuSPARSE on CUDA): the naive "just use torch.sparse"
+      baseline for the report's unstructured masks;
+    - ``2:4``: torch's semi-structured tensor (sparse tensor cores; CUDA, fp16/bf16): needs
+      weights pruned 2:4 (``cnnprune.prune.prune_2_4``);
+    - ``dense``: a plain dense GEMM on the same im2col path, which isolates what the weight's
+      format gains from what the im2col path costs.
+
+    ``dtype`` is the compute precision (input cast to it, logits returned as float32).
     """
 
-    def __init__(self, net: FoldedResNet, device: str = "cpu") -> None:
+    def __init__(self, net: FoldedResNet, layout: str = "csr", device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.net = net
-        self.device_name = device
-        self.mats = {c.name: c.weight.reshape(c.weight.shape[0], -1).to_sparse_csr().to(device)
-                     for c in net.convs()}
-        self.biases = {c.name: c.bias.to(device) for c in net.convs()}
-        self.fc_w = net.fc_weight.to(device)
-        self.fc_b = net.fc_bias.to(device)
+        self.net, self.layout, self.device_name, self.dtype = net, layout, device, dtype
+        self.mats: dict[str, torch.Tensor] = {}
+        self.formats: dict[str, str] = {}
+        for c in net.convs():
+            m = c.weight.reshape(c.weight.shape[0], -1).to(device=device, dtype=dtype)
+            fmt = layout
+            if layout == "csr":
+                m = m.to_sparse_csr()
+            elif layout == "2:4":
+                from cnnprune.prune import is_2_4
+
+                if not is_2_4(m) and m.shape[1] % 4 == 0:
+                    raise CnnpruneError(f"layer {c.name} is not 2:4 sparse; prune the checkpoint with "
+                                        "cnnprune.prune.prune_2_4 first")
+                packed = _semi_structured(m) if m.shape[1] % 4 == 0 else None
+                fmt, m = ("2:4", packed) if packed is not None else ("dense", m)
+            self.mats[c.name], self.formats[c.name] = m, fmt
+        self.biases = {c.name: c.bias.to(device=device, dtype=dtype) for c in net.convs()}
+        self.fc_w = net.fc_weight.to(device=device, dtype=dtype)
+        self.fc_b = net.fc_bias.to(device=device, dtype=dtype)
         self.eval()
 
     def _conv(self, c: FoldedConv, x: torch.Tensor) -> torch.Tensor:
@@ -458,12 +496,20 @@ class TorchCSRResNet(nn.Module):
         ho, wo = (h + 2 * c.padding - k) // c.stride + 1, (w + 2 * c.padding - k) // c.stride + 1
         k_dim, l_dim = cols.shape[1], cols.shape[2]
         dense = cols.permute(1, 0, 2).reshape(k_dim, n * l_dim)
-        y = torch.sparse.mm(self.mats[c.name], dense) + self.biases[c.name][:, None]
+        mat = self.mats[c.name]
+        if self.formats[c.name] == "csr":
+            y = torch.sparse.mm(mat, dense)
+        elif self.formats[c.name] == "2:4":
+            pad = -(n * l_dim) % 16  # the sparse kernels' dense operand: columns a multiple of 16
+            y = torch.mm(mat, F.pad(dense, (0, pad)) if pad else dense)[:, : n * l_dim]
+        else:
+            y = mat @ dense
+        y = y + self.biases[c.name][:, None]
         return y.reshape(-1, n, ho, wo).permute(1, 0, 2, 3)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device_name)
+        x = x.to(device=self.device_name, dtype=self.dtype)
         x = self._conv(self.net.stem, x).relu()
         x = F.max_pool2d(x, 3, 2, 1)
         for b in self.net.blocks:
@@ -471,7 +517,7 @@ class TorchCSRResNet(nn.Module):
             y = self._conv(b.conv1, x).relu()
             x = (self._conv(b.conv2, y) + identity).relu()
         x = x.mean((2, 3))
-        return x @ self.fc_w.t() + self.fc_b
+        return (x @ self.fc_w.t() + self.fc_b).float()
 
 
 # ------------------------------------------------------------------ entry point
@@ -486,20 +532,29 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
-         calibrate: bool = True, dense_fallback: bool = True) -> nn.Module:
+         calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None) -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
 
-    ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice) or ``torch-csr``
-    (``torch.sparse``; CPU or CUDA). ``threads``: CPU threads for the native kernels.
-    ``calibrate``: time sparse against dense per layer and per batch size on first use (a few
-    hundred ms per new batch size) and keep the faster; ``dense_fallback``: also compare the
-    whole sparse network with dense onnxruntime and run that where it wins, so the result is
-    never slower than dense. Without calibration every layer runs sparse.
+    ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice), ``torch-csr``
+    (``torch.sparse``; CPU or CUDA), ``torch-2:4`` (semi-structured sparse tensor cores; CUDA,
+    a checkpoint pruned 2:4) or ``torch-gemm`` (the same im2col path with dense weights).
+    ``threads``: CPU threads for the native kernels. ``calibrate``: time sparse against dense
+    per layer and per batch size on first use (a few hundred ms per new batch size) and keep
+    the faster; ``dense_fallback``: also compare the whole sparse network with dense
+    onnxruntime and run that where it wins, so the result is never slower than dense. Without
+    calibration every layer runs sparse. ``dtype`` (im2col engines): compute precision,
+    default float32, float16 for ``torch-2:4``.
     """
     if engine not in ENGINES:
         raise CnnpruneError(f"engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CnnpruneError(f"device {device}: no CUDA GPU is available here; use device='cpu'")
+    if engine == "torch-2:4":
+        dtype = dtype or torch.float16
+        if not device.startswith("cuda"):
+            raise CnnpruneError("engine 'torch-2:4' runs on CUDA GPUs only (sparse tensor cores); use device='cuda'")
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise CnnpruneError(f"engine 'torch-2:4' computes in float16 or bfloat16, not {dtype}")
     state = read_state(path)
     net = fold_resnet(state)
     if engine == "native":
@@ -510,4 +565,4 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
             dense = build_model()
             dense.load_state_dict(state)
         return NativeSparseResNet(net, threads, calibrate, dense)
-    return TorchCSRResNet(net, device)
+    return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32)

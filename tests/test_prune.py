@@ -84,3 +84,41 @@ def test_rerun_keeps_valid_files_and_redoes_invalid(tmp_path: Path, checkpoint: 
     path.write_bytes(b"garbage")
     run_pruning(PruneConfig(checkpoint=str(checkpoint), out=str(tmp_path)), schedules, progress=False)
     assert load_state_dict(path)["fc.weight"].shape == (10, 512)
+
+
+def test_prune_2_4_keeps_the_two_largest_of_every_group_of_four(random_state) -> None:
+    from cnnprune.prune import is_2_4, prune_2_4
+
+    pruned = prune_2_4(random_state)
+    for k, v in random_state.items():
+        if k in _prunable(random_state) and v[0].numel() % 4 == 0:
+            rows, before = pruned[k].reshape(v.shape[0], -1), v.reshape(v.shape[0], -1)
+            assert is_2_4(rows) and not is_2_4(before)
+            groups, orig = rows.reshape(rows.shape[0], -1, 4), before.reshape(rows.shape[0], -1, 4)
+            assert torch.equal((groups != 0).sum(-1), torch.full(groups.shape[:2], 2))
+            kept = torch.where(groups != 0, orig.abs(), torch.inf).amin(-1)
+            removed = torch.where(groups == 0, orig.abs(), -torch.inf).amax(-1)
+            assert (kept >= removed).all()
+            assert torch.equal(groups[groups != 0], orig[groups != 0])
+            assert not torch.signbit(pruned[k][pruned[k] == 0]).any()
+        else:
+            assert torch.equal(pruned[k], v), f"{k} (stem: 27 inputs per row, BatchNorm) stays as it was"
+    assert random_state["conv1.weight"].ne(0).all()
+
+
+def test_is_2_4_rejects_wrong_shapes_and_dense_groups() -> None:
+    from cnnprune.prune import is_2_4
+
+    assert is_2_4(torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]]))
+    assert not is_2_4(torch.tensor([[1.0, 1.0, 2.0, 0.0]]))
+    assert not is_2_4(torch.zeros(2, 6))
+    assert not is_2_4(torch.zeros(4))
+
+
+def test_write_2_4_writes_a_loadable_checkpoint(tmp_path: Path, checkpoint: Path) -> None:
+    from cnnprune.prune import is_2_4, write_2_4
+
+    out = write_2_4(checkpoint, tmp_path / "semi_2_4.pth")
+    state = load_state_dict(out)
+    assert is_2_4(state["layer1.0.conv1.weight"].reshape(64, -1))
+    assert not list(tmp_path.glob("*.tmp*"))

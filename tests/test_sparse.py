@@ -68,3 +68,53 @@ def test_paired_timing_tells_the_slower_function() -> None:
 
     slow, fast = _paired_ms(lambda: time.sleep(0.004), lambda: time.sleep(0.001), block_ms=10, warm_ms=2)
     assert slow > fast >= 1.0
+
+
+def test_torch_gemm_dense_path_matches_dense(artifacts: Path) -> None:
+    ref = load_model(artifacts / "iterative_75.pth")
+    model = sparse.load(artifacts / "iterative_75.csr.pt", engine="torch-gemm")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max() <= 1e-4
+    assert set(model.formats.values()) == {"dense"}
+
+
+def test_torch_2_4_needs_cuda_and_half_precision(artifacts: Path) -> None:
+    with pytest.raises(CnnpruneError, match="CUDA"):
+        sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-2:4")
+    if torch.cuda.is_available():
+        with pytest.raises(CnnpruneError, match="float16 or bfloat16"):
+            sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-2:4", device="cuda", dtype=torch.float32)
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda_only
+def test_torch_csr_on_cuda_matches_dense(artifacts: Path) -> None:
+    ref = load_model(artifacts / "one_shot_90.pth")
+    model = sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr", device="cuda")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        got, want = model(x.cuda()).cpu(), ref(x)
+    assert (got - want).abs().max() <= 1e-3 * max(1.0, want.abs().max().item())
+
+
+@cuda_only
+def test_torch_2_4_on_cuda_matches_its_dense_model(artifacts: Path) -> None:
+    from cnnprune.prune import write_2_4
+
+    path = write_2_4(artifacts / "unpruned.pth", artifacts / "semi_2_4_test.pth")
+    ref = load_model(path)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        want = ref(x)
+    scale = max(1.0, want.abs().max().item())
+    semi = sparse.load(path, engine="torch-2:4", device="cuda")
+    gemm = sparse.load(path, engine="torch-gemm", device="cuda", dtype=torch.float16)
+    assert sum(f == "2:4" for f in semi.formats.values()) == 19, "every conv but the 3-channel stem"
+    got_semi, got_gemm = semi(x.cuda()).cpu(), gemm(x.cuda()).cpu()
+    assert (got_semi - want).abs().max() <= 2e-2 * scale, "fp16 against fp32"
+    assert (got_semi - got_gemm).abs().max() <= 2e-2 * scale
+    with pytest.raises(CnnpruneError, match="not 2:4 sparse"):
+        sparse.load(artifacts / "one_shot_50.csr.pt", engine="torch-2:4", device="cuda")
