@@ -18,7 +18,7 @@ from cnnprune.schedules import CHECKPOINT_NAMES
 
 MODELS = ("unpruned", *CHECKPOINT_NAMES)
 ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr", "cuda-graph")
-FP16_ENGINES = ("fp16-cudnn", "fp16-gemm", "fp16-2:4")
+FP16_ENGINES = ("fp16-cudnn", "fp16-gemm", "fp16-2:4", "fp16-2:4-cutlass")
 
 
 def _csv(text: str) -> list[str]:

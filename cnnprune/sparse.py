@@ -436,36 +436,53 @@ def _best_ms(fn, repeats: int) -> float:
 
 
 GEMM_LAYOUTS = {"torch-csr": "csr", "torch-2:4": "2:4", "torch-gemm": "dense"}
+SEMI_BACKENDS = ("cusparselt", "cutlass")
 
 
-def _semi_structured(matrix: torch.Tensor) -> torch.Tensor | None:
-    """``matrix`` as a torch 2:4 semi-structured tensor (cuSPARSELt, else CUTLASS), or None where
-    its shape is outside what those kernels take (rows a multiple of 32, columns of 64): such a
-    layer (the stem, fc) runs as a dense GEMM."""
-    from torch.sparse import to_sparse_semi_structured
+def _semi_structured(matrix: torch.Tensor, backend: str) -> torch.Tensor | None:
+    """``matrix`` as a torch 2:4 semi-structured tensor for ``backend`` (cuSPARSELt or CUTLASS),
+    or None where its shape is outside what both take (rows a multiple of 32, columns of 64):
+    such a layer (the stem, fc) runs as a dense GEMM."""
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
 
     rows, cols = matrix.shape
     if rows % 32 or cols % 64:
         return None
-    return to_sparse_semi_structured(matrix)
+    cls = SparseSemiStructuredTensorCUTLASS if backend == "cutlass" else SparseSemiStructuredTensorCUSPARSELT
+    return cls.from_dense(matrix)
+
+
+def _im2col(x: torch.Tensor, k: int, stride: int, padding: int) -> tuple[torch.Tensor, int, int]:
+    """Unfold a (C, N, H, W) activation into the (C·k·k, N·Ho·Wo) GEMM operand in one strided
+    copy (``F.unfold`` loops over images on CUDA: one kernel launch per image and layer)."""
+    c, n = x.shape[:2]
+    if k == 1 and stride == 1:
+        return x.reshape(c, -1), x.shape[2], x.shape[3]
+    if padding:
+        x = F.pad(x, (padding,) * 4)
+    patches = x.unfold(2, k, stride).unfold(3, k, stride)  # (C, N, Ho, Wo, ky, kx)
+    ho, wo = patches.shape[2], patches.shape[3]
+    return patches.permute(0, 4, 5, 1, 2, 3).reshape(c * k * k, n * ho * wo), ho, wo
 
 
 class TorchGemmResNet(nn.Module):
-    """Each folded conv as weight matrix (Cout, in·kh·kw) × unfolded input (im2col), the weight
-    held in one of three layouts:
+    """Each folded conv as weight matrix (Cout, in·kh·kw) × im2col operand, the weight held in
+    one of three layouts:
 
     - ``csr``: ``torch.sparse`` CSR (cuSPARSE on CUDA): the naive "just use torch.sparse"
       baseline for the report's unstructured masks;
-    - ``2:4``: torch's semi-structured tensor (sparse tensor cores; CUDA, fp16/bf16): needs
-      weights pruned 2:4 (``cnnprune.prune.prune_2_4``);
-    - ``dense``: a plain dense GEMM on the same im2col path, which isolates what the weight's
-      format gains from what the im2col path costs.
+    - ``2:4``: torch's semi-structured tensor (sparse tensor cores; CUDA, fp16/bf16, backend
+      cuSPARSELt or CUTLASS): needs weights pruned 2:4 (``cnnprune.prune.prune_2_4``);
+    - ``dense``: a plain dense GEMM on the same path, which isolates what the weight's format
+      gains from what the im2col path costs.
 
-    ``dtype`` is the compute precision (input cast to it, logits returned as float32).
+    Activations are kept as (C, N, H, W), so a GEMM's output (Cout, N·Ho·Wo) is the next layer's
+    input with no transpose. ``dtype`` is the compute precision (input cast to it, logits
+    returned as float32).
     """
 
     def __init__(self, net: FoldedResNet, layout: str = "csr", device: str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, backend: str = "cusparselt") -> None:
         super().__init__()
         self.net, self.layout, self.device_name, self.dtype = net, layout, device, dtype
         self.mats: dict[str, torch.Tensor] = {}
@@ -478,10 +495,10 @@ class TorchGemmResNet(nn.Module):
             elif layout == "2:4":
                 from cnnprune.prune import is_2_4
 
-                if not is_2_4(m) and m.shape[1] % 4 == 0:
+                if m.shape[1] % 4 == 0 and not is_2_4(m):
                     raise CnnpruneError(f"layer {c.name} is not 2:4 sparse; prune the checkpoint with "
                                         "cnnprune.prune.prune_2_4 first")
-                packed = _semi_structured(m) if m.shape[1] % 4 == 0 else None
+                packed = _semi_structured(m, backend) if m.shape[1] % 4 == 0 else None
                 fmt, m = ("2:4", packed) if packed is not None else ("dense", m)
             self.mats[c.name], self.formats[c.name] = m, fmt
         self.biases = {c.name: c.bias.to(device=device, dtype=dtype) for c in net.convs()}
@@ -490,33 +507,28 @@ class TorchGemmResNet(nn.Module):
         self.eval()
 
     def _conv(self, c: FoldedConv, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        k = c.weight.shape[2]
-        cols = F.unfold(x, k, padding=c.padding, stride=c.stride)  # (N, K, L)
-        ho, wo = (h + 2 * c.padding - k) // c.stride + 1, (w + 2 * c.padding - k) // c.stride + 1
-        k_dim, l_dim = cols.shape[1], cols.shape[2]
-        dense = cols.permute(1, 0, 2).reshape(k_dim, n * l_dim)
-        mat = self.mats[c.name]
+        n = x.shape[1]
+        cols, ho, wo = _im2col(x, c.weight.shape[2], c.stride, c.padding)
+        mat, bias = self.mats[c.name], self.biases[c.name][:, None]
         if self.formats[c.name] == "csr":
-            y = torch.sparse.mm(mat, dense)
+            y = torch.sparse.mm(mat, cols) + bias
         elif self.formats[c.name] == "2:4":
-            pad = -(n * l_dim) % 16  # the sparse kernels' dense operand: columns a multiple of 16
-            y = torch.mm(mat, F.pad(dense, (0, pad)) if pad else dense)[:, : n * l_dim]
+            pad = -cols.shape[1] % 16  # the sparse kernels' dense operand: columns a multiple of 16
+            y = torch.mm(mat, F.pad(cols, (0, pad)) if pad else cols)[:, : cols.shape[1]] + bias
         else:
-            y = mat @ dense
-        y = y + self.biases[c.name][:, None]
-        return y.reshape(-1, n, ho, wo).permute(1, 0, 2, 3)
+            y = torch.addmm(bias, mat, cols)
+        return y.reshape(-1, n, ho, wo)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device=self.device_name, dtype=self.dtype)
+        x = x.to(device=self.device_name, dtype=self.dtype).permute(1, 0, 2, 3).contiguous()
         x = self._conv(self.net.stem, x).relu()
-        x = F.max_pool2d(x, 3, 2, 1)
+        x = F.max_pool2d(x, 3, 2, 1)  # (C, N, H, W): pools each (channel, image) plane alike
         for b in self.net.blocks:
             identity = self._conv(b.downsample, x) if b.downsample is not None else x
             y = self._conv(b.conv1, x).relu()
             x = (self._conv(b.conv2, y) + identity).relu()
-        x = x.mean((2, 3))
+        x = x.mean((2, 3)).t()
         return (x @ self.fc_w.t() + self.fc_b).float()
 
 
@@ -532,7 +544,8 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
-         calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None) -> nn.Module:
+         calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
+         backend: str = "cusparselt") -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
 
     ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice), ``torch-csr``
@@ -543,7 +556,8 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     the faster; ``dense_fallback``: also compare the whole sparse network with dense
     onnxruntime and run that where it wins, so the result is never slower than dense. Without
     calibration every layer runs sparse. ``dtype`` (im2col engines): compute precision,
-    default float32, float16 for ``torch-2:4``.
+    default float32, float16 for ``torch-2:4``; ``backend`` (``torch-2:4``): ``cusparselt`` or
+    ``cutlass``.
     """
     if engine not in ENGINES:
         raise CnnpruneError(f"engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
@@ -555,6 +569,10 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
             raise CnnpruneError("engine 'torch-2:4' runs on CUDA GPUs only (sparse tensor cores); use device='cuda'")
         if dtype not in (torch.float16, torch.bfloat16):
             raise CnnpruneError(f"engine 'torch-2:4' computes in float16 or bfloat16, not {dtype}")
+        if backend not in SEMI_BACKENDS:
+            raise CnnpruneError(f"backend {backend!r} is unknown; choose one of {', '.join(SEMI_BACKENDS)}")
+        if backend == "cusparselt" and not torch.backends.cusparselt.is_available():
+            raise CnnpruneError("this PyTorch build has no cuSPARSELt; use backend='cutlass'")
     state = read_state(path)
     net = fold_resnet(state)
     if engine == "native":
@@ -565,4 +583,4 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
             dense = build_model()
             dense.load_state_dict(state)
         return NativeSparseResNet(net, threads, calibrate, dense)
-    return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32)
+    return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)

@@ -19,9 +19,9 @@ def test_bench_smoke(tmp_path: Path, checkpoint: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     # CPU: torch, onnxruntime, sparse, torch-csr × 2 models; CUDA adds torch, torch-csr and
-    # cuda-graph × 2 models and the three fp16 engines of the 2:4 comparison; the rest skip.
+    # cuda-graph × 2 models and the four fp16 engines of the 2:4 comparison; the rest skip.
     import torch
 
     cuda = torch.cuda.is_available()
-    passed, skipped = (17, 9) if cuda else (8, 18)
+    passed, skipped = (18, 10) if cuda else (8, 20)
     assert f"{passed} passed, {skipped} skipped" in proc.stdout, proc.stdout[-800:]

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cnnprune import sparse
 from cnnprune.errors import CnnpruneError
@@ -79,6 +80,17 @@ def test_torch_gemm_dense_path_matches_dense(artifacts: Path) -> None:
     assert set(model.formats.values()) == {"dense"}
 
 
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
+def test_im2col_matches_unfold(k: int, stride: int, padding: int) -> None:
+    from cnnprune.sparse import _im2col
+
+    x = torch.randn(3, 5, 7, 6)  # (N, C, H, W)
+    want = F.unfold(x, k, padding=padding, stride=stride)  # (N, C·k·k, L)
+    got, ho, wo = _im2col(x.permute(1, 0, 2, 3).contiguous(), k, stride, padding)
+    assert ho * wo == want.shape[2]
+    assert torch.equal(got, want.permute(1, 0, 2).reshape(want.shape[1], -1))
+
+
 def test_torch_2_4_needs_cuda_and_half_precision(artifacts: Path) -> None:
     with pytest.raises(CnnpruneError, match="CUDA"):
         sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-2:4")
@@ -110,11 +122,16 @@ def test_torch_2_4_on_cuda_matches_its_dense_model(artifacts: Path) -> None:
     with torch.no_grad():
         want = ref(x)
     scale = max(1.0, want.abs().max().item())
-    semi = sparse.load(path, engine="torch-2:4", device="cuda")
     gemm = sparse.load(path, engine="torch-gemm", device="cuda", dtype=torch.float16)
-    assert sum(f == "2:4" for f in semi.formats.values()) == 19, "every conv but the 3-channel stem"
-    got_semi, got_gemm = semi(x.cuda()).cpu(), gemm(x.cuda()).cpu()
-    assert (got_semi - want).abs().max() <= 2e-2 * scale, "fp16 against fp32"
-    assert (got_semi - got_gemm).abs().max() <= 2e-2 * scale
+    got_gemm = gemm(x.cuda()).cpu()
+    assert (got_gemm - want).abs().max() <= 2e-2 * scale, "fp16 against fp32"
+    for backend in ("cusparselt", "cutlass"):
+        if backend == "cusparselt" and not torch.backends.cusparselt.is_available():
+            continue
+        semi = sparse.load(path, engine="torch-2:4", device="cuda", backend=backend)
+        assert sum(f == "2:4" for f in semi.formats.values()) == 19, "every conv but the 3-channel stem"
+        for n in (1, 8):
+            got = semi(x[:n].cuda()).cpu()
+            assert (got - got_gemm[:n]).abs().max() <= 2e-2 * scale, backend
     with pytest.raises(CnnpruneError, match="not 2:4 sparse"):
         sparse.load(artifacts / "one_shot_50.csr.pt", engine="torch-2:4", device="cuda")
