@@ -43,6 +43,7 @@ class PipelineConfig:
     models: tuple[str, ...] = MODELS
     fresh: bool = False
     passes: int = 3
+    cuda_bench: str | None = "auto"
 
 
 def _fingerprint(*parts: object) -> str:
@@ -90,7 +91,8 @@ def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
     cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
            "--benchmark-autosave", f"--benchmark-json={tmp}",
            f"--bench-artifacts={config.artifacts}", f"--bench-threads={config.threads}",
-           f"--bench-batches={','.join(map(str, config.batches))}", f"--bench-models={','.join(config.models)}"]
+           f"--bench-batches={','.join(map(str, config.batches))}", f"--bench-models={','.join(config.models)}",
+           "--bench-devices=cpu", "--bench-engines=torch,onnxruntime,sparse,torch-csr"]
     if config.rounds:
         cmd.append(f"--bench-rounds={config.rounds}")
     cmd.append(f"--bench-passes={config.passes}")
@@ -150,6 +152,58 @@ def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
                            lambda name: {form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch,
                                                                            config.memory_runs, config.threads)}
                                          for form in FORMS})
+
+
+def step_semi_2_4(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+    """The unpruned model pruned 2:4 (beyond the report; the model of the CUDA 2:4 comparison):
+    written to ``ARTIFACTS/semi_2_4.pth``, its accuracy (dense fp32, CPU) on the test split and
+    per-image correctness for the paired test against the unpruned model."""
+    from cnnprune.data import load_split
+    from cnnprune.evaluate import accuracy, predictions
+    from cnnprune.measure import counts
+    from cnnprune.model import load_model, load_state_dict
+    from cnnprune.prune import write_2_4
+
+    path = work / "semi_2_4.json"
+    key = _fingerprint("semi_2_4", hashes["unpruned"], config.dataset, config.data_dir, config.eval_limit,
+                       sha256_file(Path(__file__).resolve().parent / "prune.py"), code_hash())
+    target = Path(config.artifacts) / "semi_2_4.pth"
+    cached = _cached(path, key, config.fresh)
+    if cached and target.is_file():
+        return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
+    t0 = time.perf_counter()
+    write_2_4(Path(config.artifacts) / "unpruned.pth", target)
+    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    pred = predictions(load_model(target), split, 500, config.eval_limit)
+    c = counts(load_state_dict(target))
+    result = {"fingerprint": key, "checkpoint": str(target), "accuracy": accuracy(pred, split),
+              "correct": (pred == split.labels[: len(pred)]).int().tolist(), "sparsity": c["sparsity"],
+              "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
+              "flop_limit_speedup": c["flop_limit_speedup"], "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(path, result)
+    return result
+
+
+def load_cuda_bench(config: PipelineConfig) -> dict | None:
+    """The pytest-benchmark JSON of a CUDA run (``bash bench/cuda.sh`` on a GPU machine), which
+    the report shows as a separate section with that run's own machine, date and commit.
+    ``cuda_bench``: a path, "none", or "auto" (``REPORTS/cuda/cuda_bench.json`` when present)."""
+    if config.cuda_bench in (None, "none"):
+        return None
+    path = Path(config.reports) / "cuda" / "cuda_bench.json" if config.cuda_bench == "auto" else Path(config.cuda_bench)
+    if not path.is_file():
+        if config.cuda_bench == "auto":
+            return None
+        raise CnnpruneError(f"--cuda-bench {path} does not exist; make it with `bash bench/cuda.sh` on a GPU machine")
+    try:
+        data = json.loads(path.read_text())
+        rows = [b for b in data["benchmarks"] if b["extra_info"]["device"] == "cuda"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CnnpruneError(f"--cuda-bench {path} is not the JSON of a `pytest bench` run "
+                            "(--benchmark-json)") from None
+    if not rows:
+        raise CnnpruneError(f"--cuda-bench {path} holds no CUDA case; run `bash bench/cuda.sh` on a GPU machine")
+    return {**data, "benchmarks": rows, "path": str(path)}
 
 
 def step_finetune(config: PipelineConfig, source: str) -> dict | None:
@@ -227,10 +281,12 @@ def run(config: PipelineConfig) -> Path:
     memory = timed("memory", lambda: step_memory(config, work, hashes))
     model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth")) for n in config.models})
     finetune = timed("finetune", lambda: step_finetune(config, source))
+    semi = timed("2:4 model", lambda: step_semi_2_4(config, work, hashes))
+    cuda = load_cuda_bench(config)
     results = assemble_results(
         config=asdict(config), machine=machine_info(config.threads), manifest=manifest, export=export,
         bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
-        artifacts=artifacts, step_seconds=timings)
+        artifacts=artifacts, step_seconds=timings, semi_2_4=semi, cuda_bench=cuda)
     report = write_report(results, reports)
     console.print(summary_table(results))
     console.print(f"report written to {report}")
@@ -281,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=non_negative_int, default=0,
                         help="also make iterative_90 with K epochs of fine-tuning per step (≈5·K training epochs)")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--cuda-bench", default="auto",
+                        help="pytest-benchmark JSON of a CUDA run (bash bench/cuda.sh) shown as the report's CUDA "
+                             "section; 'auto' (default): REPORTS/cuda/cuda_bench.json when present; 'none'")
     parser.add_argument("--fresh", action="store_true", help="redo every step")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -298,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CnnpruneError("--dataset cifar10 needs --data-dir pointing at a cifar-10-batches-py folder")
     config = PipelineConfig(args.dataset, args.data_dir, args.checkpoint, args.artifacts, args.reports,
                             args.threads, batches, args.rounds, args.eval_limit, args.memory_runs,
-                            args.finetune_epochs, models, args.fresh, args.passes)
+                            args.finetune_epochs, models, args.fresh, args.passes, args.cuda_bench)
     run(config)
     return 0
 

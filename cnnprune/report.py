@@ -30,6 +30,12 @@ ACCURACY_KEPT_PP = 1.0      # accuracy "kept": at most 1 percentage point lost
 # The sparse engine's targets (speedup over the best dense engine, same model, same run), by
 # target sparsity and batch size; 1.0 means "never slower than dense".
 SPARSE_GOALS = {("90", 32): 3.2, ("90", 1): 1.5, ("75", 32): 2.0, ("75", 1): 1.3, ("50", 32): 1.0, ("50", 1): 1.0}
+CUDA_LABELS = {"torch": "PyTorch eager (dense)", "cuda-graph": "PyTorch CUDA graph (dense)",
+               "torch-csr": "torch.sparse CSR (cuSPARSE)", "fp16-cudnn": "cuDNN (dense)",
+               "fp16-gemm": "im2col GEMM (dense)", "fp16-2:4": "im2col 2:4 GEMM (cuSPARSELt)",
+               "fp16-2:4-cutlass": "im2col 2:4 GEMM (CUTLASS)"}
+CUDA_DENSE = ("torch", "cuda-graph")          # fp32 dense engines on the GPU
+FP16_DENSE = ("fp16-cudnn", "fp16-gemm")      # fp16 dense engines of the 2:4 comparison
 ONE_SHOT = ("one_shot_50", "one_shot_75", "one_shot_90")
 ITERATIVE = ("iterative_50", "iterative_75", "iterative_90")
 
@@ -95,9 +101,26 @@ def mcnemar(correct_a: list[int], correct_b: list[int]) -> dict:
     return {"only_baseline_correct": only_a, "only_other_correct": only_b, "p_value": p}
 
 
+def semi_2_4_summary(semi: dict | None, unpruned_correct: list[int]) -> dict | None:
+    """The 2:4 model's size and accuracy, with the paired test against the unpruned model."""
+    if not semi:
+        return None
+    keep = ("checkpoint", "accuracy", "sparsity", "params_nonzero", "params_total", "flop_limit_speedup")
+    return {**{k: semi[k] for k in keep}, "vs_unpruned": mcnemar(unpruned_correct, semi["correct"])}
+
+
+def cuda_summary(bench: dict | None) -> dict | None:
+    """A CUDA run's cases merged over passes, with the run's own machine, date and command."""
+    if not bench:
+        return None
+    return {"source": bench.get("path"), "datetime": bench.get("datetime"),
+            "pytest_benchmark": bench.get("version"), "machine": bench.get("machine_info", {}).get("cnnprune", {}),
+            "latency": latency_rows(bench)}
+
+
 def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dict, bench: dict, accuracy: dict,
                      memory: dict, counts: dict, finetune: dict | None, artifacts: Path,
-                     step_seconds: dict) -> dict:
+                     step_seconds: dict, semi_2_4: dict | None = None, cuda_bench: dict | None = None) -> dict:
     models = list(counts)
     acc_models = accuracy["models"]
     paired = {}
@@ -138,6 +161,8 @@ def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dic
             m in models for m in ONE_SHOT + ITERATIVE) else {},
         "one_shot_vs_iterative": pairwise,
         "finetune": finetune,
+        "semi_2_4": semi_2_4_summary(semi_2_4, acc_models["unpruned"]["dense"]["predictions"]),
+        "cuda": cuda_summary(cuda_bench),
         "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10,
         "report_test_images": REPORT_TEST_IMAGES,
         "step_seconds": step_seconds,
@@ -257,6 +282,65 @@ def noise_floor(results: dict) -> dict[tuple[str, int], float]:
     return out
 
 
+def cuda_speedups(results: dict) -> list[dict]:
+    """Per batch, model and engine of the CUDA run: median (IQR) ms and the speedup over the
+    best dense engine of that model (fp32: eager or CUDA graph; the fp16 2:4 model: cuDNN or
+    im2col GEMM) and over the same-path dense GEMM, as medians of per-pass ratios with range."""
+    cuda = results.get("cuda")
+    if not cuda:
+        return []
+    table: dict = {}
+    for r in cuda["latency"]:
+        table.setdefault((r["batch"], r["model"]), {})[r["engine"]] = r
+    out = []
+    for (batch, model), engines in sorted(table.items()):
+        group = FP16_DENSE if model == "semi_2_4" else CUDA_DENSE
+        dense = [(e, engines[e]["median_ms"]) for e in group if e in engines]
+        best = min(dense, key=lambda d: d[1])[0] if dense else None
+        for engine, row in engines.items():
+            vs_best = paired_ratio(engines[best], row) if best else None
+            vs_gemm = paired_ratio(engines["fp16-gemm"], row) if "fp16-gemm" in engines else None
+            out.append({"batch": batch, "model": model, "engine": engine, "median_ms": row["median_ms"],
+                        "iqr_ms": row["iqr_ms"], "rounds": row["rounds"], "passes": row.get("passes", 1),
+                        "sparsity": row.get("sparsity"), "best_dense_engine": best,
+                        "speedup_vs_best_dense": vs_best[0] if vs_best else None,
+                        "speedup_vs_best_dense_range": list(vs_best[1:]) if vs_best else None,
+                        "speedup_vs_dense_gemm": vs_gemm[0] if vs_gemm else None,
+                        "graph": row.get("graph"), "backend": row.get("semi_structured_backend"),
+                        "layers_2_4": row.get("layers_2_4")})
+    return out
+
+
+def cuda_findings(results: dict) -> list[str]:
+    """What the CUDA run says about the claims, computed from its rows (empty without one)."""
+    rows = cuda_speedups(results)
+    if not rows:
+        return []
+    gpu = results["cuda"]["machine"].get("gpu") or "GPU"
+    lines = []
+    dense = [r for r in rows if r["engine"] in CUDA_DENSE and r["model"] != "unpruned"]
+    unpruned = {(r["batch"], r["engine"]): r["median_ms"] for r in rows if r["model"] == "unpruned"}
+    ratios = [unpruned[(r["batch"], r["engine"])] / r["median_ms"] for r in dense if (r["batch"], r["engine"]) in unpruned]
+    if ratios:
+        lines.append(f"CUDA ({gpu}, separate run): dense engines run the pruned models at {min(ratios):.2f}–"
+                     f"{max(ratios):.2f}× the speed of the unpruned one (zeros cost a GPU the same).")
+    csr = [r for r in rows if r["engine"] == "torch-csr" and r["model"] != "unpruned" and r["speedup_vs_best_dense"]]
+    if csr:
+        best = max(csr, key=lambda r: r["speedup_vs_best_dense"])
+        lines.append(f"CUDA ({gpu}): torch.sparse CSR (cuSPARSE) on the report's unstructured masks runs at "
+                     f"{min(r['speedup_vs_best_dense'] for r in csr):.2f}–{best['speedup_vs_best_dense']:.2f}× the "
+                     f"speed of the best dense engine (best case {best['model']}, batch {best['batch']}).")
+    semi = [r for r in rows if r["engine"].startswith("fp16-2:4") and r["speedup_vs_best_dense"]]
+    if semi:
+        lines.append(f"CUDA ({gpu}): 2:4 semi-structured sparsity (beyond the report, fp16) runs at "
+                     f"{min(r['speedup_vs_best_dense'] for r in semi):.2f}–"
+                     f"{max(r['speedup_vs_best_dense'] for r in semi):.2f}× the speed of the best fp16 dense engine "
+                     f"and {min(r['speedup_vs_dense_gemm'] for r in semi):.2f}–"
+                     f"{max(r['speedup_vs_dense_gemm'] for r in semi):.2f}× that of the same im2col GEMM with dense "
+                     "weights.")
+    return lines
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -312,6 +396,7 @@ def claims(results: dict) -> list[dict]:
         lines.append(f"cnnprune sparse, {s['model']}, batch {s['batch']}: {s['median_ms']:.2f} ms, "
                      f"{_x(s['speedup_vs_best_dense_unpruned'])} vs the best dense engine on the unpruned model "
                      f"(FLOP limit {_x(s['flop_limit'])}; ran: {s['sparse_engine_used']}).")
+    lines += cuda_findings(results)
     dense_sig = [s for s in dense_rows if (s["speedup_vs_same_engine_unpruned"] or 0) >= threshold(s)]
     if dense_sig:
         verdict = "holds"
@@ -508,10 +593,90 @@ def reproduce_command(config: dict) -> str:
         value = config.get(key, getattr(default, key))
         if value != getattr(default, key):
             parts.append(f"{flag} {value}")
+    if config.get("cuda_bench", default.cuda_bench) != default.cuda_bench:
+        parts.append(f"--cuda-bench {config['cuda_bench']}")
     batches = tuple(config.get("batches", default.batches))
     if batches != default.batches:
         parts.append(f"--batches {','.join(map(str, batches))}")
     return " ".join(parts)
+
+
+def cuda_markdown(results: dict) -> list[str]:
+    """The CUDA section: a separate run's figures, with where, when and how they were taken."""
+    cuda = results.get("cuda")
+    if not cuda:
+        return []
+    m, info = cuda["machine"], cuda["machine"].get("cuda_info") or {}
+    rows = cuda_speedups(results)
+    L = [f"## CUDA: a separate run on {m.get('gpu')}\n"]
+    rounds = sorted({r["rounds"] for r in rows})
+    passes = max(r["passes"] for r in rows)
+    L.append(f"- Where: {m.get('gpu')} (compute capability {info.get('capability')}, driver {info.get('driver')}), "
+             f"CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')}, PyTorch {m.get('torch')}; host {m.get('cpu_model')}. "
+             "This is not the CPU machine of the sections above: its figures are compared with each other only.")
+    L.append(f"- When and how: {cuda.get('datetime')}, commit `{m.get('commit')}`, `{m.get('command')}` "
+             f"(`bash bench/cuda.sh`; pytest-benchmark {cuda.get('pytest_benchmark')}), read from `{cuda.get('source')}`.")
+    L.append(f"- Timing: one forward pass per round, `torch.cuda.synchronize()` inside the timed call; "
+             f"{'/'.join(map(str, rounds))} timed rounds in all over {passes} passes after ≥2 warm-up rounds and an "
+             f"untimed first call (cuDNN autotuning on: `cudnn.benchmark` = {info.get('cudnn_benchmark')}); "
+             "median (IQR) in ms; speedups are medians of per-pass ratios. fp32 engines run with PyTorch's defaults: "
+             f"cuDNN convolutions may use TF32 (`cudnn.allow_tf32` = {info.get('cudnn_allow_tf32')}), matmuls "
+             f"(`matmul.allow_tf32` = {info.get('matmul_allow_tf32')}) and cuSPARSE do not. The CUDA graph engine "
+             "replays the eager model captured once per batch size (no launch cost per kernel).\n")
+    fp32 = [r for r in rows if r["model"] != "semi_2_4"]
+    engines = [e for e in ("torch", "cuda-graph", "torch-csr") if any(r["engine"] == e for r in fp32)]
+    sparsity = {r["model"]: r["sparsity"] for r in fp32 if r.get("sparsity") is not None}
+    for batch in sorted({r["batch"] for r in fp32}):
+        L.append(f"### CUDA, fp32, batch {batch}\n")
+        L.append("| model | sparsity | " + " | ".join(f"{CUDA_LABELS[e]} ms" for e in engines)
+                 + " | CSR speed vs best dense |")
+        L.append("|---|---:|" + "---:|" * len(engines) + "---:|")
+        for model in [n for n in results["models"] if any(r["model"] == n and r["batch"] == batch for r in fp32)]:
+            cells, csr = [], None
+            for e in engines:
+                r = next((r for r in fp32 if r["model"] == model and r["batch"] == batch and r["engine"] == e), None)
+                cells.append(f"{r['median_ms']:.3f} ({r['iqr_ms']:.3f})" if r else "–")
+                csr = r if e == "torch-csr" else csr
+            low, high = csr["speedup_vs_best_dense_range"] if csr and csr["speedup_vs_best_dense_range"] else (0, 0)
+            ratio = f"{_x(csr['speedup_vs_best_dense'])} ({low:.2f}–{high:.2f})" if csr else "–"
+            L.append(f"| {model} | {_pct(sparsity.get(model, 0.0))} | " + " | ".join(cells) + f" | {ratio} |")
+        L.append("")
+    L.append("CSR speed vs best dense = time of the faster dense engine (eager or CUDA graph) on the same model / time "
+             "of torch.sparse CSR; below 1× it is slower. Dense engines multiply the zeros of the report's "
+             "unstructured masks like any number, and cuSPARSE cannot turn 50–90 % scattered zeros into speed at "
+             "these sizes.\n")
+
+    semi = [r for r in rows if r["model"] == "semi_2_4"]
+    if semi:
+        s24 = results.get("semi_2_4") or {}
+        engines = [e for e in ("fp16-cudnn", "fp16-gemm", "fp16-2:4", "fp16-2:4-cutlass") if any(r["engine"] == e for r in semi)]
+        L.append("### What a GPU needs: 2:4 semi-structured sparsity (beyond the report)\n")
+        acc = results["models"]["unpruned"]["accuracy"]["dense"]["accuracy"]
+        if s24:
+            t = s24["vs_unpruned"]
+            L.append(f"The unpruned checkpoint pruned 2:4 by magnitude (in every 4 consecutive weights of a row of the "
+                     f"im2col GEMM the 2 smallest are zeroed; the 3-channel stem, 27 weights per row, stays dense), "
+                     f"without fine-tuning: sparsity {_pct(s24['sparsity'])}, {s24['params_nonzero']:,} of "
+                     f"{s24['params_total']:,} parameters nonzero, FLOP limit {_x(s24['flop_limit_speedup'])}; "
+                     f"top-1 {_pct(s24['accuracy'])} vs {_pct(acc)} unpruned ({results['dataset']}, CPU, fp32, "
+                     f"{results['test_images']:,} images; McNemar p = {t['p_value']:.3f}). Timed in fp16, every "
+                     "engine replayed from a CUDA graph so that host work (kernel launches, cuSPARSELt's per-call "
+                     "planning) is out and GPU time is compared.\n")
+        L.append("| batch | " + " | ".join(f"{CUDA_LABELS[e]} ms" for e in engines)
+                 + " | 2:4 speed vs dense GEMM | 2:4 speed vs best fp16 dense |")
+        L.append("|---:|" + "---:|" * len(engines) + "---:|---:|")
+        for batch in sorted({r["batch"] for r in semi}):
+            by = {r["engine"]: r for r in semi if r["batch"] == batch}
+            cells = [f"{by[e]['median_ms']:.3f} ({by[e]['iqr_ms']:.3f})" + ("" if by[e]["graph"] is True else " ◊")
+                     if e in by else "–" for e in engines]
+            sp = next((by[e] for e in ("fp16-2:4", "fp16-2:4-cutlass") if e in by), None)
+            L.append(f"| {batch} | " + " | ".join(cells) + f" | {_x(sp['speedup_vs_dense_gemm'] if sp else None)} | "
+                     f"{_x(sp['speedup_vs_best_dense'] if sp else None)} |")
+        layers = next((r["layers_2_4"] for r in semi if r["layers_2_4"]), 0)
+        L.append(f"\n{layers} of the 20 convolutions ran as 2:4 GEMMs (the stem and fc dense). ◊ = capture in a CUDA "
+                 "graph failed and the case ran eager. PyTorch's CUTLASS 2:4 kernels run only on compute capability "
+                 "8.x, so on other GPUs that engine is skipped.\n")
+    return L
 
 
 def markdown(results: dict, plot_names: list[str]) -> str:
@@ -524,7 +689,9 @@ def markdown(results: dict, plot_names: list[str]) -> str:
              f"`results.json` of this run; every verdict is computed from those figures by the rule stated with it.\n")
     L.append("## How it was measured\n")
     L.append(f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; **{m['threads']} threads for every engine**; "
-             f"GPU: {m['gpu'] or 'none (CUDA cases skipped)'}.")
+             f"GPU: {m['gpu'] or 'none (CUDA cases skipped)'}"
+             + (f"; the CUDA figures come from a separate run on {results['cuda']['machine'].get('gpu')} "
+                "(section CUDA)." if results.get("cuda") else "."))
     L.append(f"- Software: Python {m['python']}, PyTorch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "
              f"NumPy {m['numpy']}; {m['platform']}.")
     L.append(f"- Model: the report's CIFAR ResNet18 (3×3 stride-1 conv1, maxpool kept, 11,173,962 parameters), "
@@ -622,6 +789,7 @@ def markdown(results: dict, plot_names: list[str]) -> str:
         else:
             L.append("\n\"Never slower\" = the sparse median is within the best dense engine's median + IQR of this run.\n")
 
+    L += cuda_markdown(results)
     L.append("## Accuracy and agreement between forms\n")
     L.append(f"| model | dense | onnx | sparse | max \\|logit diff\\| vs dense | top-1 agreement | "
              f"report (CIFAR-10, k/{REPORT_TEST_IMAGES}, quoted) |")

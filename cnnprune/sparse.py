@@ -573,6 +573,9 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
             raise CnnpruneError(f"backend {backend!r} is unknown; choose one of {', '.join(SEMI_BACKENDS)}")
         if backend == "cusparselt" and not torch.backends.cusparselt.is_available():
             raise CnnpruneError("this PyTorch build has no cuSPARSELt; use backend='cutlass'")
+        if backend == "cutlass" and torch.cuda.get_device_capability(device)[0] != 8:
+            raise CnnpruneError("PyTorch's CUTLASS 2:4 kernels run on compute capability 8.x (Ampere) only; "
+                                "use backend='cusparselt' on this GPU")
     state = read_state(path)
     net = fold_resnet(state)
     if engine == "native":

@@ -23,5 +23,6 @@ def test_bench_smoke(tmp_path: Path, checkpoint: Path) -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    passed, skipped = (18, 10) if cuda else (8, 20)
+    ampere = cuda and torch.cuda.get_device_capability()[0] == 8  # PyTorch's CUTLASS 2:4 kernels
+    passed, skipped = (17 + ampere, 11 - ampere) if cuda else (8, 20)
     assert f"{passed} passed, {skipped} skipped" in proc.stdout, proc.stdout[-800:]

@@ -20,9 +20,36 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, checkpoint: Path, monkey
     assert results["test_images"] == 40
     engines = {r["engine"] for r in results["latency"]}
     assert engines == {"torch", "onnxruntime", "sparse", "torch-csr"}
+    assert 0.45 < results["semi_2_4"]["sparsity"] < 0.5 and results["cuda"] is None
     acc = results["models"]["one_shot_90"]["accuracy"]
     assert acc["sparse"]["max_abs_logit_diff_vs_dense"] <= 1e-4 and acc["onnx"]["top1_agreement_with_dense"] == 1.0
     bench = tmp_path / "rep" / "_work" / "bench.json"
     stamp = bench.stat().st_mtime_ns
     run(config)
     assert bench.stat().st_mtime_ns == stamp, "a valid step is not redone"
+
+
+def test_cuda_bench_import(tmp_path: Path) -> None:
+    import pytest
+
+    from cnnprune.errors import CnnpruneError
+    from cnnprune.pipeline import load_cuda_bench
+
+    reports = tmp_path / "rep"
+    assert load_cuda_bench(PipelineConfig(reports=str(reports))) is None, "auto without a file: no CUDA section"
+    with pytest.raises(CnnpruneError, match="does not exist"):
+        load_cuda_bench(PipelineConfig(cuda_bench=str(tmp_path / "missing.json")))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CnnpruneError, match="not the JSON of a `pytest bench` run"):
+        load_cuda_bench(PipelineConfig(cuda_bench=str(bad)))
+    cpu_only = tmp_path / "cpu.json"
+    cpu_only.write_text(json.dumps({"benchmarks": [{"extra_info": {"device": "cpu"}}]}))
+    with pytest.raises(CnnpruneError, match="no CUDA case"):
+        load_cuda_bench(PipelineConfig(cuda_bench=str(cpu_only)))
+    (reports / "cuda").mkdir(parents=True)
+    (reports / "cuda" / "cuda_bench.json").write_text(json.dumps(
+        {"benchmarks": [{"extra_info": {"device": "cuda"}}, {"extra_info": {"device": "cpu"}}]}))
+    data = load_cuda_bench(PipelineConfig(reports=str(reports)))
+    assert len(data["benchmarks"]) == 1 and data["path"].endswith("cuda_bench.json")
+    assert load_cuda_bench(PipelineConfig(reports=str(reports), cuda_bench="none")) is None

@@ -183,3 +183,48 @@ def test_goals_with_passes_use_the_range_over_passes() -> None:
     assert not goals[("iterative_50", 1)]["met"] and not goals[("iterative_50", 1)]["within_noise"]
     assert goals[("one_shot_90", 32)]["speedup_range"] == pytest.approx([1 / 0.37] * 2)
     assert "range over passes" in markdown(r, [])
+
+
+def _cuda_bench() -> dict:
+    """A CUDA run in pytest-benchmark's JSON: dense eager/graph, CSR 4× slower than the graph, and
+    the fp16 2:4 comparison where 2:4 is 1.25× faster than its dense GEMM."""
+    entries = []
+    for p in range(2):
+        for model, engine, ms in (("unpruned", "torch", 2.0), ("unpruned", "cuda-graph", 1.0),
+                                  ("unpruned", "torch-csr", 5.0), ("one_shot_90", "torch", 2.0),
+                                  ("one_shot_90", "cuda-graph", 1.0), ("one_shot_90", "torch-csr", 4.0),
+                                  ("semi_2_4", "fp16-cudnn", 0.9), ("semi_2_4", "fp16-gemm", 1.0),
+                                  ("semi_2_4", "fp16-2:4", 0.8)):
+            e = _bench_entry(model, engine, p, [ms] * 3)
+            e["extra_info"].update(device="cuda", batch=256, sparsity=0.9 if model == "one_shot_90" else 0.0,
+                                   graph=True if model == "semi_2_4" else None, layers_2_4=19)
+            entries.append(e)
+    return {"benchmarks": entries, "datetime": "2026-11-26T05:56:12", "version": "5.2.3", "path": "cuda_bench.json",
+            "machine_info": {"cnnprune": {"gpu": "Test GPU", "torch": "2.11", "commit": "abc", "command": "pytest bench",
+                                          "cuda_info": {"capability": "9.0", "cudnn_benchmark": True}}}}
+
+
+def test_cuda_section_and_findings_follow_the_numbers() -> None:
+    from cnnprune.report import cuda_speedups, cuda_summary
+
+    r = synthetic()
+    assert "## CUDA" not in markdown(r, []), "no CUDA run, no section"
+    r["cuda"] = cuda_summary(_cuda_bench())
+    r["semi_2_4"] = {"checkpoint": "x", "accuracy": 0.91, "sparsity": 0.4998, "params_nonzero": 5_600_000,
+                     "params_total": 11_173_962, "flop_limit_speedup": 1.99,
+                     "vs_unpruned": {"only_baseline_correct": 30, "only_other_correct": 10, "p_value": 0.002}}
+    rows = {(x["model"], x["engine"]): x for x in cuda_speedups(r)}
+    assert rows[("one_shot_90", "torch-csr")]["best_dense_engine"] == "cuda-graph"
+    assert rows[("one_shot_90", "torch-csr")]["speedup_vs_best_dense"] == pytest.approx(0.25)
+    assert rows[("semi_2_4", "fp16-2:4")]["best_dense_engine"] == "fp16-cudnn"
+    assert rows[("semi_2_4", "fp16-2:4")]["speedup_vs_best_dense"] == pytest.approx(0.9 / 0.8)
+    assert rows[("semi_2_4", "fp16-2:4")]["speedup_vs_dense_gemm"] == pytest.approx(1.25)
+    text = markdown(r, [])
+    section = text[text.index("## CUDA: a separate run on Test GPU"):text.index("## Accuracy and agreement")]
+    assert "0.25× (0.25–0.25)" in section and "| 256 | 0.900 (0.000) | 1.000 (0.000) | 0.800 (0.000) | 1.25× | 1.12× |" \
+        in section
+    assert "top-1 91.00%" in section and "McNemar p = 0.002" in section and "commit `abc`" in section
+    speed = claims(r)[0]["measured"]
+    assert any("torch.sparse CSR (cuSPARSE) on the report's unstructured masks runs at 0.25–0.25×" in line
+               for line in speed)
+    assert any("2:4 semi-structured sparsity (beyond the report, fp16) runs at 1.12–1.12×" in line for line in speed)
