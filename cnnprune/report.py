@@ -549,6 +549,26 @@ def plots(results: dict, folder: Path) -> list[str]:
         _savefig(fig, folder / name)
         plt.close(fig)
         names.append(name)
+    cuda = [r for r in cuda_speedups(results) if r["model"] != "semi_2_4"]
+    if cuda:
+        batches = sorted({r["batch"] for r in cuda})
+        fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 3.6), squeeze=False)
+        for ax, batch in zip(axes[0], batches):
+            for engine in ("torch", "cuda-graph", "torch-csr"):
+                pts = sorted((r["sparsity"], r["median_ms"]) for r in cuda if r["batch"] == batch
+                             and r["engine"] == engine and r["model"] in ("unpruned", *ONE_SHOT))
+                if len(pts) > 1:
+                    ax.plot(*zip(*pts), marker="o", label=CUDA_LABELS[engine])
+            ax.set_yscale("log")
+            ax.set_xlabel("global sparsity (one-shot)")
+            ax.set_title(f"cuda, batch {batch}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].set_ylabel("median latency (ms, log)")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(results["cuda"]["machine"].get("gpu") or "GPU", fontsize=9, y=1.04)
+        _savefig(fig, folder / "latency_cuda.png")
+        plt.close(fig)
+        names.append("latency_cuda.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     for schedule, label in ((ONE_SHOT, "one-shot"), (ITERATIVE, "iterative")):
         seq = [m for m in ("unpruned", *schedule) if m in models]

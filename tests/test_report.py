@@ -204,7 +204,7 @@ def _cuda_bench() -> dict:
                                           "cuda_info": {"capability": "9.0", "cudnn_benchmark": True}}}}
 
 
-def test_cuda_section_and_findings_follow_the_numbers() -> None:
+def test_cuda_section_and_findings_follow_the_numbers(tmp_path: Path) -> None:
     from cnnprune.report import cuda_speedups, cuda_summary
 
     r = synthetic()
@@ -228,3 +228,6 @@ def test_cuda_section_and_findings_follow_the_numbers() -> None:
     assert any("torch.sparse CSR (cuSPARSE) on the report's unstructured masks runs at 0.25–0.25×" in line
                for line in speed)
     assert any("2:4 semi-structured sparsity (beyond the report, fp16) runs at 1.12–1.12×" in line for line in speed)
+    write_report(r, tmp_path)
+    assert (tmp_path / "latency_cuda.png").stat().st_size > 1000
+    assert "![latency_cuda.png](latency_cuda.png)" in (tmp_path / "REPORT.md").read_text()
