@@ -211,16 +211,19 @@ def speedups(results: dict) -> list[dict]:
             for engine, row in engines.items():
                 same = paired_ratio(engines[bd[0]], row) if bd else None
                 s_same = same[0] if same else None
-                s_unpruned = paired_ratio(unpruned[base_unpruned[0]], row)[0] if base_unpruned else None
+                vs_unpruned = paired_ratio(unpruned[base_unpruned[0]], row) if base_unpruned else None
+                s_unpruned = vs_unpruned[0] if vs_unpruned else None
                 same_engine_unpruned = unpruned.get(engine)
+                vs_same = paired_ratio(same_engine_unpruned, row) if same_engine_unpruned else None
                 out.append({"device": device, "batch": batch, "model": model, "engine": engine,
                             "median_ms": row["median_ms"], "iqr_ms": row["iqr_ms"], "rounds": row["rounds"],
                             "best_dense_engine": bd[0] if bd else None,
                             "speedup_vs_best_dense": s_same,
                             "speedup_vs_best_dense_range": [same[1], same[2]] if same else None,
                             "speedup_vs_best_dense_unpruned": s_unpruned,
-                            "speedup_vs_same_engine_unpruned": (paired_ratio(same_engine_unpruned, row)[0]
-                                                                if same_engine_unpruned else None),
+                            "speedup_vs_best_dense_unpruned_min": vs_unpruned[1] if vs_unpruned else None,
+                            "speedup_vs_same_engine_unpruned": vs_same[0] if vs_same else None,
+                            "speedup_vs_same_engine_unpruned_min": vs_same[1] if vs_same else None,
                             "flop_limit": limit,
                             "fraction_of_flop_limit": s_same / limit if s_same and limit else None,
                             "sparse_engine_used": row.get("sparse_engine_used")})
@@ -382,22 +385,24 @@ def claims(results: dict) -> list[dict]:
     dense_rows = [s for s in sp if s["engine"] in DENSE_ENGINES and s["model"] != "unpruned"]
     dense_best = max(dense_rows, key=lambda s: s["speedup_vs_same_engine_unpruned"] or 0, default=None)
     sparse_rows = [s for s in sp if s["engine"] == "sparse" and s["model"] != "unpruned"]
-    sparse_wins = [s for s in sparse_rows if (s["speedup_vs_best_dense_unpruned"] or 0) >= threshold(s)]
+    sparse_wins = [s for s in sparse_rows if (s["speedup_vs_best_dense_unpruned_min"] or 0) >= threshold(s)]
     lines = [f"Noise of this run: one-shot and iterative models of the same sparsity cost every engine the same work, "
              f"yet their medians differ by up to {_x(r)} at batch {b} ({d}); a speedup counts only above that."
              for (d, b), r in sorted(noise.items())]
     if dense_best:
-        above = (dense_best["speedup_vs_same_engine_unpruned"] or 0) >= threshold(dense_best)
+        above = (dense_best["speedup_vs_same_engine_unpruned_min"] or 0) >= threshold(dense_best)
         lines.append(f"Dense engines multiply zeros like any number: the best pruned/unpruned ratio over every dense case "
                      f"is {_x(dense_best['speedup_vs_same_engine_unpruned'])} ({dense_best['model']}, "
-                     f"{ENGINE_LABELS[dense_best['engine']]}, batch {dense_best['batch']}), "
-                     f"{'above' if above else 'within'} this run's noise.")
+                     f"{ENGINE_LABELS[dense_best['engine']]}, batch {dense_best['batch']}; lowest pass "
+                     f"{_x(dense_best['speedup_vs_same_engine_unpruned_min'])}), "
+                     f"{'above' if above else 'not above'} this run's noise in every pass.")
     for s in sorted(sparse_rows, key=lambda s: (s["batch"], s["model"])):
         lines.append(f"cnnprune sparse, {s['model']}, batch {s['batch']}: {s['median_ms']:.2f} ms, "
-                     f"{_x(s['speedup_vs_best_dense_unpruned'])} vs the best dense engine on the unpruned model "
+                     f"{_x(s['speedup_vs_best_dense_unpruned'])} (lowest pass {_x(s['speedup_vs_best_dense_unpruned_min'])}) "
+                     "vs the best dense engine on the unpruned model "
                      f"(FLOP limit {_x(s['flop_limit'])}; ran: {s['sparse_engine_used']}).")
     lines += cuda_findings(results)
-    dense_sig = [s for s in dense_rows if (s["speedup_vs_same_engine_unpruned"] or 0) >= threshold(s)]
+    dense_sig = [s for s in dense_rows if (s["speedup_vs_same_engine_unpruned_min"] or 0) >= threshold(s)]
     if dense_sig:
         verdict = "holds"
     elif sparse_wins:
@@ -407,7 +412,8 @@ def claims(results: dict) -> list[dict]:
         verdict = "does not hold"
     out.append({"claim": "pruning \"speeds up the model significantly\"", "measured": lines, "verdict": verdict,
                 "rule": f"significant = at least {SIGNIFICANT_SPEEDUP}× faster than the best dense engine running the "
-                        "unpruned model (median latency, CPU, same threads), and more than the run's noise spread"})
+                        "unpruned model (median latency, CPU, same threads), and more than the run's noise spread, "
+                        "in every pass (the lowest per-pass ratio clears the bar)"})
 
     # 2. resources
     lines, dense_less, sparse_less = [], [], []
