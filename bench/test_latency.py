@@ -109,7 +109,7 @@ def test_latency_2_4(benchmark, semi_2_4: Path, fp16_engine: str, batch: int, de
     fp16, as dense cuDNN convolutions, as an im2col dense GEMM, and as an im2col 2:4
     semi-structured GEMM on sparse tensor cores (cuSPARSELt or CUTLASS). Each is replayed from a
     CUDA graph, so host work (launches, cuSPARSELt's per-call planning) is out of the timing and
-    what is compared is GPU time; where capture fails the case runs eager (``graph`` False)."""
+    what is compared is GPU time; where capture fails the case runs eager (``graph`` holds why)."""
     if device != "cuda" or not torch.cuda.is_available():
         pytest.skip("2:4 semi-structured kernels need a CUDA GPU")
     from cnnprune.cuda import graphed
