@@ -104,7 +104,7 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
 
 
 def test_latency_2_4(benchmark, semi_2_4: Path, fp16_engine: str, batch: int, device: str, bench_pass: int,
-                     pytestconfig: pytest.Config) -> None:
+                     model_counts: dict, pytestconfig: pytest.Config) -> None:
     """What a GPU needs for a real speedup (beyond the report): the unpruned model pruned 2:4, in
     fp16, as dense cuDNN convolutions, as an im2col dense GEMM, and as an im2col 2:4
     semi-structured GEMM on sparse tensor cores (cuSPARSELt or CUTLASS). Each is replayed from a
@@ -135,7 +135,9 @@ def test_latency_2_4(benchmark, semi_2_4: Path, fp16_engine: str, batch: int, de
         run, graph = model, f"capture failed: {type(exc).__name__}: {str(exc)[:200]}"
     call = _timed_call(run, x, device)
     call()
-    c = counts(load_state_dict(semi_2_4))
+    if "semi_2_4" not in model_counts:
+        model_counts["semi_2_4"] = counts(load_state_dict(semi_2_4))
+    c = model_counts["semi_2_4"]
     rounds = pytestconfig.getoption("--bench-rounds") or (20 if batch == 1 else 4)
     benchmark.group = f"{device} batch {batch} fp16 2:4"
     benchmark.extra_info.update({
