@@ -1,8 +1,10 @@
-"""Build and load the C kernels of the sparse CPU path (``csrc/sparse_conv.c``).
+"""Build and load the C kernels of the native CPU path (``csrc/``: ``sparse_conv.c``, the
+sparse direct convolution and the step executor; ``winograd.c``, the dense Winograd
+F(4x4, 3x3) convolution; ``kernels.h``, what they share).
 
-The source is compiled once per machine with the system C compiler (``gcc -O3
--march=native -fopenmp``, about a second) into a cache folder (``$CNNPRUNE_CACHE`` or
-``~/.cache/cnnprune``), named by a hash of the source, flags and CPU so that a copy never runs
+The sources are compiled once per machine with the system C compiler (``gcc -O3
+-march=native -fopenmp``, a few seconds) into a cache folder (``$CNNPRUNE_CACHE`` or
+``~/.cache/cnnprune``), named by a hash of the sources, flags and CPU so that a copy never runs
 on a machine it was not built for. The library is written to a temporary name and renamed,
 so concurrent first uses are safe.
 """
@@ -30,11 +32,13 @@ _SIGNATURES = {
     "run_steps": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
 }
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL = range(5)
+SOURCES = ("sparse_conv.c", "winograd.c", "kernels.h")
+
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV = range(7)
 
 
 class Step(ctypes.Structure):
-    """One operation of a native forward pass, ``step_t`` in ``csrc/sparse_conv.c`` (the same
+    """One operation of a native forward pass, ``step_t`` in ``csrc/kernels.h`` (the same
     fields in the same order): C, H, W, N describe the input, Ho, Wo, Cout the output; off16:
     the nonzeros' offsets are uint16 (else int32)."""
 
@@ -62,6 +66,21 @@ def split_step(src: np.ndarray, dst: np.ndarray) -> Step:
     return Step(kind=SPLIT, src=src.ctypes.data, C=c, H=hp, W=wp, N=n, dst=dst.ctypes.data)
 
 
+def winograd_steps(src: np.ndarray, scratch: np.ndarray, u: np.ndarray, bias: np.ndarray, dst: np.ndarray,
+                   res: np.ndarray | None, relu: bool) -> list[Step]:
+    """The two steps of one Winograd F(4x4, 3x3) convolution over padded (C, H+2, W+2, N) ``src``
+    (H, W multiples of 4): input transform into ``scratch`` (at least
+    ``winograd_scratch_floats`` floats), then GEMMs with the packed transformed weights ``u``
+    (``sparse._winograd_weights``) and the output transform into ``dst``. Raw addresses: the
+    caller keeps the arrays alive."""
+    c, hp, wp, n = src.shape
+    cout = dst.shape[0]
+    return [Step(kind=WG_INPUT, src=src.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, dst=scratch.ctypes.data),
+            Step(kind=WG_CONV, src=scratch.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, Cout=cout, val=u.ctypes.data,
+                 bias=bias.ctypes.data, dst=dst.ctypes.data, res=None if res is None else res.ctypes.data,
+                 relu=int(relu))]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("CNNPRUNE_CACHE", Path.home() / ".cache" / "cnnprune"))
 
@@ -83,24 +102,25 @@ def compiler() -> str | None:
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL:
     """The compiled kernel library (built on first use); one-line error if it cannot be built."""
-    source = Path(str(resources.files("cnnprune") / "csrc" / "sparse_conv.c"))
-    code = source.read_bytes()
+    folder = Path(str(resources.files("cnnprune") / "csrc"))
+    code = b"".join((folder / name).read_bytes() for name in SOURCES)
     cc = compiler()
     if cc is None:
         raise CnnpruneError("the sparse CPU engine needs a C compiler with OpenMP (gcc); "
                             "install one (apt-get install gcc) or use a dense engine")
     key = hashlib.sha256(code + " ".join(CFLAGS).encode() + _cpu_tag().encode()).hexdigest()[:16]
-    target = cache_dir() / f"sparse_conv-{key}.so"
+    target = cache_dir() / f"kernels-{key}.so"
+    sources = [str(folder / name) for name in SOURCES if name.endswith(".c")]
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            result = subprocess.run([cc, *CFLAGS, str(source), "-o", tmp], capture_output=True, text=True)
+            result = subprocess.run([cc, *CFLAGS, *sources, "-o", tmp], capture_output=True, text=True)
             if result.returncode != 0:
                 lines = result.stderr.strip().splitlines() or ["no output"]
                 first = next((l for l in lines if "error" in l), lines[0])
-                raise CnnpruneError(f"compiling {source} with {cc} failed: {first[:200]}")
+                raise CnnpruneError(f"compiling {folder} with {cc} failed: {first[:200]}")
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -112,4 +132,8 @@ def library() -> ctypes.CDLL:
         fn.restype = None
     lib.channels_per_group.argtypes = [ctypes.c_int] * 6
     lib.channels_per_group.restype = ctypes.c_int
+    lib.winograd_scratch_floats.argtypes = [ctypes.c_int] * 4
+    lib.winograd_scratch_floats.restype = ctypes.c_int64
+    lib.vector_width.argtypes = []
+    lib.vector_width.restype = ctypes.c_int
     return lib

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -105,21 +105,52 @@ def fold_resnet(state: dict[str, torch.Tensor]) -> FoldedResNet:
 # ------------------------------------------------------------------ native CPU engine
 
 
+MODES = ("sparse", "winograd", "dense")
+
+
 @dataclass
 class _ConvPlan:
+    """One convolution at one batch size: its operands for each way the engine can run it,
+    the calibration timings (ms, ``nan`` where not timed) and the chosen ``mode``."""
+
     conv: FoldedConv
     hin: int
     win: int
     ho: int
     wo: int
-    use_sparse: bool = True
+    mode: str = "sparse"
     ptr: np.ndarray | None = None
     ngroups: int = 1
     off: np.ndarray | None = None
     val: np.ndarray | None = None
     bias: np.ndarray | None = None
-    sparse_ms: float = float("nan")
-    dense_ms: float = float("nan")
+    u: np.ndarray | None = None
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+def winograd_eligible(conv: FoldedConv, hin: int, win: int, min_channels: int = 16) -> bool:
+    """F(4x4, 3x3) covers 3x3 stride-1 padding-1 convolutions whose maps tile by 4 (layers 1-3
+    of the CIFAR ResNet18 with maxpool: 16, 8 and 4 pixels; layer4's 2x2 maps do not) and at
+    least ``min_channels`` input channels: the stem's 3 make GEMMs of depth 3, where the
+    transforms cost more than the products they save."""
+    cout, cin, kh, kw = conv.weight.shape
+    return ((kh, kw) == (3, 3) and conv.stride == 1 and conv.padding == 1 and hin % 4 == 0 and win % 4 == 0
+            and cin >= min_channels and cout % 4 == 0)
+
+
+_WG_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
+def _winograd_weights(conv: FoldedConv) -> np.ndarray:
+    """U = G g G^T of every (output, input) channel pair, computed in float64 and packed as
+    ``csrc/winograd.c`` reads it: [36 transform points][Cout/4][Cin][4 output channels]."""
+    w = conv.weight.double().numpy()
+    cout, cin = w.shape[:2]
+    if cout % 4:
+        raise CnnpruneError(f"layer {conv.name}: Winograd needs a multiple of 4 output channels, got {cout}")
+    u = np.einsum("ik,ockl,jl->ocij", _WG_G, w, _WG_G).reshape(cout // 4, 4, cin, 36)
+    return np.ascontiguousarray(u.transpose(3, 0, 2, 1), dtype=np.float32)
 
 
 def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
@@ -180,12 +211,13 @@ class NativeSparseResNet(nn.Module):
     """The folded network executed by the C kernels; see the module docstring."""
 
     def __init__(self, net: FoldedResNet, threads: int | None = None, calibrate: bool = True,
-                 dense_fallback: nn.Module | None = None) -> None:
+                 dense_fallback: nn.Module | None = None, winograd: bool = True) -> None:
         super().__init__()
         from cnnprune.kernels import library
 
         self.lib = library()
         self.net = net
+        self.winograd = winograd
         self._fallback = _ort_session(dense_fallback, threads or torch.get_num_threads()) \
             if dense_fallback is not None and calibrate else None
         self.threads = threads or torch.get_num_threads()
@@ -206,6 +238,8 @@ class NativeSparseResNet(nn.Module):
             group = _group_size(self.lib, conv, wo * n, ho, n)
             p.ptr, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
             p.bias = conv.bias.numpy().astype(np.float32)
+            if self.winograd and winograd_eligible(conv, hin, win):
+                p.u = _winograd_weights(conv)
             plans[conv.name] = p
             return ho, wo
 
@@ -224,18 +258,28 @@ class NativeSparseResNet(nn.Module):
         return plan
 
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
-        """Time sparse vs dense (oneDNN, incl. layout conversion) per layer; keep the faster."""
+        """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
+        the shape allows, PyTorch's dense oneDNN convolution incl. layout conversion), best of
+        ``repeats``, and keep the fastest."""
         for p in plan["convs"].values():
-            cin = p.conv.weight.shape[1]
+            cin, cout = p.conv.weight.shape[:2][::-1]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
             src = _padded(cin, p.hin, p.win, n, arena)
             src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
-            dst = _padded(p.conv.weight.shape[0], p.ho, p.wo, n, arena)
+            dst = _padded(cout, p.ho, p.wo, n, arena)
             phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
-            sparse = self._native(self._sparse_steps(p, src, dst, None, True, phase), [src, dst, phase])
-            p.sparse_ms = _best_ms(sparse, repeats)
-            p.dense_ms = _best_ms(lambda: self._dense_conv(p, src, dst, None, True), repeats)
-            p.use_sparse = p.sparse_ms <= p.dense_ms
+            scratch = arena.zeros((self._scratch_floats(p, n),)) if p.u is not None else None
+            runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), []),
+                    "dense": lambda: self._dense_conv(p, src, dst, None, True)}
+            if p.u is not None:
+                runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, None, True, None, scratch), [])
+            p.ms = {mode: _best_ms(fn, repeats) for mode, fn in runs.items()}
+            p.mode = min(p.ms, key=p.ms.get)
+            del runs, src, dst, phase, scratch
+
+    def _scratch_floats(self, p: _ConvPlan, n: int) -> int:
+        """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""
+        return int(self.lib.winograd_scratch_floats(p.conv.weight.shape[1], p.hin, p.win, n))
 
     def _choose_engine(self, n: int, plan: dict, rounds: int = 1, margin: float = 0.05) -> None:
         """Whole network: keep the sparse program only if it beats dense onnxruntime at this batch
@@ -258,10 +302,12 @@ class NativeSparseResNet(nn.Module):
         return {"engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms")}
 
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
-        """Per layer: engine chosen, density and the calibration timings (ms) at this batch size."""
+        """Per layer: how it runs at this batch size ("sparse", "winograd" or "dense"), its
+        density (fraction 0-1 of nonzero weights) and the calibration timings (ms) of each
+        mode tried (``sparse_ms``, ``winograd_ms``, ``dense_ms``; nan where not timed)."""
         plan = self._plan(batch_size)
-        return {name: {"engine": "sparse" if p.use_sparse else "dense", "density": p.conv.density,
-                       "sparse_ms": p.sparse_ms, "dense_ms": p.dense_ms}
+        return {name: {"engine": p.mode, "density": p.conv.density,
+                       **{f"{mode}_ms": p.ms.get(mode, float("nan")) for mode in MODES}}
                 for name, p in plan["convs"].items()}
 
     # -- execution
@@ -283,12 +329,15 @@ class NativeSparseResNet(nn.Module):
             if previous != self.threads:
                 torch.set_num_threads(previous)
 
-    def _sparse_steps(self, p: _ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-                      phase: np.ndarray | None, split: bool = True) -> list:
-        """One convolution as native steps (raw addresses: the plan keeps the arrays). Stride 2
-        reads phase planes, made here unless ``split`` is False (already made for this input)."""
-        from cnnprune.kernels import conv_step, split_step
+    def _conv_steps(self, p: _ConvPlan, mode: str, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None,
+                    relu: bool, phase: np.ndarray | None, scratch: np.ndarray | None, split: bool = True) -> list:
+        """One convolution as native steps, sparse or Winograd (raw addresses: the plan keeps
+        the arrays). Sparse stride 2 reads phase planes, made here unless ``split`` is False
+        (already made for this input)."""
+        from cnnprune.kernels import conv_step, split_step, winograd_steps
 
+        if mode == "winograd":
+            return winograd_steps(src, scratch, p.u, p.bias, dst, res, relu)
         steps = []
         if p.conv.stride == 2 and split:
             steps.append(split_step(src, phase))
@@ -323,11 +372,15 @@ class NativeSparseResNet(nn.Module):
         keep = [xbuf, inp, a, cur]
         items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=32, W=32, dst=inp.ctypes.data)]
 
+        sizes = [self._scratch_floats(p, n) for p in convs.values() if p.mode == "winograd"]
+        scratch = arena.zeros((max(sizes),)) if sizes else None
+        keep.append(scratch)
+
         def conv(p: _ConvPlan, src, dst, res, relu, phase, split=True) -> None:
-            if p.use_sparse:
-                items.extend(self._sparse_steps(p, src, dst, res, relu, phase, split))
-            else:
+            if p.mode == "dense":
                 items.append(lambda: self._dense_conv(p, src, dst, res, relu))
+            else:
+                items.extend(self._conv_steps(p, p.mode, src, dst, res, relu, phase, scratch, split))
 
         conv(convs[self.net.stem.name], inp, a, None, True, None)
         items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=32, W=32, N=n, dst=cur.ctypes.data))
@@ -344,7 +397,7 @@ class NativeSparseResNet(nn.Module):
                 pd = convs[b.downsample.name]
                 identity = _padded(cout, pd.ho, pd.wo, n, arena)
                 # the phase planes of ``cur`` were just made by conv1: reuse them
-                conv(pd, cur, identity, None, False, phase, split=not p1.use_sparse)
+                conv(pd, cur, identity, None, False, phase, split=p1.mode != "sparse")
             out = _padded(cout, p2.ho, p2.wo, n, arena)
             conv(p2, mid, out, identity, True, None)
             keep += [phase, mid, identity, out]
@@ -545,7 +598,7 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
          calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
-         backend: str = "cusparselt") -> nn.Module:
+         backend: str = "cusparselt", winograd: bool = True) -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
 
     ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice), ``torch-csr``
@@ -585,5 +638,5 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
         if dense_fallback:
             dense = build_model()
             dense.load_state_dict(state)
-        return NativeSparseResNet(net, threads, calibrate, dense)
+        return NativeSparseResNet(net, threads, calibrate, dense, winograd)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)

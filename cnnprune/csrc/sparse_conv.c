@@ -11,32 +11,14 @@
 #include <string.h>
 #include <omp.h>
 
-/* Accumulators are GCC vector values of the machine's native width (VF: 8 floats with AVX2,
- * 16 with AVX-512) held in small fixed-size arrays whose loops are fully unrolled, so they
+#include "kernels.h"
+
+/* Accumulators are vector values of the machine's native width (vf, kernels.h) held in small fixed-size arrays whose loops are fully unrolled, so they
  * live in registers: never more than NACC of them (AVX2 has 16 vector registers; the rest
  * hold the broadcast weight and the loaded input). A tile covers R output rows x NV vectors
  * of one output channel: each nonzero's offset and value are loaded once and feed R*NV
  * independent multiply-adds. Small tiles (batch 1, late layers) would wait on the FMA latency,
  * so they keep U sets of accumulators for consecutive nonzeros: R*NV*U >= 8 chains. */
-#if defined(__AVX512F__)
-#define VW 16
-#define NACC 24
-typedef float vf __attribute__((vector_size(64), aligned(4)));
-typedef int32_t i_vf __attribute__((vector_size(64)));
-#else
-#define VW 8
-#define NACC 12
-typedef float vf __attribute__((vector_size(32), aligned(4)));
-typedef int32_t i_vf __attribute__((vector_size(32)));
-#endif
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
-typedef float v4 __attribute__((vector_size(16), aligned(4)));
-typedef float v2 __attribute__((vector_size(8), aligned(4)));
-typedef float v1 __attribute__((vector_size(4), aligned(4)));
-typedef int32_t i_v8 __attribute__((vector_size(32)));
-typedef int32_t i_v4 __attribute__((vector_size(16)));
-typedef int32_t i_v2 __attribute__((vector_size(8)));
-typedef int32_t i_v1 __attribute__((vector_size(4)));
 
 /* One tile position for the output channels c = 0..nch-1 of a chunk (one input-channel group
  * of each): channel c's nonzeros are p[c*pstride] .. p[c*pstride+1], its output at out +
@@ -315,21 +297,6 @@ static void pack_input_body(const float *src, int N, int C, int H, int W, float 
 }
 
 
-/* A forward pass as a list of steps run inside one parallel region: the threads meet at the
- * barrier that closes each step's loop instead of being started and stopped per operation,
- * and Python calls once per run of consecutive native steps. Field use per kind: see each
- * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output. */
-enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4 };
-typedef struct {
-    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16;
-    int64_t src_row;
-    const float *src, *res;
-    float *dst;
-    const int32_t *ptr;
-    const void *off;
-    const float *val, *bias;
-} step_t;
-
 void run_steps(const step_t *steps, int nsteps, int nthreads) {
     #pragma omp parallel num_threads(nthreads)
     for (int i = 0; i < nsteps; i++) {
@@ -343,6 +310,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_WG_INPUT: winograd_input_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_WG_CONV:
+            winograd_conv_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->val, s->bias, s->dst, s->res, s->relu);
+            break;
         }
     }
 }

@@ -1,0 +1,49 @@
+/* What the kernel sources share: the vector types of the machine's width and the step list
+ * that one parallel region executes (``run_steps`` in sparse_conv.c). */
+#ifndef CNNPRUNE_KERNELS_H
+#define CNNPRUNE_KERNELS_H
+#include <stdint.h>
+
+/* Vector values of the machine's native width (vf: VW = 8 floats with AVX2, 16 with AVX-512;
+ * NACC: how many accumulators fit in its registers beside the operands), and narrower ones for
+ * row tails. GCC vector extensions: one source for both widths. */
+#if defined(__AVX512F__)
+#define VW 16
+#define NACC 24
+typedef float vf __attribute__((vector_size(64), aligned(4)));
+typedef int32_t i_vf __attribute__((vector_size(64)));
+#else
+#define VW 8
+#define NACC 12
+typedef float vf __attribute__((vector_size(32), aligned(4)));
+typedef int32_t i_vf __attribute__((vector_size(32)));
+#endif
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef float v4 __attribute__((vector_size(16), aligned(4)));
+typedef float v2 __attribute__((vector_size(8), aligned(4)));
+typedef float v1 __attribute__((vector_size(4), aligned(4)));
+typedef int32_t i_v8 __attribute__((vector_size(32)));
+typedef int32_t i_v4 __attribute__((vector_size(16)));
+typedef int32_t i_v2 __attribute__((vector_size(8)));
+typedef int32_t i_v1 __attribute__((vector_size(4)));
+
+/* A forward pass as a list of steps run inside one parallel region: the threads meet at the
+ * barrier that closes each step's loop instead of being started and stopped per operation,
+ * and Python calls once per run of consecutive native steps. Field use per kind: see each
+ * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output. */
+enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6 };
+typedef struct {
+    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16;
+    int64_t src_row;
+    const float *src, *res;
+    float *dst;
+    const int32_t *ptr;
+    const void *off;
+    const float *val, *bias;
+} step_t;
+
+/* Winograd F(4x4, 3x3) of winograd.c: the input transform and the GEMM + output transform. */
+void winograd_input_body(const float *src, int C, int H, int W, int N, float *dst);
+void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, const float *u, const float *bias,
+                        float *dst, const float *res, int relu);
+#endif

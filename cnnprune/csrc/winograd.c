@@ -1,0 +1,214 @@
+/* Winograd F(4x4, 3x3) convolution for the dense-ish 3x3 stride-1 layers of the CPU path.
+ *
+ * Why: global magnitude pruning leaves the early layers dense (layer1 keeps ~57 % of its
+ * weights at 90 % global sparsity, ~70 % at 75 %), and there a direct sparse kernel, one
+ * multiply-add per nonzero, does more work than Winograd's dense 36 products per 4x4 output
+ * tile and input channel (2.25 multiply-adds per output instead of 9: the equivalent of 75 %
+ * sparsity, done as dense GEMMs that run near the FMA peak). The engine times it against the
+ * sparse kernel per layer and batch size and keeps the faster.
+ *
+ * Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016), points 0, ±1, ±2:
+ * Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A. The weights are transformed once, in Python (U, packed
+ * [36][Cout/4][Cin][4]). Per layer two steps of ``run_steps``:
+ *  1. input transform: every 6x6 input tile (stride 4 in the padded (C, H+2, W+2, N) buffer)
+ *     to 36 values, written as V[xi][panel][Cin][panel width]: column t = tile * N + n, cut
+ *     into panels of PW columns so that a GEMM reads its panel as one contiguous block;
+ *  2. per (panel, block of 4 output channels): 36 GEMMs of 4 x Cin x panel in registers into
+ *     a small buffer that stays in L1, then the output transform, bias, residual and ReLU,
+ *     stored straight into the padded output: the 36 products never go to memory.
+ * Batch innermost: with N a multiple of the vector width every transform is vectorised over
+ * images; otherwise (batch 1) it runs per column and the GEMM still vectorises over tiles.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+
+#include "kernels.h"
+
+#define PW (3 * VW)
+
+static inline int64_t wg_cols(int H, int W, int N) { return (int64_t)(H / 4) * (W / 4) * N; }
+
+/* Columns rounded up to whole vectors: the GEMM computes the padding columns and drops them. */
+static inline int64_t wg_cols_padded(int H, int W, int N) { return (wg_cols(H, W, N) + VW - 1) / VW * VW; }
+
+/* Floats between consecutive transform points in V: one cache line more than their data, so
+ * that the 36 values one tile's transform stores (and the GEMM's 36 panels) do not all fall
+ * in the same L1 set, as they would at a multiple of 4 KiB apart. */
+static inline int64_t wg_xstride(int C, int H, int W, int N) { return (int64_t)C * wg_cols_padded(H, W, N) + 16; }
+
+/* Floats of the transformed input of a C-channel H x W batch-N layer (the caller's scratch). */
+int64_t winograd_scratch_floats(int C, int H, int W, int N) { return 36 * wg_xstride(C, H, W, N); }
+
+int vector_width(void) { return VW; }
+
+/* Index of (channel c, column t) in transform point 0 of V; panel p holds columns p*PW ..
+ * p*PW+wp-1 as C rows of wp floats. */
+static inline int64_t v_index(int c, int64_t t, int C, int64_t Tp) {
+    const int64_t p = t / PW, wp = Tp - p * PW < PW ? Tp - p * PW : PW;
+    return p * PW * C + c * wp + (t - p * PW);
+}
+
+/* B^T d B of one 6x6 tile (s: its top-left pixel, rows srow floats apart, pixels N apart);
+ * the 36 results go to v, xstride floats apart. */
+#define DEFINE_WG_IN(VT)                                                                       \
+static void wg_in_##VT(const float *restrict s, int64_t srow, int N, float *restrict v, int64_t xstride) { \
+    VT d[6][6], t[6][6];                                                                       \
+    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                                        \
+        _Pragma("GCC unroll 6") for (int c = 0; c < 6; c++) d[r][c] = *(const VT *)(s + r * srow + (int64_t)c * N); \
+    _Pragma("GCC unroll 6") for (int c = 0; c < 6; c++) {                                      \
+        t[0][c] = 4.f * d[0][c] - 5.f * d[2][c] + d[4][c];                                     \
+        t[1][c] = d[3][c] + d[4][c] - 4.f * (d[1][c] + d[2][c]);                               \
+        t[2][c] = d[4][c] - d[3][c] + 4.f * (d[1][c] - d[2][c]);                               \
+        t[3][c] = d[4][c] - d[2][c] + 2.f * (d[3][c] - d[1][c]);                               \
+        t[4][c] = d[4][c] - d[2][c] + 2.f * (d[1][c] - d[3][c]);                               \
+        t[5][c] = 4.f * d[1][c] - 5.f * d[3][c] + d[5][c];                                     \
+    }                                                                                          \
+    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {                                      \
+        const VT *x = t[r];                                                                    \
+        float *restrict o = v + (int64_t)r * 6 * xstride;                                      \
+        *(VT *)(o) = 4.f * x[0] - 5.f * x[2] + x[4];                                           \
+        *(VT *)(o + xstride) = x[3] + x[4] - 4.f * (x[1] + x[2]);                              \
+        *(VT *)(o + 2 * xstride) = x[4] - x[3] + 4.f * (x[1] - x[2]);                          \
+        *(VT *)(o + 3 * xstride) = x[4] - x[2] + 2.f * (x[3] - x[1]);                          \
+        *(VT *)(o + 4 * xstride) = x[4] - x[2] + 2.f * (x[1] - x[3]);                          \
+        *(VT *)(o + 5 * xstride) = 4.f * x[1] - 5.f * x[3] + x[5];                             \
+    }                                                                                          \
+}
+DEFINE_WG_IN(vf)
+DEFINE_WG_IN(v1)
+
+/* src: padded (C, H+2, W+2, N), H and W multiples of 4; dst: V (winograd_scratch_floats). */
+void winograd_input_body(const float *src, int C, int H, int W, int N, float *dst) {
+    const int th = H / 4, tw = W / 4;
+    const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
+    const int64_t Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(C, H, W, N);
+    #pragma omp for schedule(static)
+    for (int i = 0; i < C * th * tw; i++) {
+        const int c = i / (th * tw), tile = i % (th * tw), ty = tile / tw, tx = tile % tw;
+        const float *s = src + c * splane + (int64_t)(4 * ty) * srow + (int64_t)(4 * tx) * N;
+        const int64_t t = (int64_t)tile * N;
+        int n = 0;
+        if (N % VW == 0)
+            for (; n < N; n += VW) wg_in_vf(s + n, srow, N, dst + v_index(c, t + n, C, Tp), xstride);
+        for (; n < N; n++) wg_in_v1(s + n, srow, N, dst + v_index(c, t + n, C, Tp), xstride);
+    }
+}
+
+/* m[r][0 .. NV*VW) = sum over c of u[c][r] * v[c][...]: 4 output channels x NV vectors of
+ * columns in 4*NV accumulators; per input channel NV loads and 4 broadcasts feed 4*NV FMAs. */
+#define DEFINE_WG_GEMM(NV)                                                                     \
+static void wg_gemm_##NV(const float *restrict u, const float *restrict v, int cin, float *restrict m, int ms) { \
+    vf acc[4][NV];                                                                             \
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                                        \
+        _Pragma("GCC unroll 3") for (int j = 0; j < NV; j++) acc[r][j] = (vf){0};              \
+    for (int c = 0; c < cin; c++) {                                                            \
+        vf x[NV];                                                                              \
+        _Pragma("GCC unroll 3") for (int j = 0; j < NV; j++) {                                 \
+            x[j] = *(const vf *)(v + (c * NV + j) * VW);                                       \
+            __asm__("" : "+x"(x[j])); /* one load per vector, not one per FMA (GCC folds) */   \
+        }                                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                                  \
+            const float w = u[c * 4 + r];                                                      \
+            _Pragma("GCC unroll 3") for (int j = 0; j < NV; j++) acc[r][j] += w * x[j];        \
+        }                                                                                      \
+    }                                                                                          \
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                                        \
+        _Pragma("GCC unroll 3") for (int j = 0; j < NV; j++) *(vf *)(m + r * ms + j * VW) = acc[r][j]; \
+}
+DEFINE_WG_GEMM(1)
+DEFINE_WG_GEMM(2)
+DEFINE_WG_GEMM(3)
+
+/* A^T M A of one column (or VT-wide run of columns) of one output channel: m holds its 36
+ * products xstride floats apart; + bias, + residual, ReLU, stored as the 4x4 output tile at
+ * d (rows drow floats apart, pixels N apart). */
+#define DEFINE_WG_OUT(VT)                                                                      \
+static void wg_out_##VT(const float *restrict m, int64_t xstride, float b, float *restrict d, int64_t drow, \
+                        int N, const float *restrict res, int relu) {                          \
+    VT x[6][6], t[4][6];                                                                       \
+    _Pragma("GCC unroll 36") for (int i = 0; i < 36; i++) x[i / 6][i % 6] = *(const VT *)(m + i * xstride); \
+    _Pragma("GCC unroll 6") for (int c = 0; c < 6; c++) {                                      \
+        const VT a = x[1][c] + x[2][c], s = x[1][c] - x[2][c];                                 \
+        const VT e = x[3][c] + x[4][c], f = x[3][c] - x[4][c];                                 \
+        t[0][c] = x[0][c] + a + e;                                                             \
+        t[1][c] = s + 2.f * f;                                                                 \
+        t[2][c] = a + 4.f * e;                                                                 \
+        t[3][c] = s + 8.f * f + x[5][c];                                                       \
+    }                                                                                          \
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                                      \
+        const VT *y = t[r];                                                                    \
+        const VT a = y[1] + y[2], s = y[1] - y[2], e = y[3] + y[4], f = y[3] - y[4];           \
+        VT o[4] = {y[0] + a + e + b, s + 2.f * f + b, a + 4.f * e + b, s + 8.f * f + y[5] + b}; \
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {                                  \
+            const int64_t at = r * drow + (int64_t)k * N;                                      \
+            if (res) o[k] += *(const VT *)(res + at);                                          \
+            if (relu) { const VT z = {0}; o[k] = (VT)((i_##VT)o[k] & (o[k] > z)); }               \
+            *(VT *)(d + at) = o[k];                                                            \
+        }                                                                                      \
+    }                                                                                          \
+}
+DEFINE_WG_OUT(vf)
+DEFINE_WG_OUT(v1)
+
+/* v: V of the input (winograd_input_body); u: packed weights; dst/res: padded (Cout, H+2,
+ * W+2, N), interiors only. Work items (panel, GB blocks of 4 output channels), panels
+ * outermost so that a thread's consecutive items share their V panel; inside an item each
+ * transform point's V panel (Cin x PW floats) is read from L1 by all GB blocks. */
+#define GB 4
+
+/* Each thread's buffer for the 36 products of its item (36 x 4*GB x PW floats: 55 KiB with
+ * AVX2, 110 KiB with AVX-512, too large to put on an OpenMP worker's stack safely), kept for
+ * the thread's lifetime. */
+static __thread float *tl_buf;
+static __thread int64_t tl_cap;
+static float *thread_buffer(int64_t floats) {
+    if (floats > tl_cap) {
+        free(tl_buf);
+        tl_buf = aligned_alloc(64, (size_t)floats * sizeof(float));
+        tl_cap = floats;
+    }
+    return tl_buf;
+}
+void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, const float *u, const float *bias,
+                        float *dst, const float *res, int relu) {
+    const int tw = W / 4;
+    const int64_t T = wg_cols(H, W, N), Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(Cin, H, W, N);
+    const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB;
+    const int64_t drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
+    const int ms = 4 * GB * PW;
+    float *m = thread_buffer(36 * (int64_t)ms);
+    #pragma omp for schedule(static) collapse(2)
+    for (int p = 0; p < np; p++) {
+        for (int gb = 0; gb < ngb; gb++) {
+            const int cb0 = gb * GB, nb = ncb - cb0 < GB ? ncb - cb0 : GB;
+            const int64_t t0 = (int64_t)p * PW;
+            const int wp = (int)(Tp - t0 < PW ? Tp - t0 : PW);
+            for (int xi = 0; xi < 36; xi++) {
+                const float *vv = v + xi * xstride + t0 * Cin;
+                for (int b = 0; b < nb; b++) {
+                    const float *uu = u + ((int64_t)xi * ncb + cb0 + b) * Cin * 4;
+                    float *mm = m + xi * ms + b * 4 * PW;
+                    if (wp == 3 * VW) wg_gemm_3(uu, vv, Cin, mm, PW);
+                    else if (wp == 2 * VW) wg_gemm_2(uu, vv, Cin, mm, PW);
+                    else wg_gemm_1(uu, vv, Cin, mm, PW);
+                }
+            }
+            const int64_t tend = T < t0 + wp ? T : t0 + wp;
+            for (int r = 0; r < 4 * nb; r++) {
+                const int co = cb0 * 4 + r;
+                for (int64_t t = t0; t < tend;) {
+                    const int64_t tile = t / N, n = t % N;
+                    const int64_t at = co * dplane + (4 * (tile / tw) + 1) * drow + (4 * (tile % tw) + 1) * N + n;
+                    if (N % VW == 0) {
+                        wg_out_vf(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
+                        t += VW;
+                    } else {
+                        wg_out_v1(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
+                        t++;
+                    }
+                }
+            }
+        }
+    }
+}
