@@ -16,8 +16,8 @@
  *  2. per (panel, block of 4 output channels): 36 GEMMs of 4 x Cin x panel in registers into
  *     a small buffer that stays in L1, then the output transform, bias, residual and ReLU,
  *     stored straight into the padded output: the 36 products never go to memory.
- * Batch innermost: with N a multiple of the vector width every transform is vectorised over
- * images; otherwise (batch 1) it runs per column and the GEMM still vectorises over tiles.
+ * Batch innermost: with N of at least the vector width the transforms are vectorised over
+ * images; smaller batches (batch 1) run them per column and the GEMM vectorises over tiles.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,7 +27,12 @@
 
 #define PW (3 * VW)
 
-static inline int64_t wg_cols(int H, int W, int N) { return (int64_t)(H / 4) * (W / 4) * N; }
+/* Columns per tile: the batch, rounded up to whole vectors where it is larger than one and not
+ * a multiple (a batch of 250 takes 256 columns per tile), so that every vector of images lies
+ * in one GEMM panel; the extra columns are computed and dropped. */
+static inline int wg_np(int N) { return N > VW && N % VW ? (N + VW - 1) / VW * VW : N; }
+
+static inline int64_t wg_cols(int H, int W, int N) { return (int64_t)(H / 4) * (W / 4) * wg_np(N); }
 
 /* Columns rounded up to whole vectors: the GEMM computes the padding columns and drops them. */
 static inline int64_t wg_cols_padded(int H, int W, int N) { return (wg_cols(H, W, N) + VW - 1) / VW * VW; }
@@ -87,10 +92,10 @@ void winograd_input_body(const float *src, int C, int H, int W, int N, float *ds
     for (int i = 0; i < C * th * tw; i++) {
         const int c = i / (th * tw), tile = i % (th * tw), ty = tile / tw, tx = tile % tw;
         const float *s = src + c * splane + (int64_t)(4 * ty) * srow + (int64_t)(4 * tx) * N;
-        const int64_t t = (int64_t)tile * N;
+        const int64_t t = (int64_t)tile * wg_np(N);
         int n = 0;
-        if (N % VW == 0)
-            for (; n < N; n += VW) wg_in_vf(s + n, srow, N, dst + v_index(c, t + n, C, Tp), xstride);
+        if (wg_np(N) % VW == 0)
+            for (; n + VW <= N; n += VW) wg_in_vf(s + n, srow, N, dst + v_index(c, t + n, C, Tp), xstride);
         for (; n < N; n++) wg_in_v1(s + n, srow, N, dst + v_index(c, t + n, C, Tp), xstride);
     }
 }
@@ -174,7 +179,7 @@ void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, 
                         float *dst, const float *res, int relu) {
     const int tw = W / 4;
     const int64_t T = wg_cols(H, W, N), Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(Cin, H, W, N);
-    const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB;
+    const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB, np_ = wg_np(N);
     const int64_t drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
     const int ms = 4 * GB * PW;
     float *m = thread_buffer(36 * (int64_t)ms);
@@ -198,9 +203,13 @@ void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, 
             for (int r = 0; r < 4 * nb; r++) {
                 const int co = cb0 * 4 + r;
                 for (int64_t t = t0; t < tend;) {
-                    const int64_t tile = t / N, n = t % N;
+                    const int64_t tile = t / np_, n = t % np_;
+                    if (n >= N) {
+                        t = (tile + 1) * np_;
+                        continue;
+                    }
                     const int64_t at = co * dplane + (4 * (tile / tw) + 1) * drow + (4 * (tile % tw) + 1) * N + n;
-                    if (N % VW == 0) {
+                    if (np_ % VW == 0 && n + VW <= N) {
                         wg_out_vf(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
                         t += VW;
                     } else {
