@@ -34,7 +34,7 @@ _SIGNATURES = {
 
 SOURCES = ("sparse_conv.c", "winograd.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV = range(7)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED = range(8)
 
 
 class Step(ctypes.Structure):
@@ -66,15 +66,19 @@ def split_step(src: np.ndarray, dst: np.ndarray) -> Step:
     return Step(kind=SPLIT, src=src.ctypes.data, C=c, H=hp, W=wp, N=n, dst=dst.ctypes.data)
 
 
-def winograd_steps(src: np.ndarray, scratch: np.ndarray, u: np.ndarray, bias: np.ndarray, dst: np.ndarray,
+def winograd_steps(src: np.ndarray, scratch: np.ndarray | None, u: np.ndarray, bias: np.ndarray, dst: np.ndarray,
                    res: np.ndarray | None, relu: bool) -> list[Step]:
-    """The two steps of one Winograd F(4x4, 3x3) convolution over padded (C, H+2, W+2, N) ``src``
-    (H, W multiples of 4): input transform into ``scratch`` (at least
-    ``winograd_scratch_floats`` floats), then GEMMs with the packed transformed weights ``u``
-    (``sparse._winograd_weights``) and the output transform into ``dst``. Raw addresses: the
-    caller keeps the arrays alive."""
+    """One Winograd F(4x4, 3x3) convolution over padded (C, H+2, W+2, N) ``src`` (H, W multiples
+    of 4) with the packed transformed weights ``u`` (``sparse._winograd_weights``) into ``dst``:
+    with ``scratch`` (at least ``winograd_scratch_floats`` floats), two steps (input transform
+    into it, then GEMMs and output transform); without, the fused step (per-panel transform in
+    each thread's cache). Raw addresses: the caller keeps the arrays alive."""
     c, hp, wp, n = src.shape
     cout = dst.shape[0]
+    if scratch is None:
+        return [Step(kind=WG_FUSED, src=src.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, Cout=cout, val=u.ctypes.data,
+                     bias=bias.ctypes.data, dst=dst.ctypes.data, res=None if res is None else res.ctypes.data,
+                     relu=int(relu))]
     return [Step(kind=WG_INPUT, src=src.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, dst=scratch.ctypes.data),
             Step(kind=WG_CONV, src=scratch.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, Cout=cout, val=u.ctypes.data,
                  bias=bias.ctypes.data, dst=dst.ctypes.data, res=None if res is None else res.ctypes.data,
@@ -134,6 +138,8 @@ def library() -> ctypes.CDLL:
     lib.channels_per_group.restype = ctypes.c_int
     lib.winograd_scratch_floats.argtypes = [ctypes.c_int] * 4
     lib.winograd_scratch_floats.restype = ctypes.c_int64
+    lib.winograd_panels.argtypes = [ctypes.c_int] * 3
+    lib.winograd_panels.restype = ctypes.c_int
     lib.vector_width.argtypes = []
     lib.vector_width.restype = ctypes.c_int
     return lib

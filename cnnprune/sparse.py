@@ -10,10 +10,17 @@ Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
   Each output channel's nonzeros are cut into input-channel groups (``_group_size``) so that
   what a register tile reads stays in L1 while the whole output-channel chunk uses it; offsets
   are 16-bit where they fit (``_sparse_operands``).
-  Per layer and per batch size it times the sparse kernel against PyTorch's dense
-  convolution (oneDNN) on the same shape, once, and keeps the faster (``layer_choice``); unless
-  the whole sparse network beats dense onnxruntime at that batch size by at least 5 % (lightly
-  pruned models), it runs onnxruntime instead (``engine_for``), so it is never slower than dense.
+  Global pruning leaves the early layers dense (layer1 keeps ~57 % of its weights at 90 %
+  global sparsity), and there a kernel doing one multiply-add per nonzero does more work than
+  Winograd F(4x4, 3x3) (``csrc/winograd.c``: 36 products per 4x4 tile and channel pair, the
+  equivalent of 75 % sparsity, as dense GEMMs near the FMA peak), so 3x3 stride-1 layers may
+  also run that way. It is a dense algorithm: what it gains is not pruning's, and the report
+  shows the same engine on the unpruned model beside the pruned ones to keep the two apart.
+  Per layer and per batch size it times the sparse kernel, Winograd (where the shape allows)
+  and PyTorch's dense convolution (oneDNN) on the same shape, once, and keeps the fastest
+  (``layer_choice``); unless the whole network beats dense onnxruntime at that batch size by
+  at least 5 % (lightly pruned models), it runs onnxruntime instead (``engine_for``), so it
+  is never slower than dense.
   Threads: ``threads`` (default: torch's), used by the kernels and the fallback alike.
 - ``torch-csr``: the naive reference, ``torch.sparse`` CSR × unfolded input (cuSPARSE on
   CUDA), for the comparison and for GPUs; ``torch-2:4`` and ``torch-gemm`` run the same
@@ -106,6 +113,10 @@ def fold_resnet(state: dict[str, torch.Tensor]) -> FoldedResNet:
 
 
 MODES = ("sparse", "winograd", "dense")
+# Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
+# transformed input kept in each thread's cache; 2-8 % faster over the network at batch 32
+# (75 and 90 %, same-process A/B); with fewer panels the two-step variant spreads the work better.
+FUSED_PANELS_PER_THREAD = 2
 
 
 @dataclass
@@ -125,6 +136,7 @@ class _ConvPlan:
     val: np.ndarray | None = None
     bias: np.ndarray | None = None
     u: np.ndarray | None = None
+    fused: bool = False
     ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -211,13 +223,16 @@ class NativeSparseResNet(nn.Module):
     """The folded network executed by the C kernels; see the module docstring."""
 
     def __init__(self, net: FoldedResNet, threads: int | None = None, calibrate: bool = True,
-                 dense_fallback: nn.Module | None = None, winograd: bool = True) -> None:
+                 dense_fallback: nn.Module | None = None, winograd: bool = True, layer_mode: str | None = None) -> None:
         super().__init__()
         from cnnprune.kernels import library
 
+        if layer_mode not in (None, "sparse", "winograd"):
+            raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd' or None (timed per layer)")
         self.lib = library()
         self.net = net
-        self.winograd = winograd
+        self.winograd = winograd or layer_mode == "winograd"
+        self.layer_mode = layer_mode
         self._fallback = _ort_session(dense_fallback, threads or torch.get_num_threads()) \
             if dense_fallback is not None and calibrate else None
         self.threads = threads or torch.get_num_threads()
@@ -240,6 +255,7 @@ class NativeSparseResNet(nn.Module):
             p.bias = conv.bias.numpy().astype(np.float32)
             if self.winograd and winograd_eligible(conv, hin, win):
                 p.u = _winograd_weights(conv)
+                p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
             plans[conv.name] = p
             return ho, wo
 
@@ -253,7 +269,10 @@ class NativeSparseResNet(nn.Module):
             h, w = h2, w2
         plan = {"convs": plans, "final_hw": (h, w)}
         self._plans[n] = plan
-        if self.calibrate:
+        if self.layer_mode is not None:
+            for p in plans.values():
+                p.mode = "winograd" if self.layer_mode == "winograd" and p.u is not None else "sparse"
+        elif self.calibrate:
             self._choose_layers(n, plan)
         return plan
 
@@ -268,7 +287,7 @@ class NativeSparseResNet(nn.Module):
             src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
             dst = _padded(cout, p.ho, p.wo, n, arena)
             phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
-            scratch = arena.zeros((self._scratch_floats(p, n),)) if p.u is not None else None
+            scratch = arena.zeros((self._scratch_floats(p, n),)) if p.u is not None and not p.fused else None
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), []),
                     "dense": lambda: self._dense_conv(p, src, dst, None, True)}
             if p.u is not None:
@@ -337,7 +356,7 @@ class NativeSparseResNet(nn.Module):
         from cnnprune.kernels import conv_step, split_step, winograd_steps
 
         if mode == "winograd":
-            return winograd_steps(src, scratch, p.u, p.bias, dst, res, relu)
+            return winograd_steps(src, None if p.fused else scratch, p.u, p.bias, dst, res, relu)
         steps = []
         if p.conv.stride == 2 and split:
             steps.append(split_step(src, phase))
@@ -372,7 +391,7 @@ class NativeSparseResNet(nn.Module):
         keep = [xbuf, inp, a, cur]
         items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=32, W=32, dst=inp.ctypes.data)]
 
-        sizes = [self._scratch_floats(p, n) for p in convs.values() if p.mode == "winograd"]
+        sizes = [self._scratch_floats(p, n) for p in convs.values() if p.mode == "winograd" and not p.fused]
         scratch = arena.zeros((max(sizes),)) if sizes else None
         keep.append(scratch)
 
@@ -598,19 +617,24 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
          calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
-         backend: str = "cusparselt", winograd: bool = True) -> nn.Module:
+         backend: str = "cusparselt", winograd: bool = True, layer_mode: str | None = None) -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
 
-    ``engine``: ``native`` (C kernels, CPU, per-layer dense/sparse choice), ``torch-csr``
-    (``torch.sparse``; CPU or CUDA), ``torch-2:4`` (semi-structured sparse tensor cores; CUDA,
-    a checkpoint pruned 2:4) or ``torch-gemm`` (the same im2col path with dense weights).
-    ``threads``: CPU threads for the native kernels. ``calibrate``: time sparse against dense
-    per layer and per batch size on first use (a few hundred ms per new batch size) and keep
-    the faster; ``dense_fallback``: also compare the whole sparse network with dense
-    onnxruntime and run that where it wins, so the result is never slower than dense. Without
-    calibration every layer runs sparse. ``dtype`` (im2col engines): compute precision,
-    default float32, float16 for ``torch-2:4``; ``backend`` (``torch-2:4``): ``cusparselt`` or
-    ``cutlass``.
+    ``engine``: ``native`` (C kernels, CPU, per-layer choice of sparse kernel, Winograd or
+    dense), ``torch-csr`` (``torch.sparse``; CPU or CUDA), ``torch-2:4`` (semi-structured sparse
+    tensor cores; CUDA, a checkpoint pruned 2:4) or ``torch-gemm`` (the same im2col path with
+    dense weights).
+    ``threads``: CPU threads for the native kernels. ``calibrate``: time each way a layer can
+    run (sparse kernel, Winograd, dense oneDNN) per layer and per batch size on first use (a
+    few hundred ms per new batch size; seconds at batch 250) and keep the fastest;
+    ``dense_fallback``: also compare the whole network with dense onnxruntime and run that
+    where it wins, so the result is never slower than dense. Without calibration every layer
+    runs sparse. ``winograd``: let calibration pick Winograd F(4x4, 3x3) (a dense algorithm
+    with 4x fewer multiplies; fp32 rounding error about 10x a direct convolution's) where it is faster; False keeps the
+    sparse kernel and dense oneDNN only. ``layer_mode`` ("sparse" or "winograd"): run every
+    layer that can this way, no per-layer timing (tests, A/B measurements). ``dtype`` (im2col
+    engines): compute precision, default float32, float16 for ``torch-2:4``; ``backend``
+    (``torch-2:4``): ``cusparselt`` or ``cutlass``.
     """
     if engine not in ENGINES:
         raise CnnpruneError(f"engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
@@ -638,5 +662,5 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
         if dense_fallback:
             dense = build_model()
             dense.load_state_dict(state)
-        return NativeSparseResNet(net, threads, calibrate, dense, winograd)
+        return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)

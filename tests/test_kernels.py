@@ -1,5 +1,7 @@
-"""The C sparse convolution against F.conv2d on single layers: every tile shape, row remainder,
-input-channel grouping, stride, empty channel and thread count the network can produce."""
+"""The C kernels against F.conv2d on single layers: the sparse convolution with every tile
+shape, row remainder, input-channel grouping, stride, empty channel and thread count the
+network can produce; Winograd F(4x4, 3x3), two-step and fused, at every batch class (one
+column per tile, fewer images than a vector, whole vectors, vectors plus a remainder)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnprune.kernels import Step, conv_step, library, split_step
-from cnnprune.sparse import FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw
+from cnnprune.kernels import Step, conv_step, library, split_step, winograd_steps
+from cnnprune.sparse import (FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw, _winograd_weights,
+                             winograd_eligible)
 
 
 def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
@@ -100,3 +103,81 @@ def test_channels_per_group_keeps_a_tile_in_l1() -> None:
     assert lib.channels_per_group(16, 16, 1, 1, 3, 20) == 20, "never more than the layer has"
     # batch 1, 2x2 maps: rows of one vector or less are one group (the nonzeros' stream is the cost)
     assert lib.channels_per_group(2, 2, 1, 1, 3, 512) == 512
+
+
+def run_winograd(conv: FoldedConv, x: torch.Tensor, threads: int, fused: bool, res: torch.Tensor | None = None,
+                 relu: bool = True) -> torch.Tensor:
+    lib = library()
+    n, cin, h, w = x.shape
+    cout = conv.weight.shape[0]
+    src, dst = _padded(cin, h, w, n), _padded(cout, h, w, n)
+    _from_nchw(x, src)
+    resbuf = None
+    if res is not None:
+        resbuf = _padded(cout, h, w, n)
+        _from_nchw(res, resbuf)
+    # scratch full of NaN: a product of an unwritten padding column must never reach the output
+    scratch = None if fused else np.full(lib.winograd_scratch_floats(cin, h, w, n), np.nan, dtype=np.float32)
+    u, bias = _winograd_weights(conv), conv.bias.numpy()
+    steps = winograd_steps(src, scratch, u, bias, dst, resbuf, relu)
+    lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
+    assert not dst[:, 0].any() and not dst[:, -1].any() and not dst[:, :, 0].any() and not dst[:, :, -1].any(), \
+        "the zero border is kept"
+    return _to_nchw(dst)
+
+
+def winograd_tolerance(want: torch.Tensor) -> float:
+    """F(4x4, 3x3) in fp32 rounds about 10x more than a direct convolution (its transforms
+    multiply by up to 8 and divide by 24); measured ~1e-5 of the largest output here."""
+    return 5e-5 * float(want.abs().max()) + 1e-6
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 13, 32])
+@pytest.mark.parametrize("hw", [16, 8, 4])
+@pytest.mark.parametrize("fused", [False, True])
+def test_winograd_matches_conv2d(n: int, hw: int, fused: bool) -> None:
+    conv = random_conv(20, 24, 3, 1, 0.6, seed=n * 10 + hw)
+    x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(n))
+    res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n + 1))
+    for r, relu in ((None, True), (res, True), (res, False)):
+        want = reference(conv.__class__(conv.name, conv.weight.double(), conv.bias.double(), 1, 1), x.double(),
+                         None if r is None else r.double(), relu)
+        for threads in (1, 2):
+            got = run_winograd(conv, x, threads, fused, r, relu)
+            assert (got.double() - want).abs().max() <= winograd_tolerance(want), (threads, relu, r is None)
+
+
+def test_winograd_weights_are_g_g_gt_packed_by_four_output_channels() -> None:
+    conv = random_conv(6, 8, 3, 1, 0.7, seed=11)
+    u = _winograd_weights(conv)
+    assert u.shape == (36, 2, 6, 4) and u.dtype == np.float32
+    g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+    co, ci = 5, 3
+    want = g @ conv.weight[co, ci].double().numpy() @ g.T
+    assert np.allclose(u[:, co // 4, ci, co % 4].reshape(6, 6), want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception, match="multiple of 4"):
+        _winograd_weights(random_conv(6, 6, 3, 1, 0.7, seed=1))
+
+
+def test_winograd_covers_only_3x3_stride_1_maps_that_tile_by_4() -> None:
+    def conv(cin: int, k: int, stride: int) -> FoldedConv:
+        return FoldedConv("c", torch.ones(8, cin, k, k), torch.zeros(8), stride, 1 if k == 3 else 0)
+
+    assert winograd_eligible(conv(64, 3, 1), 16, 16) and winograd_eligible(conv(64, 3, 1), 4, 4)
+    assert not winograd_eligible(conv(64, 3, 2), 16, 16), "stride 2"
+    assert not winograd_eligible(conv(64, 1, 1), 16, 16), "1x1"
+    assert not winograd_eligible(conv(64, 3, 1), 2, 2), "layer4's 2x2 maps"
+    assert not winograd_eligible(conv(3, 3, 1), 32, 32), "the stem's 3 input channels"
+
+
+def test_winograd_scratch_and_panels() -> None:
+    lib = library()
+    vw = lib.vector_width()
+    assert vw in (8, 16)
+    # batch 32, 16x16 map: 16 tiles x 32 columns, 36 transform points, one padding line each
+    assert lib.winograd_scratch_floats(64, 16, 16, 32) == 36 * (64 * 512 + 16)
+    assert lib.winograd_panels(16, 16, 32) == -(-512 // (3 * vw))
+    # batch 250 takes whole vectors per tile; batch 1 one column per tile, rounded to a vector
+    assert lib.winograd_panels(4, 4, 250) == -(-(-(-250 // vw) * vw) // (3 * vw))
+    assert lib.winograd_scratch_floats(8, 16, 16, 1) == 36 * (8 * 16 + 16)

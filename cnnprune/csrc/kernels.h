@@ -31,7 +31,7 @@ typedef int32_t i_v1 __attribute__((vector_size(4)));
  * barrier that closes each step's loop instead of being started and stopped per operation,
  * and Python calls once per run of consecutive native steps. Field use per kind: see each
  * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output. */
-enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6 };
+enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7 };
 typedef struct {
     int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16;
     int64_t src_row;
@@ -42,8 +42,11 @@ typedef struct {
     const float *val, *bias;
 } step_t;
 
-/* Winograd F(4x4, 3x3) of winograd.c: the input transform and the GEMM + output transform. */
+/* Winograd F(4x4, 3x3) of winograd.c: the input transform and the GEMM + output transform
+ * (two steps), or both in one (fused). */
 void winograd_input_body(const float *src, int C, int H, int W, int N, float *dst);
 void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, const float *u, const float *bias,
                         float *dst, const float *res, int relu);
+void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cout, const float *u,
+                         const float *bias, float *dst, const float *res, int relu);
 #endif

@@ -314,6 +314,9 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_WG_CONV:
             winograd_conv_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->val, s->bias, s->dst, s->res, s->relu);
             break;
+        case STEP_WG_FUSED:
+            winograd_fused_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->val, s->bias, s->dst, s->res, s->relu);
+            break;
         }
     }
 }

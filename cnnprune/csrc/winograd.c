@@ -162,62 +162,119 @@ DEFINE_WG_OUT(v1)
  * transform point's V panel (Cin x PW floats) is read from L1 by all GB blocks. */
 #define GB 4
 
-/* Each thread's buffer for the 36 products of its item (36 x 4*GB x PW floats: 55 KiB with
- * AVX2, 110 KiB with AVX-512, too large to put on an OpenMP worker's stack safely), kept for
- * the thread's lifetime. */
-static __thread float *tl_buf;
-static __thread int64_t tl_cap;
-static float *thread_buffer(int64_t floats) {
-    if (floats > tl_cap) {
-        free(tl_buf);
-        tl_buf = aligned_alloc(64, (size_t)floats * sizeof(float));
-        tl_cap = floats;
+/* Per-thread buffers (0: the 36 products of an item, 36 x 4*GB x PW floats, 55 KiB with AVX2;
+ * 1: a fused item's transformed input panel, 36 x (Cin x PW + 16) floats), too large for an
+ * OpenMP worker's stack, kept for the thread's lifetime. */
+static __thread float *tl_buf[2];
+static __thread int64_t tl_cap[2];
+static float *thread_buffer(int which, int64_t floats) {
+    if (floats > tl_cap[which]) {
+        free(tl_buf[which]);
+        tl_buf[which] = aligned_alloc(64, (size_t)floats * sizeof(float));
+        tl_cap[which] = floats;
     }
-    return tl_buf;
+    return tl_buf[which];
 }
+
+/* One item: the GEMMs of panel columns t0 .. t0+wp-1 (transform point xi's panel at vp +
+ * xi*xs, Cin rows of wp floats) with output-channel blocks cb0 .. cb0+nb-1, each point's
+ * panel read from L1 by all nb blocks, then the output transform into dst. m: the item's
+ * product buffer. */
+static void wg_item(const float *vp, int64_t xs, int Cin, int H, int W, int N, int Cout, int64_t t0, int wp, int cb0,
+                    int nb, const float *u, const float *bias, float *dst, const float *res, int relu, float *m) {
+    const int tw = W / 4, ncb = Cout / 4, np_ = wg_np(N), ms = 4 * GB * PW;
+    const int64_t T = wg_cols(H, W, N), drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
+    for (int xi = 0; xi < 36; xi++) {
+        const float *vv = vp + xi * xs;
+        for (int b = 0; b < nb; b++) {
+            const float *uu = u + ((int64_t)xi * ncb + cb0 + b) * Cin * 4;
+            float *mm = m + xi * ms + b * 4 * PW;
+            if (wp == 3 * VW) wg_gemm_3(uu, vv, Cin, mm, PW);
+            else if (wp == 2 * VW) wg_gemm_2(uu, vv, Cin, mm, PW);
+            else wg_gemm_1(uu, vv, Cin, mm, PW);
+        }
+    }
+    const int64_t tend = T < t0 + wp ? T : t0 + wp;
+    for (int r = 0; r < 4 * nb; r++) {
+        const int co = cb0 * 4 + r;
+        for (int64_t t = t0; t < tend;) {
+            const int64_t tile = t / np_, n = t % np_;
+            if (n >= N) {
+                t = (tile + 1) * np_;
+                continue;
+            }
+            const int64_t at = co * dplane + (4 * (tile / tw) + 1) * drow + (4 * (tile % tw) + 1) * N + n;
+            if (np_ % VW == 0 && n + VW <= N) {
+                wg_out_vf(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
+                t += VW;
+            } else {
+                wg_out_v1(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
+                t++;
+            }
+        }
+    }
+}
+
+/* v: V of the input (winograd_input_body); u: packed weights; dst/res: padded (Cout, H+2,
+ * W+2, N), interiors only. Work items (panel, GB blocks of 4 output channels), panels
+ * outermost so that a thread's consecutive items share their V panel. */
 void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, const float *u, const float *bias,
                         float *dst, const float *res, int relu) {
-    const int tw = W / 4;
-    const int64_t T = wg_cols(H, W, N), Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(Cin, H, W, N);
-    const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB, np_ = wg_np(N);
-    const int64_t drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
-    const int ms = 4 * GB * PW;
-    float *m = thread_buffer(36 * (int64_t)ms);
+    const int64_t Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(Cin, H, W, N);
+    const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB;
+    float *m = thread_buffer(0, 36 * 4 * GB * PW);
     #pragma omp for schedule(static) collapse(2)
     for (int p = 0; p < np; p++) {
         for (int gb = 0; gb < ngb; gb++) {
-            const int cb0 = gb * GB, nb = ncb - cb0 < GB ? ncb - cb0 : GB;
             const int64_t t0 = (int64_t)p * PW;
-            const int wp = (int)(Tp - t0 < PW ? Tp - t0 : PW);
-            for (int xi = 0; xi < 36; xi++) {
-                const float *vv = v + xi * xstride + t0 * Cin;
-                for (int b = 0; b < nb; b++) {
-                    const float *uu = u + ((int64_t)xi * ncb + cb0 + b) * Cin * 4;
-                    float *mm = m + xi * ms + b * 4 * PW;
-                    if (wp == 3 * VW) wg_gemm_3(uu, vv, Cin, mm, PW);
-                    else if (wp == 2 * VW) wg_gemm_2(uu, vv, Cin, mm, PW);
-                    else wg_gemm_1(uu, vv, Cin, mm, PW);
+            const int wp = (int)(Tp - t0 < PW ? Tp - t0 : PW), cb0 = gb * GB;
+            wg_item(v + t0 * Cin, xstride, Cin, H, W, N, Cout, t0, wp, cb0, ncb - cb0 < GB ? ncb - cb0 : GB, u, bias,
+                    dst, res, relu, m);
+        }
+    }
+}
+
+/* Number of GEMM panels of a layer: what the fused variant divides among threads. */
+int winograd_panels(int H, int W, int N) { return (int)((wg_cols_padded(H, W, N) + PW - 1) / PW); }
+
+/* The fused variant, for layers with several panels per thread (batch 32: 22 panels in
+ * layer1, 6 in layer2): one work item per panel transforms that panel's input into a
+ * per-thread buffer and runs every output-channel block over it, so the transformed input
+ * never leaves the core's caches (the two-step variant writes and rereads 4.7 MB of it per
+ * layer at batch 32). Columns past the batch or the layer are zeroed, so that the products
+ * dropped with them stay finite. */
+void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cout, const float *u,
+                         const float *bias, float *dst, const float *res, int relu) {
+    const int tw = W / 4, np_ = wg_np(N), ncb = Cout / 4;
+    const int64_t T = wg_cols(H, W, N), Tp = wg_cols_padded(H, W, N);
+    const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
+    const int np = (int)((Tp + PW - 1) / PW);
+    const int64_t xs = (int64_t)Cin * PW + 16;
+    float *m = thread_buffer(0, 36 * 4 * GB * PW), *vp = thread_buffer(1, 36 * xs);
+    #pragma omp for schedule(static)
+    for (int p = 0; p < np; p++) {
+        const int64_t t0 = (int64_t)p * PW;
+        const int wp = (int)(Tp - t0 < PW ? Tp - t0 : PW);
+        for (int c = 0; c < Cin; c++) {
+            for (int64_t t = t0; t < t0 + wp;) {
+                const int64_t tile = t / np_, n = t % np_;
+                float *o = vp + c * wp + (t - t0);
+                if (t >= T || n >= N) {
+                    for (int xi = 0; xi < 36; xi++) o[xi * xs] = 0.f;
+                    t++;
+                    continue;
                 }
-            }
-            const int64_t tend = T < t0 + wp ? T : t0 + wp;
-            for (int r = 0; r < 4 * nb; r++) {
-                const int co = cb0 * 4 + r;
-                for (int64_t t = t0; t < tend;) {
-                    const int64_t tile = t / np_, n = t % np_;
-                    if (n >= N) {
-                        t = (tile + 1) * np_;
-                        continue;
-                    }
-                    const int64_t at = co * dplane + (4 * (tile / tw) + 1) * drow + (4 * (tile % tw) + 1) * N + n;
-                    if (np_ % VW == 0 && n + VW <= N) {
-                        wg_out_vf(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
-                        t += VW;
-                    } else {
-                        wg_out_v1(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, N, res ? res + at : 0, relu);
-                        t++;
-                    }
+                const float *s = src + c * splane + (int64_t)(4 * (tile / tw)) * srow + (int64_t)(4 * (tile % tw)) * N + n;
+                if (np_ % VW == 0 && n + VW <= N) {
+                    wg_in_vf(s, srow, N, o, xs);
+                    t += VW;
+                } else {
+                    wg_in_v1(s, srow, N, o, xs);
+                    t++;
                 }
             }
         }
+        for (int cb0 = 0; cb0 < ncb; cb0 += GB)
+            wg_item(vp, xs, Cin, H, W, N, Cout, t0, wp, cb0, ncb - cb0 < GB ? ncb - cb0 : GB, u, bias, dst, res, relu, m);
     }
 }
