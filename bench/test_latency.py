@@ -97,7 +97,9 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
     })
     if engine == "sparse":
         benchmark.extra_info["sparse_engine_used"] = model.engine_for(batch)["engine"]
-        benchmark.extra_info["dense_layers"] = sum(v["engine"] == "dense" for v in model.layer_choice(batch).values())
+        modes = [v["engine"] for v in model.layer_choice(batch).values()]
+        benchmark.extra_info["dense_layers"] = modes.count("dense")
+        benchmark.extra_info["winograd_layers"] = modes.count("winograd")
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)
     del model, call
     gc.collect()  # free this engine's thread pools before the next case is timed

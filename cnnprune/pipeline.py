@@ -70,8 +70,8 @@ def code_hash(bench: bool = False) -> str:
     measurements; with ``bench``, the benchmark files too), so that a changed kernel
     invalidates earlier timings, accuracies and memory, and a changed harness only timings."""
     root = Path(__file__).resolve().parent
-    files = [root / "sparse.py", root / "kernels.py", root / "buffers.py", root / "csrc" / "sparse_conv.c",
-             root / "measure.py"]
+    files = [root / "sparse.py", root / "kernels.py", root / "buffers.py", root / "measure.py",
+             *(root / "csrc" / name for name in ("sparse_conv.c", "winograd.c", "kernels.h"))]
     if bench:
         files += [root.parent / "bench" / "conftest.py", root.parent / "bench" / "test_latency.py"]
     return _fingerprint(*[sha256_file(f) for f in files if f.is_file()])

@@ -69,6 +69,9 @@ def latency_rows(bench: dict) -> list[dict]:
         used = sorted({b["extra_info"]["sparse_engine_used"] for b in runs if "sparse_engine_used" in b["extra_info"]})
         if used:
             extra["sparse_engine_used"] = "+".join(used)
+        for key in ("dense_layers", "winograd_layers"):
+            if key in extra:
+                extra[key] = [b["extra_info"].get(key, 0) for b in runs]
         rows.append({**extra, **pooled, "rounds": sum(s["rounds"] for s in stats), "passes": len(runs),
                      "pass_medians_ms": medians, "name": runs[0]["name"]})
     return rows
@@ -262,6 +265,7 @@ def sparse_goals(results: dict) -> list[dict]:
         out.append({"model": r["model"], "batch": r["batch"], "goal": goal, "speedup": r["speedup_vs_best_dense"],
                     "speedup_range": [low, high], "paired": paired, "within_noise": within_noise,
                     "flop_limit": r["flop_limit"], "met": met, "above_flop_limit": goal > r["flop_limit"],
+                    "pruning_alone": r["speedup_vs_same_engine_unpruned"],
                     "sparse_engine_used": r["sparse_engine_used"]})
     return out
 
@@ -365,6 +369,24 @@ def _fallback_passes(used: str | None) -> str:
     return "some" if "onnxruntime" in (used or "") else ""
 
 
+def _layer_counts(value: int | list[int] | None) -> str:
+    """A per-pass layer count as "k" or "k1–k2" where passes chose differently ("" for none)."""
+    values = value if isinstance(value, list) else [value or 0]
+    lo, hi = min(values, default=0), max(values, default=0)
+    return "" if hi == 0 else (f"{lo}" if lo == hi else f"{lo}–{hi}")
+
+
+def _layer_marks(raw: dict) -> str:
+    """Latency-cell marks of the layers the native engine ran otherwise than sparse: "W k"
+    Winograd, "‡k" dense oneDNN."""
+    marks = []
+    if _layer_counts(raw.get("winograd_layers")):
+        marks.append(f"W{_layer_counts(raw.get('winograd_layers'))}")
+    if _layer_counts(raw.get("dense_layers")):
+        marks.append(f"‡{_layer_counts(raw.get('dense_layers'))}")
+    return (" " + " ".join(marks)) if marks else ""
+
+
 def _x(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
@@ -397,10 +419,12 @@ def claims(results: dict) -> list[dict]:
                      f"{_x(dense_best['speedup_vs_same_engine_unpruned_min'])}), "
                      f"{'above' if above else 'not above'} this run's noise in every pass.")
     for s in sorted(sparse_rows, key=lambda s: (s["batch"], s["model"])):
+        own = s["speedup_vs_same_engine_unpruned"]
         lines.append(f"cnnprune sparse, {s['model']}, batch {s['batch']}: {s['median_ms']:.2f} ms, "
                      f"{_x(s['speedup_vs_best_dense_unpruned'])} (lowest pass {_x(s['speedup_vs_best_dense_unpruned_min'])}) "
                      "vs the best dense engine on the unpruned model "
-                     f"(FLOP limit {_x(s['flop_limit'])}; ran: {s['sparse_engine_used']}).")
+                     f"(FLOP limit {_x(s['flop_limit'])}; ran: {s['sparse_engine_used']}"
+                     + (f"; the same engine on the unpruned model: {_x(own)} of it is pruning's" if own else "") + ").")
     lines += cuda_findings(results)
     dense_sig = [s for s in dense_rows if (s["speedup_vs_same_engine_unpruned_min"] or 0) >= threshold(s)]
     if dense_sig:
@@ -746,8 +770,8 @@ def markdown(results: dict, plot_names: list[str]) -> str:
              f"runs {results['memory_runs']} inferences at batch {max(cfg['batches'])}; the sparse form is measured "
              "without its in-memory dense fallback. Weights in memory are the bytes of the loaded tensors.")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
-             "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer dense/sparse "
-             "choice, dense onnxruntime fallback unless the whole sparse net is at least 5 % faster); `torch-csr` = naive "
+             "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer choice of "
+             "sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the whole sparse net is at least 5 % faster); `torch-csr` = naive "
              "`torch.sparse` CSR × im2col.\n")
 
     L.append("## The report's claims\n")
@@ -765,8 +789,8 @@ def markdown(results: dict, plot_names: list[str]) -> str:
         engines = [e for e in ("torch", "onnxruntime", "sparse", "torch-csr") if any(r["engine"] == e for r in rows)]
         L.append(f"### {device}, batch {batch}\n")
         L.append("| model | sparsity | " + " | ".join(f"{ENGINE_LABELS[e]} ms" for e in engines)
-                 + " | sparse speedup vs best dense | of FLOP limit |")
-        L.append("|---|---:|" + "---:|" * len(engines) + "---:|---:|")
+                 + " | sparse speedup vs best dense | of FLOP limit | sparse: unpruned / pruned |")
+        L.append("|---|---:|" + "---:|" * len(engines) + "---:|---:|---:|")
         for model in models:
             cells = []
             sparse_row = None
@@ -780,24 +804,31 @@ def markdown(results: dict, plot_names: list[str]) -> str:
                     fallback = _fallback_passes(raw.get("sparse_engine_used"))
                     if fallback:
                         cell += " †" if fallback == "all" else " (†)"
-                    elif raw.get("dense_layers"):
-                        cell += f" ‡{raw['dense_layers']}"
+                    else:
+                        cell += _layer_marks(raw)
                 cells.append(cell)
             sp_s = _x(sparse_row["speedup_vs_best_dense"]) if sparse_row else "–"
             frac = f"{sparse_row['fraction_of_flop_limit']:.0%} of {_x(sparse_row['flop_limit'])}" \
                 if sparse_row and sparse_row["fraction_of_flop_limit"] else "–"
-            L.append(f"| {model} | {_pct(models[model]['sparsity'])} | " + " | ".join(cells) + f" | {sp_s} | {frac} |")
+            own = _x(sparse_row["speedup_vs_same_engine_unpruned"]) \
+                if sparse_row and model != "unpruned" and sparse_row["speedup_vs_same_engine_unpruned"] else "–"
+            L.append(f"| {model} | {_pct(models[model]['sparsity'])} | " + " | ".join(cells)
+                     + f" | {sp_s} | {frac} | {own} |")
         L.append("")
     L.append("Speedup vs best dense = the faster of PyTorch eager and onnxruntime on the same model, same run, "
              "same threads, divided by the sparse engine's time (per pass, median over passes). FLOP limit = dense MACs / nonzero MACs. "
              "† = the sparse engine measured its sparse path slower than dense onnxruntime at this batch size and "
-             "ran onnxruntime; (†) = in some passes; ‡k = k of its 20 convolutions ran dense (oneDNN) because that was faster.\n")
+             "ran onnxruntime; (†) = in some passes; Wk = k of its 20 convolutions ran Winograd F(4x4, 3x3), "
+             "‡k = k ran dense oneDNN, because that was faster (k1–k2: passes chose differently). Winograd is a "
+             "dense algorithm (4x fewer multiplies than a direct convolution, for the densest layers): it can take "
+             "the speedup past 100 % of the FLOP limit, and it speeds up the unpruned model too. Pruning's own "
+             "share is the last column: the same engine's time on the unpruned model over its time on this one.\n")
 
     goals = sparse_goals(results)
     if goals:
         L.append("### The sparse engine against its goals\n")
-        L.append("| model | batch | goal vs best dense | measured | FLOP limit | verdict |")
-        L.append("|---|---:|---:|---:|---:|---|")
+        L.append("| model | batch | goal vs best dense | measured | FLOP limit | pruning alone | verdict |")
+        L.append("|---|---:|---:|---:|---:|---:|---|")
         for g in goals:
             verdict = "met" if g["met"] else "not met"
             if g["above_flop_limit"]:
@@ -808,9 +839,11 @@ def markdown(results: dict, plot_names: list[str]) -> str:
             if fallback:
                 verdict += "; ran the dense fallback" + ("" if fallback == "all" else " in some passes")
             L.append(f"| {g['model']} | {g['batch']} | {'never slower' if g['goal'] == 1.0 else _x(g['goal'])} | "
-                     f"{_x(g['speedup'])}{_range(g)} | {_x(g['flop_limit'])} | {verdict} |")
+                     f"{_x(g['speedup'])}{_range(g)} | {_x(g['flop_limit'])} | {_x(g['pruning_alone'])} | {verdict} |")
+        L.append("\nPruning alone = the same engine's time on the unpruned model over its time on this model: "
+                 "what the pruning itself buys inside the engine, Winograd and kernels being equal.")
         if any(g["paired"] for g in goals):
-            L.append("\nMeasured = median of the per-pass ratios (range over passes). \"Never slower\" = not slower in "
+            L.append("Measured = median of the per-pass ratios (range over passes). \"Never slower\" = not slower in "
                      "every pass; \"within noise\" = the range over passes includes 1.\n")
         else:
             L.append("\n\"Never slower\" = the sparse median is within the best dense engine's median + IQR of this run.\n")

@@ -245,3 +245,27 @@ def test_a_dense_speedup_must_hold_in_every_pass() -> None:
     claim = claims(r)[0]
     assert claim["verdict"] != "holds", "1.45× in two passes of three is not a dense speedup"
     assert any("lowest pass 1.00×" in line and "not above" in line for line in claim["measured"])
+
+
+def test_layer_modes_per_pass_and_pruning_alone_are_shown() -> None:
+    from cnnprune.report import _layer_marks, latency_rows
+
+    entries = [_bench_entry("one_shot_90", "sparse", p, [2.0] * 3) for p in range(3)]
+    for p, (w, d) in enumerate(((10, 0), (9, 1), (10, 0))):
+        entries[p]["extra_info"].update(winograd_layers=w, dense_layers=d)
+    row = latency_rows({"benchmarks": entries})[0]
+    assert row["winograd_layers"] == [10, 9, 10] and row["dense_layers"] == [0, 1, 0]
+    assert _layer_marks(row) == " W9–10 ‡0–1"
+    assert _layer_marks({"winograd_layers": [0, 0], "dense_layers": 2}) == " ‡2" and _layer_marks({}) == ""
+
+    r = synthetic()
+    for row in r["latency"]:  # the engine runs the unpruned model 2x faster than onnxruntime (Winograd)
+        if row["engine"] == "sparse" and row["model"] == "unpruned":
+            row["median_ms"] /= 2
+    goals = {(g["model"], g["batch"]): g for g in sparse_goals(r)}
+    g = goals[("one_shot_90", 32)]
+    assert g["pruning_alone"] == pytest.approx((41.0 / 2) / (41.0 * (1 - 0.7 * 0.9)))
+    assert g["pruning_alone"] < g["speedup"], "what Winograd gains is not counted as pruning's"
+    text = markdown(r, [])
+    assert "sparse: unpruned / pruned" in text and "Pruning alone" in text
+    assert f"{g['pruning_alone']:.2f}×" in text

@@ -37,6 +37,37 @@ def test_pure_sparse_path_matches_dense_with_every_layer_sparse(artifacts: Path)
     assert all(v["engine"] == "sparse" for v in model.layer_choice(5).values())
 
 
+@pytest.mark.parametrize("name", ["unpruned", "one_shot_90"])
+def test_winograd_layers_match_dense(artifacts: Path, name: str) -> None:
+    ref = load_model(artifacts / f"{name}.pth")
+    model = sparse.load(artifacts / f"{name}.csr.pt", threads=2, dense_fallback=False, layer_mode="winograd")
+    for n in (1, 3, 8, 32):  # per-column and vectorised transforms, two-step and fused variants
+        x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            want = ref(x)
+        got = model(x)
+        assert (got - want).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), want.argmax(1))
+        modes = {k: v["engine"] for k, v in model.layer_choice(n).items()}
+        assert [k for k, m in modes.items() if m == "winograd"] == [
+            f"layer{i}.{j}.conv{c}" for i in (1, 2, 3) for j in (0, 1) for c in (1, 2) if (i, j, c) not in
+            ((2, 0, 1), (3, 0, 1))], "every 3x3 stride-1 layer of layers 1-3, nothing else"
+    fused = {k: p.fused for k, p in model._plans[32]["convs"].items() if p.mode == "winograd"}
+    assert fused["layer1.0.conv1"] and not fused["layer3.0.conv2"], "fused where there are panels for every thread"
+
+
+def test_calibration_without_winograd_never_picks_it(artifacts: Path) -> None:
+    model = sparse.load(artifacts / "one_shot_50.csr.pt", threads=2, dense_fallback=False, winograd=False)
+    choice = model.layer_choice(8)
+    assert {v["engine"] for v in choice.values()} <= {"sparse", "dense"}
+    assert all(v["winograd_ms"] != v["winograd_ms"] for v in choice.values()), "not timed: nan"
+    timed = sparse.load(artifacts / "one_shot_50.csr.pt", threads=2, dense_fallback=False).layer_choice(8)
+    assert timed["layer1.0.conv1"]["winograd_ms"] > 0 and timed["conv1"]["winograd_ms"] != timed["conv1"]["winograd_ms"]
+    for v in timed.values():
+        tried = {m: v[f"{m}_ms"] for m in sparse.MODES if v[f"{m}_ms"] == v[f"{m}_ms"]}
+        assert v["engine"] == min(tried, key=tried.get), "the fastest mode timed is the one kept"
+
+
 def test_torch_csr_reference_matches_dense(artifacts: Path) -> None:
     ref = load_model(artifacts / "one_shot_90.pth")
     model = sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr")
@@ -57,6 +88,8 @@ def test_bad_inputs(artifacts: Path) -> None:
         model(torch.zeros(1, 3, 28, 28))
     with pytest.raises(CnnpruneError, match="engine"):
         sparse.load(artifacts / "one_shot_90.csr.pt", engine="magic")
+    with pytest.raises(CnnpruneError, match="layer_mode"):
+        sparse.load(artifacts / "one_shot_90.csr.pt", layer_mode="fast")
     if not torch.cuda.is_available():
         with pytest.raises(CnnpruneError, match="no CUDA GPU"):
             sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr", device="cuda")
