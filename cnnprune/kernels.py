@@ -34,7 +34,7 @@ _SIGNATURES = {
 
 SOURCES = ("sparse_conv.c", "winograd.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED = range(8)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL = range(9)
 
 
 class Step(ctypes.Structure):
@@ -57,6 +57,16 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
                 ngroups=ngroups, ptr=ptr.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,
                 res=None if res is None else res.ctypes.data, relu=int(relu))
+
+
+def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, off: np.ndarray,
+                   val: np.ndarray, bias: np.ndarray, dst: np.ndarray) -> Step:
+    """The CONV_POOL step: a stride-1 sparse convolution with ReLU (operands as ``conv_step``)
+    followed by the 3x3 stride-2 max pool, into padded (Cout, ho/2+2, wo/2+2, N) ``dst``; the
+    convolution's output is never stored. Raw addresses: the caller keeps the arrays alive."""
+    step = conv_step(src, ho, wo, cout, ngroups, ptr, off, val, bias, dst, None, True)
+    step.kind = CONV_POOL
+    return step
 
 
 def split_step(src: np.ndarray, dst: np.ndarray) -> Step:

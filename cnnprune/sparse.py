@@ -377,7 +377,7 @@ class NativeSparseResNet(nn.Module):
         """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``) and
         the forward pass: runs of native steps, each one call, with the layers that run dense
         (PyTorch) between them."""
-        from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step
+        from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step, conv_pool_step
 
         plan = self._plan(n)
         if "program" in plan:
@@ -386,7 +386,8 @@ class NativeSparseResNet(nn.Module):
         arena = Arena()
         xbuf = arena.zeros((n, 3, 32, 32))
         inp = _padded(3, 32, 32, n, arena)
-        a = _padded(64, 32, 32, n, arena)
+        stem = convs[self.net.stem.name]
+        a = _padded(64, 32, 32, n, arena) if stem.mode != "sparse" else None  # the fused stem needs none
         cur = _padded(64, 16, 16, n, arena)
         keep = [xbuf, inp, a, cur]
         items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=32, W=32, dst=inp.ctypes.data)]
@@ -401,8 +402,12 @@ class NativeSparseResNet(nn.Module):
             else:
                 items.extend(self._conv_steps(p, p.mode, src, dst, res, relu, phase, scratch, split))
 
-        conv(convs[self.net.stem.name], inp, a, None, True, None)
-        items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=32, W=32, N=n, dst=cur.ctypes.data))
+        if stem.mode == "sparse":  # with the pool, in one step: its 32x32 output never goes to memory
+            items.append(conv_pool_step(inp, stem.ho, stem.wo, 64, stem.ngroups, stem.ptr, stem.off, stem.val,
+                                        stem.bias, cur))
+        else:
+            conv(stem, inp, a, None, True, None)
+            items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=32, W=32, N=n, dst=cur.ctypes.data))
         for b in self.net.blocks:
             p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
             cin, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0]

@@ -185,3 +185,30 @@ def test_winograd_scratch_and_panels() -> None:
     # batch 250 takes whole vectors per tile; batch 1 one column per tile, rounded to a vector
     assert lib.winograd_panels(4, 4, 250) == -(-(-(-250 // vw) * vw) // (3 * vw))
     assert lib.winograd_scratch_floats(8, 16, 16, 1) == 36 * (8 * 16 + 16)
+
+
+def run_conv_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int) -> torch.Tensor:
+    from cnnprune.kernels import conv_pool_step
+
+    lib = library()
+    n, cin, h, w = x.shape
+    cout = conv.weight.shape[0]
+    src, dst = _padded(cin, h, w, n), _padded(cout, h // 2, w // 2, n)
+    _from_nchw(x, src)
+    ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
+    step = conv_pool_step(src, h, w, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst)
+    lib.run_steps((Step * 1)(step), 1, threads)
+    assert not dst[:, 0].any() and not dst[:, -1].any() and not dst[:, :, 0].any() and not dst[:, :, -1].any()
+    return _to_nchw(dst)
+
+
+@pytest.mark.parametrize("n", [32, 8, 5, 2, 1])  # large first: a thread's buffer is reused by smaller batches
+@pytest.mark.parametrize("density", [0.0, 0.3, 0.9])
+def test_conv_pool_matches_conv2d_relu_maxpool(n: int, density: float) -> None:
+    conv = random_conv(3, 16, 3, 1, density, seed=n + 1)
+    x = torch.randn(n, 3, 12, 12, generator=torch.Generator().manual_seed(n))
+    want = F.max_pool2d(reference(conv, x, None, True), 3, 2, 1)
+    for group in (1, 3):
+        for threads in (1, 2):
+            got = run_conv_pool(conv, x, group, threads)
+            assert got.shape == want.shape and (got - want).abs().max() <= 1e-4, (group, threads)

@@ -8,6 +8,7 @@
  * up to 64 floats; OpenMP splits output channels x rows across the given thread count.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
@@ -241,6 +242,61 @@ static void maxpool3s2_body(const float *src, int C, int H, int W, int N, float 
     }
 }
 
+/* Per-thread buffer of the fused stem (3 padded rows per channel of the layer), kept for the
+ * thread's lifetime; each work item zeroes the part it uses (a smaller batch's borders lie
+ * where a larger one's interior was). */
+static __thread float *pool_buf;
+static __thread int64_t pool_cap;
+static float *pool_buffer(int64_t floats) {
+    if (floats > pool_cap) {
+        free(pool_buf);
+        pool_buf = aligned_alloc(64, (size_t)((floats * sizeof(float) + 63) / 64 * 64));
+        pool_cap = floats;
+    }
+    return pool_buf;
+}
+
+/* A sparse convolution with ReLU followed by the 3x3 stride-2 max pool, in one step: the
+ * stem, whose output (64 planes of 32x32, 9.5 MB at batch 32) is written once and read once
+ * by the pool otherwise. Work items are chunks of output channels (equal nonzero shares); an
+ * item walks down the pooled rows keeping a window of 3 convolution rows per channel (row
+ * 2y-1 carried over from the previous pooled row, rows 2y and 2y+1 computed as one 2-row
+ * tile), pools it and writes the pooled row into the padded (Cout, Ho/2+2, Wo/2+2, N) dst. */
+static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
+                                  const int32_t *ptr, const void *off, int off16, const float *val,
+                                  const float *bias, float *dst, int nthreads) {
+    const int64_t lrow = (int64_t)(Wo + 2) * N, lplane = 3 * lrow;
+    const int Hp = Ho / 2, Wp = Wo / 2;
+    const int64_t drow = (int64_t)(Wp + 2) * N, dplane = (int64_t)(Hp + 2) * drow;
+    const int L = Wo * N;
+    int nchunks = 4 * nthreads;
+    if (nchunks > Cout) nchunks = Cout;
+    const int64_t total = ptr[(int64_t)Cout * ngroups];
+    float *loc = pool_buffer((int64_t)Cout * lplane);
+    #pragma omp for schedule(dynamic, 1)
+    for (int ch = 0; ch < nchunks; ch++) {
+        const int c0 = chunk_start(ptr, ngroups, Cout, total * ch / nchunks);
+        const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, ngroups, Cout, total * (ch + 1) / nchunks);
+        memset(loc, 0, (size_t)((c1 - c0) * lplane) * sizeof(float));  /* row -1 and the borders: zero */
+        for (int y = 0; y < Hp && c0 < c1; y++) {
+            const float *base = src + (int64_t)(2 * y) * src_row;
+            for (int t = 0; t < L;) {
+                const tile_kind *kind = &KINDS[pick_kind(L - t, 2)];
+                const tile_fn fn = kind->fn[off16 != 0][2];
+                for (int g = 0; g < ngroups; g++)
+                    fn(base + t, src_row, off, val, ptr + (int64_t)c0 * ngroups + g, ngroups, c1 - c0, loc + lrow + N + t,
+                       lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
+                t += kind->width;
+            }
+            for (int c = c0; c < c1; c++) {
+                float *w = loc + (c - c0) * lplane;
+                maxpool_row(w, lrow, Wp, N, dst + c * dplane + (y + 1) * drow + N);
+                memcpy(w, w + 2 * lrow, (size_t)lrow * sizeof(float));
+            }
+        }
+    }
+}
+
 /* One padded row of Wp pixels (N floats each) split into its even and odd pixels. */
 static void split_row(const float *restrict s, int Wh, int N, float *restrict even, float *restrict odd) {
     if (N == 1) {
@@ -308,6 +364,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
                              s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_CONV_POOL:
+            sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->off16,
+                                  s->val, s->bias, s->dst, nthreads);
+            break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_WG_INPUT: winograd_input_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;

@@ -161,8 +161,12 @@ DEFINE_WG_OUT(v1)
  * outermost so that a thread's consecutive items share their V panel; inside an item each
  * transform point's V panel (Cin x PW floats) is read from L1 by all GB blocks. */
 #define GB 4
+/* Floats between the transform points' products in an item's buffer: one cache line more than
+ * their 4*GB*PW, which with AVX-512 (3 KiB) would put the 36 loads of one output transform in
+ * only 4 sets of an 8-way L1 (with AVX2, 1.5 KiB, in 8 sets). */
+#define MS (4 * GB * PW + 16)
 
-/* Per-thread buffers (0: the 36 products of an item, 36 x 4*GB x PW floats, 55 KiB with AVX2;
+/* Per-thread buffers (0: the 36 products of an item, 36 x MS floats, 55 KiB with AVX2;
  * 1: a fused item's transformed input panel, 36 x (Cin x PW + 16) floats), too large for an
  * OpenMP worker's stack, kept for the thread's lifetime. */
 static __thread float *tl_buf[2];
@@ -182,7 +186,7 @@ static float *thread_buffer(int which, int64_t floats) {
  * product buffer. */
 static void wg_item(const float *vp, int64_t xs, int Cin, int H, int W, int N, int Cout, int64_t t0, int wp, int cb0,
                     int nb, const float *u, const float *bias, float *dst, const float *res, int relu, float *m) {
-    const int tw = W / 4, ncb = Cout / 4, np_ = wg_np(N), ms = 4 * GB * PW;
+    const int tw = W / 4, ncb = Cout / 4, np_ = wg_np(N), ms = MS;
     const int64_t T = wg_cols(H, W, N), drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
     for (int xi = 0; xi < 36; xi++) {
         const float *vv = vp + xi * xs;
@@ -222,7 +226,7 @@ void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, 
                         float *dst, const float *res, int relu) {
     const int64_t Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(Cin, H, W, N);
     const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB;
-    float *m = thread_buffer(0, 36 * 4 * GB * PW);
+    float *m = thread_buffer(0, 36 * MS);
     #pragma omp for schedule(static) collapse(2)
     for (int p = 0; p < np; p++) {
         for (int gb = 0; gb < ngb; gb++) {
@@ -250,7 +254,7 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const int np = (int)((Tp + PW - 1) / PW);
     const int64_t xs = (int64_t)Cin * PW + 16;
-    float *m = thread_buffer(0, 36 * 4 * GB * PW), *vp = thread_buffer(1, 36 * xs);
+    float *m = thread_buffer(0, 36 * MS), *vp = thread_buffer(1, 36 * xs);
     #pragma omp for schedule(static)
     for (int p = 0; p < np; p++) {
         const int64_t t0 = (int64_t)p * PW;
