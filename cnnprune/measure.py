@@ -92,17 +92,14 @@ def weight_bytes(module: nn.Module) -> int:
 
 
 def sparse_weight_bytes(module: nn.Module) -> int:
-    """Bytes of the weights a native sparse module holds (CSR values, indices, biases, fc)."""
+    """Bytes of the weights a native sparse module holds after its inferences: its CSR weights
+    and the operands of every planned batch size (``held_weight_bytes``); Winograd layers hold
+    their transformed weights, 4x the dense size of the layer."""
     from cnnprune.sparse import NativeSparseResNet
 
     if not isinstance(module, NativeSparseResNet):
         return weight_bytes(module)
-    net = module.net
-    total = net.fc_weight.numel() * 4 + net.fc_bias.numel() * 4
-    for c in net.convs():
-        nnz = int((c.weight != 0).sum())
-        total += nnz * (4 + 4) + (c.weight.shape[0] + 1) * 4 + c.bias.numel() * 4
-    return total
+    return module.held_weight_bytes()
 
 
 # ---------------------------------------------------------------- loading forms

@@ -51,17 +51,45 @@ ENGINES = ("native", "torch-csr", "torch-2:4", "torch-gemm")
 
 @dataclass
 class FoldedConv:
-    """A convolution with its BatchNorm folded in: y = conv(x, weight) + bias."""
+    """A convolution with its BatchNorm folded in: y = conv(x, weight) + bias. ``weight`` is
+    dense (Cout, Cin, k, k) float32, or, after ``compact()``, the (Cout, Cin·k·k) matrix in CSR
+    with int32 indices (8 bytes per nonzero): how the native engine keeps it between plans."""
 
     name: str
-    weight: torch.Tensor  # (Cout, Cin, k, k) float32
+    weight: torch.Tensor
     bias: torch.Tensor  # (Cout,)
     stride: int
     padding: int
+    shape: tuple[int, int, int, int] = ()
+
+    def __post_init__(self) -> None:
+        if not self.shape:
+            self.shape = tuple(self.weight.shape)
+
+    def dense(self) -> torch.Tensor:
+        if self.weight.layout == torch.strided:
+            return self.weight
+        return self.weight.to_dense().view(self.shape)
+
+    def compact(self) -> FoldedConv:
+        m = self.dense().reshape(self.shape[0], -1).to_sparse_csr()
+        csr = torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(), m.shape)
+        return FoldedConv(self.name, csr, self.bias, self.stride, self.padding, self.shape)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.weight.values().numel() if self.weight.layout == torch.sparse_csr
+                   else torch.count_nonzero(self.weight))
 
     @property
     def density(self) -> float:
-        return float((self.weight != 0).float().mean())
+        return self.nnz / float(np.prod(self.shape))
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weight as held (dense, or CSR values and indices) and the bias."""
+        w = self.weight
+        held = [w] if w.layout == torch.strided else [w.values(), w.crow_indices(), w.col_indices()]
+        return sum(t.numel() * t.element_size() for t in held + [self.bias])
 
 
 def fold_bn(state: dict[str, torch.Tensor], conv: str, bn: str, stride: int, padding: int) -> FoldedConv:
@@ -93,6 +121,13 @@ class FoldedResNet:
         for b in self.blocks:
             out += [b.conv1, b.conv2] + ([b.downsample] if b.downsample else [])
         return out
+
+
+def _compact_net(net: FoldedResNet) -> FoldedResNet:
+    """The same network with every convolution's weight in CSR (``FoldedConv.compact``)."""
+    blocks = [Block(b.conv1.compact(), b.conv2.compact(), b.downsample.compact() if b.downsample else None)
+              for b in net.blocks]
+    return FoldedResNet(net.stem.compact(), blocks, net.fc_weight, net.fc_bias)
 
 
 def fold_resnet(state: dict[str, torch.Tensor]) -> FoldedResNet:
@@ -137,7 +172,17 @@ class _ConvPlan:
     bias: np.ndarray | None = None
     u: np.ndarray | None = None
     fused: bool = False
+    dense_weight: torch.Tensor | None = None
     ms: dict[str, float] = field(default_factory=dict)
+
+    def release(self) -> None:
+        """Drop the operands of the modes not chosen (what the plan holds is what it runs)."""
+        if self.mode != "sparse":
+            self.ptr = self.off = self.val = None
+        if self.mode != "winograd":
+            self.u = None
+        if self.mode != "dense":
+            self.dense_weight = None
 
 
 def winograd_eligible(conv: FoldedConv, hin: int, win: int, min_channels: int = 16) -> bool:
@@ -145,7 +190,7 @@ def winograd_eligible(conv: FoldedConv, hin: int, win: int, min_channels: int = 
     of the CIFAR ResNet18 with maxpool: 16, 8 and 4 pixels; layer4's 2x2 maps do not) and at
     least ``min_channels`` input channels: the stem's 3 make GEMMs of depth 3, where the
     transforms cost more than the products they save."""
-    cout, cin, kh, kw = conv.weight.shape
+    cout, cin, kh, kw = conv.shape
     return ((kh, kw) == (3, 3) and conv.stride == 1 and conv.padding == 1 and hin % 4 == 0 and win % 4 == 0
             and cin >= min_channels and cout % 4 == 0)
 
@@ -157,7 +202,7 @@ _WG_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
 def _winograd_weights(conv: FoldedConv) -> np.ndarray:
     """U = G g G^T of every (output, input) channel pair, computed in float64 and packed as
     ``csrc/winograd.c`` reads it: [36 transform points][Cout/4][Cin][4 output channels]."""
-    w = conv.weight.double().numpy()
+    w = conv.dense().double().numpy()
     cout, cin = w.shape[:2]
     if cout % 4:
         raise CnnpruneError(f"layer {conv.name}: Winograd needs a multiple of 4 output channels, got {cout}")
@@ -172,7 +217,7 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
     input offset (floats) and value. Offsets are uint16 where they all fit (``narrow``; small
     batches), else int32: at batch 1 the late layers stream their nonzeros from memory for only
     4-16 multiply-adds each, so 6 instead of 8 bytes per nonzero is time saved."""
-    w = conv.weight.numpy()
+    w = conv.dense().numpy()
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
     ngroups = -(-cin // group)
@@ -199,8 +244,8 @@ def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run
     """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
     until an output channel has about ``min_run`` nonzeros per group on average, since each
     (channel, group) pass reloads and stores its accumulators."""
-    cout, cin, k, _ = conv.weight.shape
-    nnz = max(int(torch.count_nonzero(conv.weight)), 1)
+    cout, cin, k, _ = conv.shape
+    nnz = max(conv.nnz, 1)
     l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
 
@@ -230,7 +275,7 @@ class NativeSparseResNet(nn.Module):
         if layer_mode not in (None, "sparse", "winograd"):
             raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd' or None (timed per layer)")
         self.lib = library()
-        self.net = net
+        self.net = _compact_net(net)
         self.winograd = winograd or layer_mode == "winograd"
         self.layer_mode = layer_mode
         self._fallback = _ort_session(dense_fallback, threads or torch.get_num_threads()) \
@@ -238,7 +283,30 @@ class NativeSparseResNet(nn.Module):
         self.threads = threads or torch.get_num_threads()
         self.calibrate = calibrate
         self._plans: dict[int, dict] = {}
+        self._u: dict[str, np.ndarray] = {}
         self.eval()
+
+    def held_weight_bytes(self) -> int:
+        """Bytes of weights this module holds now: the folded weights as kept between plans
+        (CSR), biases, fc, and per planned batch size the operands of the chosen modes (sparse
+        offsets and values, Winograd's transformed weights, dense weights of dense layers)."""
+        arrays: dict[int, int] = {}
+        for plan in self._plans.values():
+            for p in plan["convs"].values():
+                for a in (p.ptr, p.off, p.val, p.bias, p.u):
+                    if a is not None:
+                        arrays[a.ctypes.data] = a.nbytes
+                if p.dense_weight is not None:
+                    arrays[p.dense_weight.data_ptr()] = p.dense_weight.numel() * 4
+        net = self.net
+        return (sum(c.weight_bytes() for c in net.convs()) + (net.fc_weight.numel() + net.fc_bias.numel()) * 4
+                + sum(arrays.values()))
+
+    def _winograd_u(self, conv: FoldedConv) -> np.ndarray:
+        """Transformed weights of a layer, computed once for every batch size that uses them."""
+        if conv.name not in self._u:
+            self._u[conv.name] = _winograd_weights(conv)
+        return self._u[conv.name]
 
     # -- planning
     def _plan(self, n: int) -> dict:
@@ -247,14 +315,14 @@ class NativeSparseResNet(nn.Module):
         plans: dict[str, _ConvPlan] = {}
 
         def add(conv: FoldedConv, hin: int, win: int) -> tuple[int, int]:
-            ho, wo = (hin + 2 * conv.padding - conv.weight.shape[2]) // conv.stride + 1, \
-                     (win + 2 * conv.padding - conv.weight.shape[3]) // conv.stride + 1
+            ho, wo = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1, \
+                     (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
             p = _ConvPlan(conv, hin, win, ho, wo)
             group = _group_size(self.lib, conv, wo * n, ho, n)
             p.ptr, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
             p.bias = conv.bias.numpy().astype(np.float32)
             if self.winograd and winograd_eligible(conv, hin, win):
-                p.u = _winograd_weights(conv)
+                p.u = self._winograd_u(conv)
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
             plans[conv.name] = p
             return ho, wo
@@ -274,6 +342,12 @@ class NativeSparseResNet(nn.Module):
                 p.mode = "winograd" if self.layer_mode == "winograd" and p.u is not None else "sparse"
         elif self.calibrate:
             self._choose_layers(n, plan)
+        for p in plans.values():
+            if p.mode == "dense" and p.dense_weight is None:
+                p.dense_weight = p.conv.dense()
+            p.release()
+        used = {p.conv.name for q in self._plans.values() for p in q["convs"].values() if p.mode == "winograd"}
+        self._u = {k: v for k, v in self._u.items() if k in used}
         return plan
 
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
@@ -281,13 +355,14 @@ class NativeSparseResNet(nn.Module):
         the shape allows, PyTorch's dense oneDNN convolution incl. layout conversion), best of
         ``repeats``, and keep the fastest."""
         for p in plan["convs"].values():
-            cin, cout = p.conv.weight.shape[:2][::-1]
+            cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
             src = _padded(cin, p.hin, p.win, n, arena)
             src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
             dst = _padded(cout, p.ho, p.wo, n, arena)
             phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.u is not None and not p.fused else None
+            p.dense_weight = p.conv.dense()
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), []),
                     "dense": lambda: self._dense_conv(p, src, dst, None, True)}
             if p.u is not None:
@@ -298,7 +373,7 @@ class NativeSparseResNet(nn.Module):
 
     def _scratch_floats(self, p: _ConvPlan, n: int) -> int:
         """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""
-        return int(self.lib.winograd_scratch_floats(p.conv.weight.shape[1], p.hin, p.win, n))
+        return int(self.lib.winograd_scratch_floats(p.conv.shape[1], p.hin, p.win, n))
 
     def _choose_engine(self, n: int, plan: dict, rounds: int = 1, margin: float = 0.05) -> None:
         """Whole network: keep the sparse program only if it beats dense onnxruntime at this batch
@@ -338,7 +413,7 @@ class NativeSparseResNet(nn.Module):
             torch.set_num_threads(self.threads)
         try:
             x = _to_nchw(src)
-            y = F.conv2d(x, p.conv.weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
+            y = F.conv2d(x, p.dense_weight, p.conv.bias, stride=p.conv.stride, padding=p.conv.padding)
             if res is not None:
                 y += _to_nchw(res)
             if relu:
@@ -361,7 +436,7 @@ class NativeSparseResNet(nn.Module):
         if p.conv.stride == 2 and split:
             steps.append(split_step(src, phase))
         base = phase if p.conv.stride == 2 else src
-        steps.append(conv_step(base, p.ho, p.wo, p.conv.weight.shape[0], p.ngroups, p.ptr, p.off, p.val, p.bias,
+        steps.append(conv_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.off, p.val, p.bias,
                                dst, res, relu))
         return steps
 
@@ -410,7 +485,7 @@ class NativeSparseResNet(nn.Module):
             items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=32, W=32, N=n, dst=cur.ctypes.data))
         for b in self.net.blocks:
             p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
-            cin, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0]
+            cout, cin = b.conv1.shape[:2]
             phase = None
             if b.conv1.stride == 2:
                 phase = arena.zeros((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n))

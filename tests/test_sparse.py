@@ -172,3 +172,34 @@ def test_torch_2_4_on_cuda_matches_its_dense_model(artifacts: Path) -> None:
             assert (got - got_gemm[:n]).abs().max() <= 2e-2 * scale, backend
     with pytest.raises(CnnpruneError, match="not 2:4 sparse"):
         sparse.load(artifacts / "one_shot_50.csr.pt", engine="torch-2:4", device="cuda")
+
+
+def test_folded_weights_are_kept_compact_and_round_trip(artifacts: Path) -> None:
+    net = sparse.fold_resnet(sparse.read_state(artifacts / "one_shot_90.pth"))
+    conv = net.blocks[7].conv2
+    small = conv.compact()
+    assert small.weight.layout == torch.sparse_csr and small.weight.col_indices().dtype == torch.int32
+    assert torch.equal(small.dense(), conv.weight) and small.shape == tuple(conv.weight.shape)
+    assert small.nnz == int((conv.weight != 0).sum()) and small.density == pytest.approx(conv.density)
+    assert small.weight_bytes() == small.nnz * 8 + (conv.shape[0] + 1) * 4 + conv.bias.numel() * 4, \
+        "values and column indices: 8 bytes per nonzero"
+
+
+def test_held_weight_bytes_count_what_each_mode_keeps(artifacts: Path) -> None:
+    path = artifacts / "one_shot_90.csr.pt"
+    dense_bytes = sum(t.numel() * 4 for t in load_model(artifacts / "one_shot_90.pth").state_dict().values()
+                      if t.is_floating_point())
+    x = torch.randn(4, 3, 32, 32)
+    plain = sparse.load(path, threads=2, dense_fallback=False, layer_mode="sparse")
+    before = plain.held_weight_bytes()
+    plain(x)
+    assert all(c.weight.layout == torch.sparse_csr for c in plain.net.convs()), "no dense copy kept"
+    after = plain.held_weight_bytes()
+    assert before < after < dense_bytes / 2, "CSR plus one batch size's offsets and values, at 90 %"
+    wino = sparse.load(path, threads=2, dense_fallback=False, layer_mode="winograd")
+    wino(x)
+    plan = wino._plans[4]["convs"]
+    u_bytes = sum(p.u.nbytes for p in plan.values() if p.mode == "winograd")
+    assert u_bytes == sum(36 * p.conv.shape[0] * p.conv.shape[1] * 4 for p in plan.values() if p.mode == "winograd")
+    assert all(p.off is None for p in plan.values() if p.mode == "winograd"), "unused sparse operands dropped"
+    assert wino.held_weight_bytes() > after + u_bytes / 2, "Winograd's transformed weights are counted"
