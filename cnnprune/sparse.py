@@ -31,6 +31,7 @@ Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,11 @@ class FoldedConv:
         return self.weight.to_dense().view(self.shape)
 
     def compact(self) -> FoldedConv:
-        m = self.dense().reshape(self.shape[0], -1).to_sparse_csr()
-        csr = torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(), m.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": storage only here
+            m = self.dense().reshape(self.shape[0], -1).to_sparse_csr()
+            csr = torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(), m.shape,
+                                          check_invariants=False)
         return FoldedConv(self.name, csr, self.bias, self.stride, self.padding, self.shape)
 
     @property
