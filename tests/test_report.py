@@ -269,3 +269,21 @@ def test_layer_modes_per_pass_and_pruning_alone_are_shown() -> None:
     text = markdown(r, [])
     assert "sparse: unpruned / pruned" in text and "Pruning alone" in text
     assert f"{g['pruning_alone']:.2f}×" in text
+
+
+def test_resources_verdict_says_which_sparse_forms_hold_fewer_weight_bytes() -> None:
+    r = synthetic()
+    for m in MODELS[1:]:
+        r["models"][m]["memory"]["sparse"]["32"]["weights_in_memory"] = 80e6 if m.endswith("50") else 20e6
+    verdict = verdicts(r)["less resource usage"]
+    assert "fewer weight bytes than dense only for one_shot_75, one_shot_90, iterative_75, iterative_90" in verdict
+    assert "0.45–1.79× of dense" in verdict
+
+
+def test_a_sparse_speedup_must_also_beat_the_engine_on_the_unpruned_model() -> None:
+    r = synthetic()
+    assert verdicts(r)["speeds up the model significantly"].startswith("holds only for the cnnprune sparse engine")
+    for row in r["latency"]:  # the engine runs the unpruned model as fast as the pruned ones (a dense trick)
+        if row["engine"] == "sparse" and row["model"] == "unpruned":
+            row["median_ms"] = {1: 2.5, 32: 41.0}[row["batch"]] * 0.37
+    assert verdicts(r)["speeds up the model significantly"] == "does not hold"
