@@ -10,9 +10,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnprune.kernels import Step, conv_step, library, split_step, winograd_steps
+from cnnprune.kernels import Step, conv_pool_step, conv_step, library, split_step, winograd_steps
 from cnnprune.sparse import (FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw, _winograd_weights,
                              winograd_eligible)
+
+
+def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
+    """An NCHW tensor in the kernels' padded (C, H+2, W+2, N) layout (None stays None)."""
+    if t is None:
+        return None
+    n, c, h, w = t.shape
+    buf = _padded(c, h, w, n)
+    _from_nchw(t, buf)
+    return buf
+
+
+def assert_zero_border(buf: np.ndarray) -> None:
+    assert not buf[:, 0].any() and not buf[:, -1].any() and not buf[:, :, 0].any() and not buf[:, :, -1].any(), \
+        "the zero border is kept"
 
 
 def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
@@ -21,12 +36,7 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     n, cin, h, w = x.shape
     cout, _, k, _ = conv.weight.shape
     ho, wo = (h + 2 * conv.padding - k) // conv.stride + 1, (w + 2 * conv.padding - k) // conv.stride + 1
-    src, dst = _padded(cin, h, w, n), _padded(cout, ho, wo, n)
-    _from_nchw(x, src)
-    resbuf = None
-    if res is not None:
-        resbuf = _padded(cout, ho, wo, n)
-        _from_nchw(res, resbuf)
+    src, dst, resbuf = padded_from(x), _padded(cout, ho, wo, n), padded_from(res)
     ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group, narrow)
     steps, base = [], src
     if conv.stride == 2:
@@ -114,19 +124,13 @@ def run_winograd(conv: FoldedConv, x: torch.Tensor, threads: int, fused: bool, r
     lib = library()
     n, cin, h, w = x.shape
     cout = conv.weight.shape[0]
-    src, dst = _padded(cin, h, w, n), _padded(cout, h, w, n)
-    _from_nchw(x, src)
-    resbuf = None
-    if res is not None:
-        resbuf = _padded(cout, h, w, n)
-        _from_nchw(res, resbuf)
+    src, dst, resbuf = padded_from(x), _padded(cout, h, w, n), padded_from(res)
     # scratch full of NaN: a product of an unwritten padding column must never reach the output
     scratch = None if fused else np.full(lib.winograd_scratch_floats(cin, h, w, n), np.nan, dtype=np.float32)
     u, bias = _winograd_weights(conv), conv.bias.numpy()
     steps = winograd_steps(src, scratch, u, bias, dst, resbuf, relu)
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
-    assert not dst[:, 0].any() and not dst[:, -1].any() and not dst[:, :, 0].any() and not dst[:, :, -1].any(), \
-        "the zero border is kept"
+    assert_zero_border(dst)
     return _to_nchw(dst)
 
 
@@ -188,17 +192,14 @@ def test_winograd_scratch_and_panels() -> None:
 
 
 def run_conv_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int) -> torch.Tensor:
-    from cnnprune.kernels import conv_pool_step
-
     lib = library()
-    n, cin, h, w = x.shape
+    n, _, h, w = x.shape
     cout = conv.weight.shape[0]
-    src, dst = _padded(cin, h, w, n), _padded(cout, h // 2, w // 2, n)
-    _from_nchw(x, src)
+    src, dst = padded_from(x), _padded(cout, h // 2, w // 2, n)
     ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
     step = conv_pool_step(src, h, w, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst)
     lib.run_steps((Step * 1)(step), 1, threads)
-    assert not dst[:, 0].any() and not dst[:, -1].any() and not dst[:, :, 0].any() and not dst[:, :, -1].any()
+    assert_zero_border(dst)
     return _to_nchw(dst)
 
 
