@@ -347,8 +347,6 @@ class NativeSparseResNet(nn.Module):
         elif self.calibrate:
             self._choose_layers(n, plan)
         for p in plans.values():
-            if p.mode == "dense" and p.dense_weight is None:
-                p.dense_weight = p.conv.dense()
             p.release()
         used = {p.conv.name for q in self._plans.values() for p in q["convs"].values() if p.mode == "winograd"}
         self._u = {k: v for k, v in self._u.items() if k in used}
