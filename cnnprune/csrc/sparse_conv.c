@@ -22,23 +22,24 @@
  * so they keep U sets of accumulators for consecutive nonzeros: R*NV*U >= 8 chains. */
 
 /* One tile position for the output channels c = 0..nch-1 of a chunk (one input-channel group
- * of each): channel c's nonzeros are p[c*pstride] .. p[c*pstride+1], its output at out +
- * c*dplane. first: start from the bias, else from what earlier groups left in out; last: add
- * the residual and apply ReLU before the store. The channel loop is inside the tile so that a
+ * of each): channel c's nonzeros are p[c*pstride + lo] .. p[c*pstride + hi] (its run's kernel-row
+ * segments lo..hi-1, see sparse_conv_body), its output at out + c*dplane. first: start from
+ * the bias, else from what earlier groups left in out; last: add the residual and apply ReLU before the store. The channel loop is inside the tile so that a
  * channel's short run of nonzeros costs no call. */
 typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, const float *restrict,
-                        const int32_t *restrict, int, int, float *restrict, int64_t, int64_t, int,
+                        const int32_t *restrict, int, int, int, int, float *restrict, int64_t, int64_t, int,
                         const float *restrict, int, const float *restrict, int);
 
 #define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF)                                                  \
 static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow,             \
         const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
-        int pstride, int nch, float *restrict out, int64_t drow, int64_t dplane, int first,     \
+        int pstride, int lo, int hi, int nch, float *restrict out, int64_t drow, int64_t dplane,\
+        int first,                                                                             \
         const float *restrict bias, int last, const float *restrict res, int relu) {           \
     enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
     const OT *restrict off = (const OT *)offp;                                                 \
     for (int c = 0; c < nch; c++, p += pstride, out += dplane, res = res ? res + dplane : 0) { \
-    const int j0 = p[0], j1 = p[1];                                                            \
+    const int j0 = p[lo], j1 = p[hi];                                                          \
     const float b = bias[c];                                                                   \
     VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
@@ -146,29 +147,44 @@ static int pick_kind(int rem, int r) {
     return NKINDS - 1;
 }
 
+/* Kernel rows ky of output row y that read inside the input (0 <= y*stride + ky - pad < hin):
+ * ky in [seg_lo, seg_hi). The others read only the zero border; the runs are sorted by ky so
+ * that they are skipped as a whole (4 of layer4's 9 taps per output pixel at 2x2 maps read
+ * the border: 1/3 of its work). */
+static int seg_lo(int y, int kh, int stride, int pad) {
+    const int v = pad - y * stride;
+    return v < 0 ? 0 : v > kh ? kh : v;
+}
+static int seg_hi(int y, int kh, int stride, int pad, int hin) {
+    const int v = y * stride + kh - pad - hin;
+    return kh - (v < 0 ? 0 : v > kh ? kh : v);
+}
+
 /* First output channel whose nonzeros start at or after the nonzero index target: chunks of
  * output channels cut at equal shares of the nonzeros, so that work items weigh alike. */
-static int chunk_start(const int32_t *ptr, int ngroups, int Cout, int64_t target) {
+static int chunk_start(const int32_t *ptr, int per_channel, int Cout, int64_t target) {
     int lo = 0, hi = Cout;
     while (lo < hi) {
         const int mid = (lo + hi) / 2;
-        if (ptr[(int64_t)mid * ngroups] < target) lo = mid + 1; else hi = mid;
+        if (ptr[(int64_t)mid * per_channel] < target) lo = mid + 1; else hi = mid;
     }
     return lo;
 }
 
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
  * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there. The
- * nonzeros of output channel co, input-channel group g are ptr[co*ngroups+g] ..
- * ptr[co*ngroups+g+1]: groups are sized so that the input a column tile reads from one group
- * stays in L1 while every output channel of the chunk uses it. dst/res: padded
+ * nonzeros of output channel co, input-channel group g form run r = co*ngroups+g, cut by kernel
+ * row: those of row ky are ptr[r*kh+ky] .. ptr[r*kh+ky+1]. Groups are sized so that the input
+ * a column tile reads from one group stays in L1 while every output channel of the chunk uses
+ * it; a tile runs the kernel rows that some row of it reads inside the input (hin rows). dst/res: padded
  * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
  * pairs: row blocks of equal height, chunks of equal nonzero counts, about four items per
  * thread and a multiple of the thread count where the layer allows it, handed out
  * dynamically. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                             const int32_t *ptr, const void *off, int off16, const float *val,
-                             const float *bias, float *dst, const float *res, int relu, int nthreads) {
+                             int kh, int stride, int pad, int hin, const int32_t *ptr, const void *off,
+                             int off16, const float *val, const float *bias, float *dst, const float *res,
+                             int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
@@ -178,21 +194,24 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int most = Cout / 8 > 1 ? Cout / 8 : 1;
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
-    const int64_t total = ptr[(int64_t)Cout * ngroups];
+    const int per_channel = ngroups * kh;
+    const int64_t total = ptr[(int64_t)Cout * per_channel];
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
-            const int c0 = chunk_start(ptr, ngroups, Cout, total * ch / nchunks);
-            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, ngroups, Cout, total * (ch + 1) / nchunks);
+            const int c0 = chunk_start(ptr, per_channel, Cout, total * ch / nchunks);
+            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, per_channel, Cout, total * (ch + 1) / nchunks);
+            const int lo = seg_lo(y + r - 1, kh, stride, pad), hi0 = seg_hi(y, kh, stride, pad, hin);
+            const int hi = hi0 > lo ? hi0 : lo;
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
                 const tile_fn fn = kind->fn[off16 != 0][r];
                 const int64_t o = c0 * dplane + (y + 1) * drow + N + t;
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + (int64_t)c0 * ngroups + g, ngroups, c1 - c0, dst + o, drow,
-                       dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
+                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * kh, per_channel, lo, hi, c1 - c0,
+                       dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
                 t += kind->width;
             }
         }
@@ -263,29 +282,32 @@ static float *pool_buffer(int64_t floats) {
  * 2y-1 carried over from the previous pooled row, rows 2y and 2y+1 computed as one 2-row
  * tile), pools it and writes the pooled row into the padded (Cout, Ho/2+2, Wo/2+2, N) dst. */
 static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                                  const int32_t *ptr, const void *off, int off16, const float *val,
-                                  const float *bias, float *dst, int nthreads) {
+                                  int kh, int stride, int pad, int hin, const int32_t *ptr, const void *off,
+                                  int off16, const float *val, const float *bias, float *dst, int nthreads) {
     const int64_t lrow = (int64_t)(Wo + 2) * N, lplane = 3 * lrow;
     const int Hp = Ho / 2, Wp = Wo / 2;
     const int64_t drow = (int64_t)(Wp + 2) * N, dplane = (int64_t)(Hp + 2) * drow;
     const int L = Wo * N;
     int nchunks = 4 * nthreads;
     if (nchunks > Cout) nchunks = Cout;
-    const int64_t total = ptr[(int64_t)Cout * ngroups];
+    const int per_channel = ngroups * kh;
+    const int64_t total = ptr[(int64_t)Cout * per_channel];
     float *loc = pool_buffer((int64_t)Cout * lplane);
     #pragma omp for schedule(dynamic, 1)
     for (int ch = 0; ch < nchunks; ch++) {
-        const int c0 = chunk_start(ptr, ngroups, Cout, total * ch / nchunks);
-        const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, ngroups, Cout, total * (ch + 1) / nchunks);
+        const int c0 = chunk_start(ptr, per_channel, Cout, total * ch / nchunks);
+        const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, per_channel, Cout, total * (ch + 1) / nchunks);
         memset(loc, 0, (size_t)((c1 - c0) * lplane) * sizeof(float));  /* row -1 and the borders: zero */
         for (int y = 0; y < Hp && c0 < c1; y++) {
             const float *base = src + (int64_t)(2 * y) * src_row;
+            const int lo = seg_lo(2 * y + 1, kh, stride, pad), hi0 = seg_hi(2 * y, kh, stride, pad, hin);
+            const int hi = hi0 > lo ? hi0 : lo;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, 2)];
                 const tile_fn fn = kind->fn[off16 != 0][2];
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + (int64_t)c0 * ngroups + g, ngroups, c1 - c0, loc + lrow + N + t,
-                       lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
+                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * kh, per_channel, lo, hi, c1 - c0,
+                       loc + lrow + N + t, lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
                 t += kind->width;
             }
             for (int c = c0; c < c1; c++) {
@@ -360,13 +382,13 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         switch (s->kind) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
         case STEP_CONV:
-            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->off16, s->val,
-                             s->bias, s->dst, s->res, s->relu, nthreads);
+            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->kh, s->stride, s->pad, s->H,
+                             s->ptr, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_CONV_POOL:
-            sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->ptr, s->off, s->off16,
-                                  s->val, s->bias, s->dst, nthreads);
+            sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->kh, s->stride, s->pad,
+                                  s->H, s->ptr, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
             break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
