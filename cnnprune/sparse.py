@@ -180,10 +180,10 @@ class _ConvPlan:
     ms: dict[str, float] = field(default_factory=dict)
 
     @property
-    def geometry(self) -> tuple[int, int, int, int]:
-        """Kernel height, stride, padding, input height: what the sparse kernel needs to skip
-        the kernel rows that read only the zero border."""
-        return self.conv.shape[2], self.conv.stride, self.conv.padding, self.hin
+    def geometry(self) -> tuple[int, int, int, int, int]:
+        """Kernel size, stride, padding, input height and width: what the sparse kernel needs to
+        skip the taps that read only the zero border."""
+        return self.conv.shape[2], self.conv.stride, self.conv.padding, self.hin, self.win
 
     def release(self) -> None:
         """Drop the operands of the modes not chosen (what the plan holds is what it runs)."""
@@ -223,8 +223,8 @@ def _winograd_weights(conv: FoldedConv) -> np.ndarray:
 def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
                      ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """The folded weight as the kernel reads it: nonzeros ordered by (output channel, group of
-    ``group`` input channels, kernel row), ``ptr`` the start of each (channel, group, kernel
-    row) segment (``kh`` per run: the kernel skips the rows that read only the zero border),
+    ``group`` input channels, kernel column, kernel row), ``ptr`` the start of each such segment
+    (k*k per run: the kernel skips the taps that read only the zero border),
     each nonzero's input offset (floats) and value. Offsets are uint16 where they all fit
     (``narrow``; small batches), else int32: at batch 1 the late layers stream their nonzeros
     from memory for only 4-16 multiply-adds each, so 6 instead of 8 bytes per nonzero is time
@@ -233,11 +233,11 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
     ngroups = -(-cin // group)
-    segment = (co * ngroups + ci // group) * kh + ky
+    segment = ((co * ngroups + ci // group) * kw + kx) * kh + ky
     order = np.argsort(segment, kind="stable")
     co, ci, ky, kx = co[order], ci[order], ky[order], kx[order]
-    ptr = np.zeros(cout * ngroups * kh + 1, dtype=np.int32)
-    ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh))
+    ptr = np.zeros(cout * ngroups * kh * kw + 1, dtype=np.int32)
+    ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh * kw))
     oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
     if conv.stride == 1:
         row = (win + 2) * n

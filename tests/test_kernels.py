@@ -43,7 +43,7 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
         steps.append(split_step(src, base))
     steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, resbuf, relu,
-                           (k, conv.stride, conv.padding, h)))
+                           (k, conv.stride, conv.padding, h, w)))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     return _to_nchw(dst)
 
@@ -91,14 +91,14 @@ def test_residual_and_no_relu() -> None:
 def test_group_offsets_cover_every_nonzero_once() -> None:
     conv = random_conv(10, 6, 3, 1, 0.5, seed=3)
     ptr, ngroups, off, val = _sparse_operands(conv, 8, 8, 2, group=4)
-    assert ngroups == 3 and len(ptr) == 6 * 3 * 3 + 1  # a segment per (channel, group, kernel row)
+    assert ngroups == 3 and len(ptr) == 6 * 3 * 9 + 1  # a segment per (channel, group, kernel column, row)
     assert ptr[0] == 0 and ptr[-1] == len(val) == int((conv.weight != 0).sum())
     assert (np.diff(ptr) >= 0).all()
-    assert ptr[ngroups * 3] == 0, "channel 0 has no nonzero"
+    assert ptr[ngroups * 9] == 0, "channel 0 has no nonzero"
     w = conv.weight.numpy()
-    for seg in range(len(ptr) - 1):  # each segment holds exactly its channel's, group's and kernel row's nonzeros
-        co, g, ky = seg // 9, seg // 3 % 3, seg % 3
-        part = w[co, 4 * g:4 * g + 4, ky]
+    for seg in range(len(ptr) - 1):  # each segment holds exactly its channel's, group's and tap's nonzeros
+        co, g, kx, ky = seg // 27, seg // 9 % 3, seg // 3 % 3, seg % 3
+        part = w[co, 4 * g:4 * g + 4, ky, kx]
         assert ptr[seg + 1] - ptr[seg] == int((part != 0).sum())
         assert sorted(val[ptr[seg]:ptr[seg + 1]].tolist()) == sorted(part[part != 0].tolist())
 
@@ -205,7 +205,7 @@ def run_conv_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int) -
     cout = conv.weight.shape[0]
     src, dst = padded_from(x), _padded(cout, h // 2, w // 2, n)
     ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
-    step = conv_pool_step(src, h, w, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, (3, 1, 1, h))
+    step = conv_pool_step(src, h, w, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, (3, 1, 1, h, w))
     lib.run_steps((Step * 1)(step), 1, threads)
     assert_zero_border(dst)
     return _to_nchw(dst)

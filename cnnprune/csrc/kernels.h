@@ -30,13 +30,13 @@ typedef int32_t i_v1 __attribute__((vector_size(4)));
 /* A forward pass as a list of steps run inside one parallel region: the threads meet at the
  * barrier that closes each step's loop instead of being started and stopped per operation,
  * and Python calls once per run of consecutive native steps. Field use per kind: see each
- * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output; kh, stride, pad
- * the geometry of a sparse convolution's kernel rows (which taps of an output row read the
- * zero border, see sparse_conv.c). */
+ * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output; k, stride, pad
+ * the geometry of a sparse convolution (which of its taps read only the zero border, see
+ * sparse_conv.c). */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7,
        STEP_CONV_POOL = 8 };
 typedef struct {
-    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, kh, stride, pad;
+    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, k, stride, pad;
     int64_t src_row;
     const float *src, *res;
     float *dst;

@@ -21,25 +21,56 @@
  * independent multiply-adds. Small tiles (batch 1, late layers) would wait on the FMA latency,
  * so they keep U sets of accumulators for consecutive nonzeros: R*NV*U >= 8 chains. */
 
+/* Which nonzeros of its runs a tile multiplies, and over which part of its width. A run is cut
+ * into k*k segments by kernel column kx (major) and row ky: segment kx*k+ky. Kernel rows
+ * outside [lo, hi) read only the zero border for every row of the tile and are skipped; a
+ * tile exactly two pixels wide that touches the left or right border runs each kernel
+ * column over the pixels it reads inside the input: cols[kx] = 3 both, 1 the first, 2 the
+ * second, 0 neither. whole: nothing skipped, the run is one range. */
+typedef struct { int lo, hi, k, whole; int8_t cols[16]; } seg_sel;
+
+/* The multiply-adds of nonzeros J0..J1-1 into the accumulator vectors V0..V1-1 of each row
+ * (expanded inside a tile function: acc, U, base, off, val, srow are its locals). */
+#define RUN_SEG(J0, J1, V0, V1, R, VT, V)                                                      \
+    do {                                                                                       \
+        int j = (J0);                                                                          \
+        const int jend = (J1);                                                                 \
+        for (; j + U <= jend; j += U)                                                          \
+            _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                              \
+                const float w = val[j + u];                                                    \
+                const float *restrict s = base + off[j + u];                                   \
+                _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                           \
+                    _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                     \
+                        acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (V));             \
+            }                                                                                  \
+        for (; j < jend; j++) {                                                                \
+            const float w = val[j];                                                            \
+            const float *restrict s = base + off[j];                                           \
+            _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
+                _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                         \
+                    acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (V));                 \
+        }                                                                                      \
+    } while (0)
+
 /* One tile position for the output channels c = 0..nch-1 of a chunk (one input-channel group
- * of each): channel c's nonzeros are p[c*pstride + lo] .. p[c*pstride + hi] (its run's kernel-row
- * segments lo..hi-1, see sparse_conv_body), its output at out + c*dplane. first: start from
- * the bias, else from what earlier groups left in out; last: add the residual and apply ReLU before the store. The channel loop is inside the tile so that a
- * channel's short run of nonzeros costs no call. */
+ * of each): channel c's run of nonzeros has its segments at p + c*pstride (see seg_sel), its
+ * output at out + c*dplane. first: start from the bias, else from what earlier groups left in
+ * out; last: add the residual and apply ReLU before the store. The channel loop is inside the
+ * tile so that a channel's short run of nonzeros costs no call. */
 typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, const float *restrict,
-                        const int32_t *restrict, int, int, int, int, float *restrict, int64_t, int64_t, int,
-                        const float *restrict, int, const float *restrict, int);
+                        const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
+                        int64_t, int, const float *restrict, int, const float *restrict, int);
 
 #define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF)                                                  \
 static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow,             \
         const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
-        int pstride, int lo, int hi, int nch, float *restrict out, int64_t drow, int64_t dplane,\
-        int first,                                                                             \
-        const float *restrict bias, int last, const float *restrict res, int relu) {           \
+        int pstride, const seg_sel *restrict sel, int nch, float *restrict out, int64_t drow,   \
+        int64_t dplane, int first, const float *restrict bias, int last,                       \
+        const float *restrict res, int relu) {                                                 \
     enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
     const OT *restrict off = (const OT *)offp;                                                 \
+    const int k = sel->k, lo = sel->lo, hi = sel->hi;                                          \
     for (int c = 0; c < nch; c++, p += pstride, out += dplane, res = res ? res + dplane : 0) { \
-    const int j0 = p[lo], j1 = p[hi];                                                          \
     const float b = bias[c];                                                                   \
     VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
@@ -47,22 +78,18 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
             acc[0][r][v] = first ? (VT){0} + b : *(const VT *)(out + r * drow + v * (V));      \
             _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) acc[u][r][v] = (VT){0};        \
         }                                                                                      \
-    int j = j0;                                                                                \
-    for (; j + U <= j1; j += U)                                                                \
-        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                                  \
-            const float w = val[j + u];                                                        \
-            const float *restrict s = base + off[j + u];                                       \
-            _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
-                _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                          \
-                    acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (V));                 \
+    if (sel->whole)                                                                            \
+        RUN_SEG(p[0], p[k * k], 0, NV, R, VT, V);                                              \
+    else                                                                                       \
+        for (int kx = 0; kx < k; kx++) {                                                       \
+            const int a = p[kx * k + lo], z = p[kx * k + hi];                                  \
+            switch (sel->cols[kx]) {                                                           \
+            case 3: RUN_SEG(a, z, 0, NV, R, VT, V); break;                                     \
+            case 1: RUN_SEG(a, z, 0, NV / 2, R, VT, V); break;                                 \
+            case 2: RUN_SEG(a, z, NV / 2, NV, R, VT, V); break;                                \
+            default: break;                                                                    \
+            }                                                                                  \
         }                                                                                      \
-    for (; j < j1; j++) {                                                                      \
-        const float w = val[j];                                                                \
-        const float *restrict s = base + off[j];                                               \
-        _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                   \
-            _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                              \
-                acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (V));                     \
-    }                                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
             VT a = acc[0][r][v];                                                               \
@@ -148,16 +175,39 @@ static int pick_kind(int rem, int r) {
 }
 
 /* Kernel rows ky of output row y that read inside the input (0 <= y*stride + ky - pad < hin):
- * ky in [seg_lo, seg_hi). The others read only the zero border; the runs are sorted by ky so
- * that they are skipped as a whole (4 of layer4's 9 taps per output pixel at 2x2 maps read
- * the border: 1/3 of its work). */
-static int seg_lo(int y, int kh, int stride, int pad) {
+ * ky in [seg_lo, seg_hi); the same for kernel columns and output columns. The others read only
+ * the zero border: at layer4's 2x2 maps 5 of the 9 taps of every output pixel, at layer3's 4x4
+ * maps 44 of 144. */
+static int seg_lo(int y, int k, int stride, int pad) {
     const int v = pad - y * stride;
-    return v < 0 ? 0 : v > kh ? kh : v;
+    return v < 0 ? 0 : v > k ? k : v;
 }
-static int seg_hi(int y, int kh, int stride, int pad, int hin) {
-    const int v = y * stride + kh - pad - hin;
-    return kh - (v < 0 ? 0 : v > kh ? kh : v);
+static int seg_hi(int y, int k, int stride, int pad, int hin) {
+    const int v = y * stride + k - pad - hin;
+    return k - (v < 0 ? 0 : v > k ? k : v);
+}
+
+/* The selection of a tile over output rows y0..y1 (inclusive) and floats t..t+width-1 of a row
+ * of pixels of N floats (see seg_sel); a pixel must be whole vectors of the tile for its
+ * columns to be cut. */
+static void tile_sel(seg_sel *sel, int y0, int y1, int t, int width, int N, int k, int stride, int pad, int hin,
+                     int win) {
+    sel->k = k;
+    sel->lo = seg_lo(y1, k, stride, pad);
+    const int hi = seg_hi(y0, k, stride, pad, hin);
+    sel->hi = hi > sel->lo ? hi : sel->lo;
+    int whole = sel->lo == 0 && sel->hi == k;
+    const int pair = width == 2 * N && width >= 2 * VW && t % N == 0;  /* pixels of whole vectors */
+    const int x = t / N;
+    for (int kx = 0; kx < k && kx < 16; kx++) {
+        int mode = 3;
+        if (pair)
+            mode = (kx >= seg_lo(x, k, stride, pad) && kx < seg_hi(x, k, stride, pad, win))
+                 | (kx >= seg_lo(x + 1, k, stride, pad) && kx < seg_hi(x + 1, k, stride, pad, win)) << 1;
+        sel->cols[kx] = (int8_t)mode;
+        whole = whole && mode == 3;
+    }
+    sel->whole = whole;
 }
 
 /* First output channel whose nonzeros start at or after the nonzero index target: chunks of
@@ -174,15 +224,16 @@ static int chunk_start(const int32_t *ptr, int per_channel, int Cout, int64_t ta
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
  * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there. The
  * nonzeros of output channel co, input-channel group g form run r = co*ngroups+g, cut by kernel
- * row: those of row ky are ptr[r*kh+ky] .. ptr[r*kh+ky+1]. Groups are sized so that the input
- * a column tile reads from one group stays in L1 while every output channel of the chunk uses
- * it; a tile runs the kernel rows that some row of it reads inside the input (hin rows). dst/res: padded
+ * column and row: those of (kx, ky) are ptr[(r*k+kx)*k+ky] .. ptr[(r*k+kx)*k+ky+1]. Groups are
+ * sized so that the input a column tile reads from one group stays in L1 while every output
+ * channel of the chunk uses it; a tile skips the taps that read only the zero border of the
+ * hin x win input (tile_sel). dst/res: padded
  * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
  * pairs: row blocks of equal height, chunks of equal nonzero counts, about four items per
  * thread and a multiple of the thread count where the layer allows it, handed out
  * dynamically. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                             int kh, int stride, int pad, int hin, const int32_t *ptr, const void *off,
+                             int k, int stride, int pad, int hin, int win, const int32_t *ptr, const void *off,
                              int off16, const float *val, const float *bias, float *dst, const float *res,
                              int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
@@ -194,7 +245,7 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int most = Cout / 8 > 1 ? Cout / 8 : 1;
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
-    const int per_channel = ngroups * kh;
+    const int per_run = k * k, per_channel = ngroups * per_run;
     const int64_t total = ptr[(int64_t)Cout * per_channel];
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
@@ -202,16 +253,16 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
             const int c0 = chunk_start(ptr, per_channel, Cout, total * ch / nchunks);
             const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, per_channel, Cout, total * (ch + 1) / nchunks);
-            const int lo = seg_lo(y + r - 1, kh, stride, pad), hi0 = seg_hi(y, kh, stride, pad, hin);
-            const int hi = hi0 > lo ? hi0 : lo;
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
                 const tile_fn fn = kind->fn[off16 != 0][r];
                 const int64_t o = c0 * dplane + (y + 1) * drow + N + t;
+                seg_sel sel;
+                tile_sel(&sel, y, y + r - 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * kh, per_channel, lo, hi, c1 - c0,
-                       dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
+                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * per_run, per_channel, &sel,
+                       c1 - c0, dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
                 t += kind->width;
             }
         }
@@ -282,15 +333,16 @@ static float *pool_buffer(int64_t floats) {
  * 2y-1 carried over from the previous pooled row, rows 2y and 2y+1 computed as one 2-row
  * tile), pools it and writes the pooled row into the padded (Cout, Ho/2+2, Wo/2+2, N) dst. */
 static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                                  int kh, int stride, int pad, int hin, const int32_t *ptr, const void *off,
-                                  int off16, const float *val, const float *bias, float *dst, int nthreads) {
+                                  int k, int stride, int pad, int hin, int win, const int32_t *ptr,
+                                  const void *off, int off16, const float *val, const float *bias, float *dst,
+                                  int nthreads) {
     const int64_t lrow = (int64_t)(Wo + 2) * N, lplane = 3 * lrow;
     const int Hp = Ho / 2, Wp = Wo / 2;
     const int64_t drow = (int64_t)(Wp + 2) * N, dplane = (int64_t)(Hp + 2) * drow;
     const int L = Wo * N;
     int nchunks = 4 * nthreads;
     if (nchunks > Cout) nchunks = Cout;
-    const int per_channel = ngroups * kh;
+    const int per_run = k * k, per_channel = ngroups * per_run;
     const int64_t total = ptr[(int64_t)Cout * per_channel];
     float *loc = pool_buffer((int64_t)Cout * lplane);
     #pragma omp for schedule(dynamic, 1)
@@ -300,14 +352,14 @@ static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int
         memset(loc, 0, (size_t)((c1 - c0) * lplane) * sizeof(float));  /* row -1 and the borders: zero */
         for (int y = 0; y < Hp && c0 < c1; y++) {
             const float *base = src + (int64_t)(2 * y) * src_row;
-            const int lo = seg_lo(2 * y + 1, kh, stride, pad), hi0 = seg_hi(2 * y, kh, stride, pad, hin);
-            const int hi = hi0 > lo ? hi0 : lo;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, 2)];
                 const tile_fn fn = kind->fn[off16 != 0][2];
+                seg_sel sel;
+                tile_sel(&sel, 2 * y, 2 * y + 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * kh, per_channel, lo, hi, c1 - c0,
-                       loc + lrow + N + t, lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
+                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * per_run, per_channel, &sel,
+                       c1 - c0, loc + lrow + N + t, lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
                 t += kind->width;
             }
             for (int c = c0; c < c1; c++) {
@@ -382,13 +434,13 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         switch (s->kind) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
         case STEP_CONV:
-            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->kh, s->stride, s->pad, s->H,
+            sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad, s->H, s->W,
                              s->ptr, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_CONV_POOL:
-            sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->kh, s->stride, s->pad,
-                                  s->H, s->ptr, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
+            sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad,
+                                  s->H, s->W, s->ptr, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
             break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
