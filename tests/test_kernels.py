@@ -65,7 +65,8 @@ def reference(conv: FoldedConv, x: torch.Tensor, res: torch.Tensor | None, relu:
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 16, 32])
-@pytest.mark.parametrize("k, stride, hw", [(3, 1, 16), (3, 1, 7), (3, 1, 5), (3, 2, 8), (1, 2, 8), (3, 1, 2)])
+@pytest.mark.parametrize("k, stride, hw", [(3, 1, 16), (3, 1, 7), (3, 1, 5), (3, 2, 8), (1, 2, 8), (3, 1, 2), (3, 1, 1),
+                                           (3, 2, 2), (3, 2, 4)])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.6, 1.0])
 def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, density: float) -> None:
     conv = random_conv(12, 24, k, stride, density, seed=n * 100 + hw)

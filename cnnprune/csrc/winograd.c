@@ -245,20 +245,26 @@ int winograd_panels(int H, int W, int N) { return (int)((wg_cols_padded(H, W, N)
  * layer1, 6 in layer2): one work item per panel transforms that panel's input into a
  * per-thread buffer and runs every output-channel block over it, so the transformed input
  * never leaves the core's caches (the two-step variant writes and rereads 4.7 MB of it per
- * layer at batch 32). Columns past the batch or the layer are zeroed, so that the products
- * dropped with them stay finite. */
+ * layer at batch 32). Each thread takes an equal share of the columns (whole vectors), cut
+ * into panels of PW and one narrower: dealt out as whole panels, layer2's 5 1/3 panels at
+ * batch 32 left one of two threads idle for 22 % of the step. Columns past the batch or the
+ * layer are zeroed, so that the products dropped with them stay finite. */
 void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cout, const float *u,
                          const float *bias, float *dst, const float *res, int relu) {
     const int tw = W / 4, np_ = wg_np(N), ncb = Cout / 4;
     const int64_t T = wg_cols(H, W, N), Tp = wg_cols_padded(H, W, N);
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
-    const int np = (int)((Tp + PW - 1) / PW);
+    const int nt = omp_get_num_threads();
+    const int64_t vectors = Tp / VW, share = (vectors + nt - 1) / nt * VW;  /* columns per thread */
+    const int per = (int)((share + PW - 1) / PW);                           /* panels per thread */
     const int64_t xs = (int64_t)Cin * PW + 16;
     float *m = thread_buffer(0, 36 * MS), *vp = thread_buffer(1, 36 * xs);
     #pragma omp for schedule(static)
-    for (int p = 0; p < np; p++) {
-        const int64_t t0 = (int64_t)p * PW;
-        const int wp = (int)(Tp - t0 < PW ? Tp - t0 : PW);
+    for (int item = 0; item < nt * per; item++) {
+        const int64_t start = (item / per) * share, end = start + share < Tp ? start + share : Tp;
+        const int64_t t0 = start + (int64_t)(item % per) * PW;
+        if (t0 >= end) continue;
+        const int wp = (int)(end - t0 < PW ? end - t0 : PW);
         for (int c = 0; c < Cin; c++) {
             for (int64_t t = t0; t < t0 + wp;) {
                 const int64_t tile = t / np_, n = t % np_;
