@@ -8,8 +8,10 @@ Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
   a contiguous run of an input row, with no im2col (the spatially-vectorised sparse × dense
   scheme of XNNPACK's "Fast Sparse ConvNets"); stride-2 convolutions read 4 phase planes.
   Each output channel's nonzeros are cut into input-channel groups (``_group_size``) so that
-  what a register tile reads stays in L1 while the whole output-channel chunk uses it; offsets
-  are 16-bit where they fit (``_sparse_operands``).
+  what a register tile reads stays in L1 while the whole output-channel chunk uses it, and
+  into segments by kernel column and row, so that a tile skips the taps that read only the
+  zero border (most of layer4's at 2x2 maps); offsets are 16-bit where they fit
+  (``_sparse_operands``).
   Global pruning leaves the early layers dense (layer1 keeps ~57 % of its weights at 90 %
   global sparsity), and there a kernel doing one multiply-add per nonzero does more work than
   Winograd F(4x4, 3x3) (``csrc/winograd.c``: 36 products per 4x4 tile and channel pair, the
