@@ -267,6 +267,41 @@ def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
 
 
+class _BufferPool:
+    """Activation buffers of one forward pass, handed out again once their last reader has run
+    (the steps run in program order): at batch 32 a buffer per layer output made ~35 MB of
+    activations, which with the weights outgrew the 32 MB L3 cache, so that every layer read
+    its input and weights from memory. Padded buffers are only reused as padded buffers of the
+    same shape, whose writers touch interiors only, so their borders stay zero; phase planes
+    are rewritten whole by each split."""
+
+    def __init__(self, arena: Arena, reuse: bool = True) -> None:
+        self.arena = arena
+        self.reuse = reuse
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._kind: dict[int, tuple] = {}
+
+    def _take(self, key: tuple) -> np.ndarray:
+        free = self._free.get(key)
+        buf = free.pop() if free and self.reuse else self.arena.zeros(key[1])
+        self._kind[id(buf)] = key
+        return buf
+
+    def padded(self, c: int, h: int, w: int, n: int) -> np.ndarray:
+        return self._take(("padded", (c, h + 2, w + 2, n)))
+
+    def phase(self, c: int, hh: int, wh: int, n: int) -> np.ndarray:
+        """The 4 phase planes (4c, hh, wh, n) a stride-2 convolution reads."""
+        return self._take(("phase", (4 * c, hh, wh, n)))
+
+    def give(self, *buffers: np.ndarray | None) -> None:
+        """Return buffers whose last reader is already in the program (repeats and None ignored)."""
+        for b in buffers:
+            key = self._kind.pop(id(b), None) if b is not None else None
+            if key is not None:
+                self._free.setdefault(key, []).append(b)
+
+
 def _padded(c: int, h: int, w: int, n: int, arena: Arena | None = None) -> np.ndarray:
     shape = (c, h + 2, w + 2, n)
     return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
@@ -464,9 +499,9 @@ class NativeSparseResNet(nn.Module):
         return lambda array=array, keep=keep: lib.run_steps(array, len(array), t)
 
     def _program(self, n: int) -> dict:
-        """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``) and
-        the forward pass: runs of native steps, each one call, with the layers that run dense
-        (PyTorch) between them."""
+        """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``,
+        each reused once its last reader has run: ``_BufferPool``) and the forward pass: runs of
+        native steps, each one call, with the layers that run dense (PyTorch) between them."""
         from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step, conv_pool_step
 
         plan = self._plan(n)
@@ -474,11 +509,12 @@ class NativeSparseResNet(nn.Module):
             return plan
         convs = plan["convs"]
         arena = Arena()
+        pool = _BufferPool(arena)
         xbuf = arena.zeros((n, 3, 32, 32))
         inp = _padded(3, 32, 32, n, arena)
         stem = convs[self.net.stem.name]
-        a = _padded(64, 32, 32, n, arena) if stem.mode != "sparse" else None  # the fused stem needs none
-        cur = _padded(64, 16, 16, n, arena)
+        a = pool.padded(64, 32, 32, n) if stem.mode != "sparse" else None  # the fused stem needs none
+        cur = pool.padded(64, 16, 16, n)
         keep = [xbuf, inp, a, cur]
         items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=32, W=32, dst=inp.ctypes.data)]
 
@@ -498,23 +534,25 @@ class NativeSparseResNet(nn.Module):
         else:
             conv(stem, inp, a, None, True, None)
             items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=32, W=32, N=n, dst=cur.ctypes.data))
+            pool.give(a)
         for b in self.net.blocks:
             p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
             cout, cin = b.conv1.shape[:2]
             phase = None
             if b.conv1.stride == 2:
-                phase = arena.zeros((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n))
-            mid = _padded(cout, p1.ho, p1.wo, n, arena)
+                phase = pool.phase(cin, cur.shape[1] // 2, cur.shape[2] // 2, n)
+            mid = pool.padded(cout, p1.ho, p1.wo, n)
             conv(p1, cur, mid, None, True, phase)
             identity = cur
             if b.downsample is not None:
                 pd = convs[b.downsample.name]
-                identity = _padded(cout, pd.ho, pd.wo, n, arena)
+                identity = pool.padded(cout, pd.ho, pd.wo, n)
                 # the phase planes of ``cur`` were just made by conv1: reuse them
                 conv(pd, cur, identity, None, False, phase, split=p1.mode != "sparse")
-            out = _padded(cout, p2.ho, p2.wo, n, arena)
+            out = pool.padded(cout, p2.ho, p2.wo, n)
             conv(p2, mid, out, identity, True, None)
             keep += [phase, mid, identity, out]
+            pool.give(phase, mid, cur, identity)
             cur = out
         h, w = plan["final_hw"]
         pooled = arena.zeros((n, cur.shape[0]))
