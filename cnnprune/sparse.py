@@ -227,10 +227,10 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
     """The folded weight as the kernel reads it: nonzeros ordered by (output channel, group of
     ``group`` input channels, kernel column, kernel row), ``ptr`` the start of each such segment
     (k*k per run: the kernel skips the taps that read only the zero border),
-    each nonzero's input offset (floats) and value. Offsets are uint16 where they all fit
-    (``narrow``; small batches), else int32: at batch 1 the late layers stream their nonzeros
-    from memory for only 4-16 multiply-adds each, so 6 instead of 8 bytes per nonzero is time
-    saved."""
+    each nonzero's input offset (in pixels of ``n`` floats) and value. Offsets are uint16 where
+    they all fit (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the
+    nonzeros are streamed from memory in every pass, for only 4-16 multiply-adds each at batch
+    1, so 6 instead of 8 bytes per nonzero is time saved."""
     w = conv.dense().numpy()
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
@@ -249,6 +249,7 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
         row = wh * n
         plane = ((oy % 2) * 2 + (ox % 2)) * cin + ci
         off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
+    off //= n  # every offset is a whole pixel: the kernel multiplies by the batch
     top = int(off.max()) if off.size else 0
     if top >= 2**31:
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")

@@ -104,11 +104,13 @@ def test_group_offsets_cover_every_nonzero_once() -> None:
         assert sorted(val[ptr[seg]:ptr[seg + 1]].tolist()) == sorted(part[part != 0].tolist())
 
 
-def test_offsets_are_16_bit_only_where_they_fit() -> None:
+def test_offsets_are_16_bit_pixels_where_they_fit() -> None:
     conv = random_conv(12, 8, 3, 1, 0.5, seed=4)
-    small = _sparse_operands(conv, 8, 8, 1, group=12)[2]
-    large = _sparse_operands(conv, 16, 16, 32, group=12)[2]  # 12 planes of 18*18*32 floats
-    assert small.dtype == np.uint16 and large.dtype == np.int32 and int(large.max()) >= 2**16
+    batch32 = _sparse_operands(conv, 16, 16, 32, group=12)[2]  # 12 planes of 18*18 pixels of 32 floats
+    assert batch32.dtype == np.uint16 and int(batch32.max()) < 12 * 18 * 18
+    wide = random_conv(64, 8, 3, 1, 0.5, seed=4)
+    large = _sparse_operands(wide, 32, 32, 1, group=64)[2]  # 64 planes of 34*34 pixels
+    assert large.dtype == np.int32 and int(large.max()) >= 2**16
     assert _sparse_operands(conv, 8, 8, 1, group=12, narrow=False)[2].dtype == np.int32
 
 

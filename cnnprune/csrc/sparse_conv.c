@@ -26,11 +26,13 @@
  * outside [lo, hi) read only the zero border for every row of the tile and are skipped; a
  * tile exactly two pixels wide that touches the left or right border runs each kernel
  * column over the pixels it reads inside the input: cols[kx] = 3 both, 1 the first, 2 the
- * second, 0 neither. whole: nothing skipped, the run is one range. */
-typedef struct { int lo, hi, k, whole; int8_t cols[16]; } seg_sel;
+ * second, 0 neither. whole: nothing skipped, the run is one range. unit: floats per unit of
+ * the nonzeros' offsets (the batch: every offset is a whole pixel, so that 16 bits hold the
+ * offsets of every layer at batch 32 and each nonzero is 6 bytes). */
+typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 
 /* The multiply-adds of nonzeros J0..J1-1 into the accumulator vectors V0..V1-1 of each row
- * (expanded inside a tile function: acc, U, base, off, val, srow are its locals). */
+ * (expanded inside a tile function: acc, U, base, off, val, srow, unit are its locals). */
 #define RUN_SEG(J0, J1, V0, V1, R, VT, V)                                                      \
     do {                                                                                       \
         int j = (J0);                                                                          \
@@ -38,14 +40,14 @@ typedef struct { int lo, hi, k, whole; int8_t cols[16]; } seg_sel;
         for (; j + U <= jend; j += U)                                                          \
             _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                              \
                 const float w = val[j + u];                                                    \
-                const float *restrict s = base + off[j + u];                                   \
+                const float *restrict s = base + (int64_t)off[j + u] * unit;                   \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                           \
                     _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                     \
                         acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (V));             \
             }                                                                                  \
         for (; j < jend; j++) {                                                                \
             const float w = val[j];                                                            \
-            const float *restrict s = base + off[j];                                           \
+            const float *restrict s = base + (int64_t)off[j] * unit;                           \
             _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
                 _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                         \
                     acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (V));                 \
@@ -70,6 +72,7 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
     const OT *restrict off = (const OT *)offp;                                                 \
     const int k = sel->k, lo = sel->lo, hi = sel->hi;                                          \
+    const int64_t unit = sel->unit;                                                            \
     for (int c = 0; c < nch; c++, p += pstride, out += dplane, res = res ? res + dplane : 0) { \
     const float b = bias[c];                                                                   \
     VT acc[U][R][NV];                                                                          \
@@ -193,6 +196,7 @@ static int seg_hi(int y, int k, int stride, int pad, int hin) {
 static void tile_sel(seg_sel *sel, int y0, int y1, int t, int width, int N, int k, int stride, int pad, int hin,
                      int win) {
     sel->k = k;
+    sel->unit = N;
     sel->lo = seg_lo(y1, k, stride, pad);
     const int hi = seg_hi(y0, k, stride, pad, hin);
     sel->hi = hi > sel->lo ? hi : sel->lo;
@@ -222,7 +226,7 @@ static int chunk_start(const int32_t *ptr, int per_channel, int Cout, int64_t ta
 }
 
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
- * planes make stride 2 look like stride 1); off[j]: offset of nonzero j from there. The
+ * planes make stride 2 look like stride 1); off[j]*N: offset of nonzero j from there. The
  * nonzeros of output channel co, input-channel group g form run r = co*ngroups+g, cut by kernel
  * column and row: those of (kx, ky) are ptr[(r*k+kx)*k+ky] .. ptr[(r*k+kx)*k+ky+1]. Groups are
  * sized so that the input a column tile reads from one group stays in L1 while every output
