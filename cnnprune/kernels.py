@@ -46,32 +46,32 @@ class Step(ctypes.Structure):
     _fields_ = ([(name, ctypes.c_int32) for name in ("kind", "C", "H", "W", "N", "Ho", "Wo", "Cout", "ngroups", "relu", "off16",
                                                      "k", "stride", "pad")]
                 + [("src_row", ctypes.c_int64)]
-                + [(name, ctypes.c_void_p) for name in ("src", "res", "dst", "ptr", "off", "val", "bias")])
+                + [(name, ctypes.c_void_p) for name in ("src", "res", "dst", "ptr", "chan", "off", "val", "bias")])
 
 
-def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, off: np.ndarray,
-              val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
+def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,
+              off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
               geometry: tuple[int, int, int, int, int]) -> Step:
     """The CONV step of one sparse convolution over padded (C, H, W, N) ``src`` (phase planes for
-    stride 2); ``ptr``, ``off`` (uint16 or int32) and ``val`` as ``sparse._sparse_operands`` made
-    them; ``geometry``: kernel size, stride, padding, input height and width (which taps of an
-    output pixel read only the zero border, and are skipped). The step holds raw addresses: the caller
-    keeps the arrays alive."""
+    stride 2); ``ptr``, ``chan``, ``off`` (uint16 or int32) and ``val`` as
+    ``sparse._sparse_operands`` made them; ``geometry``: kernel size, stride, padding, input
+    height and width (which taps of an output pixel read only the zero border, and are
+    skipped). The step holds raw addresses: the caller keeps the arrays alive."""
     n = src.shape[3]
     k, stride, pad, hin, win = geometry
     return Step(kind=CONV, src=src.ctypes.data, src_row=src.shape[2] * n, Ho=ho, Wo=wo, N=n, Cout=cout,
                 k=k, stride=stride, pad=pad, H=hin, W=win,
-                ngroups=ngroups, ptr=ptr.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
+                ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,
                 res=None if res is None else res.ctypes.data, relu=int(relu))
 
 
-def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, off: np.ndarray,
-                   val: np.ndarray, bias: np.ndarray, dst: np.ndarray, geometry: tuple[int, int, int, int, int]) -> Step:
+def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,
+                   off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, geometry: tuple[int, int, int, int, int]) -> Step:
     """The CONV_POOL step: a stride-1 sparse convolution with ReLU (operands as ``conv_step``)
     followed by the 3x3 stride-2 max pool, into padded (Cout, ho/2+2, wo/2+2, N) ``dst``; the
     convolution's output is never stored. Raw addresses: the caller keeps the arrays alive."""
-    step = conv_step(src, ho, wo, cout, ngroups, ptr, off, val, bias, dst, None, True, geometry)
+    step = conv_step(src, ho, wo, cout, ngroups, ptr, chan, off, val, bias, dst, None, True, geometry)
     step.kind = CONV_POOL
     return step
 

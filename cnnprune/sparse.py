@@ -172,6 +172,7 @@ class _ConvPlan:
     wo: int
     mode: str = "sparse"
     ptr: np.ndarray | None = None
+    chan: np.ndarray | None = None
     ngroups: int = 1
     off: np.ndarray | None = None
     val: np.ndarray | None = None
@@ -190,7 +191,7 @@ class _ConvPlan:
     def release(self) -> None:
         """Drop the operands of the modes not chosen (what the plan holds is what it runs)."""
         if self.mode != "sparse":
-            self.ptr = self.off = self.val = None
+            self.ptr = self.chan = self.off = self.val = None
         if self.mode != "winograd":
             self.u = None
         if self.mode != "dense":
@@ -223,23 +224,27 @@ def _winograd_weights(conv: FoldedConv) -> np.ndarray:
 
 
 def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
-                     ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """The folded weight as the kernel reads it: nonzeros ordered by (output channel, group of
-    ``group`` input channels, kernel column, kernel row), ``ptr`` the start of each such segment
-    (k*k per run: the kernel skips the taps that read only the zero border),
-    each nonzero's input offset (in pixels of ``n`` floats) and value. Offsets are uint16 where
-    they all fit (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the
-    nonzeros are streamed from memory in every pass, for only 4-16 multiply-adds each at batch
-    1, so 6 instead of 8 bytes per nonzero is time saved."""
+                     ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """The folded weight as the kernel reads it (``csrc/sparse_conv.c``): nonzeros ordered by
+    (group of ``group`` input channels, output channel, kernel column, kernel row): a tile
+    streams one group's runs channel after channel. ``ptr``: the start of each such segment
+    (k*k per run: the kernel skips the taps that read only the zero border); ``chan``: the
+    nonzeros before each output channel (how work is cut into equal shares); each nonzero's
+    input offset (in pixels of ``n`` floats) and value. Offsets are uint16 where they all fit
+    (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the nonzeros are
+    streamed from memory in every pass, for only 4-16 multiply-adds each at batch 1, so 6
+    instead of 8 bytes per nonzero is time saved."""
     w = conv.dense().numpy()
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
     ngroups = -(-cin // group)
-    segment = ((co * ngroups + ci // group) * kw + kx) * kh + ky
+    segment = (((ci // group) * cout + co) * kw + kx) * kh + ky
     order = np.argsort(segment, kind="stable")
     co, ci, ky, kx = co[order], ci[order], ky[order], kx[order]
     ptr = np.zeros(cout * ngroups * kh * kw + 1, dtype=np.int32)
     ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh * kw))
+    chan = np.zeros(cout + 1, dtype=np.int32)
+    chan[1:] = np.cumsum(np.bincount(co, minlength=cout))
     oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
     if conv.stride == 1:
         row = (win + 2) * n
@@ -254,7 +259,7 @@ def _sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, n
     if top >= 2**31:
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
     narrow = narrow and top < 2**16
-    return ptr, ngroups, off.astype(np.uint16 if narrow else np.int32), \
+    return ptr, chan, ngroups, off.astype(np.uint16 if narrow else np.int32), \
         np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
 
 
@@ -346,7 +351,7 @@ class NativeSparseResNet(nn.Module):
         arrays: dict[int, int] = {}
         for plan in self._plans.values():
             for p in plan["convs"].values():
-                for a in (p.ptr, p.off, p.val, p.bias, p.u):
+                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u):
                     if a is not None:
                         arrays[a.ctypes.data] = a.nbytes
                 if p.dense_weight is not None:
@@ -372,7 +377,7 @@ class NativeSparseResNet(nn.Module):
                      (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
             p = _ConvPlan(conv, hin, win, ho, wo)
             group = _group_size(self.lib, conv, wo * n, ho, n)
-            p.ptr, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
+            p.ptr, p.chan, p.ngroups, p.off, p.val = _sparse_operands(conv, hin, win, n, group)
             p.bias = conv.bias.numpy().astype(np.float32)
             if self.winograd and winograd_eligible(conv, hin, win):
                 p.u = self._winograd_u(conv)
@@ -487,7 +492,7 @@ class NativeSparseResNet(nn.Module):
         if p.conv.stride == 2 and split:
             steps.append(split_step(src, phase))
         base = phase if p.conv.stride == 2 else src
-        steps.append(conv_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.off, p.val, p.bias,
+        steps.append(conv_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias,
                                dst, res, relu, p.geometry))
         return steps
 
@@ -530,7 +535,7 @@ class NativeSparseResNet(nn.Module):
                 items.extend(self._conv_steps(p, p.mode, src, dst, res, relu, phase, scratch, split))
 
         if stem.mode == "sparse":  # with the pool, in one step: its 32x32 output never goes to memory
-            items.append(conv_pool_step(inp, stem.ho, stem.wo, 64, stem.ngroups, stem.ptr, stem.off, stem.val,
+            items.append(conv_pool_step(inp, stem.ho, stem.wo, 64, stem.ngroups, stem.ptr, stem.chan, stem.off, stem.val,
                                         stem.bias, cur, stem.geometry))
         else:
             conv(stem, inp, a, None, True, None)

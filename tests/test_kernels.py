@@ -37,12 +37,12 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     cout, _, k, _ = conv.weight.shape
     ho, wo = (h + 2 * conv.padding - k) // conv.stride + 1, (w + 2 * conv.padding - k) // conv.stride + 1
     src, dst, resbuf = padded_from(x), _padded(cout, ho, wo, n), padded_from(res)
-    ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group, narrow)
+    ptr, chan, ngroups, off, val = _sparse_operands(conv, h, w, n, group, narrow)
     steps, base = [], src
     if conv.stride == 2:
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
         steps.append(split_step(src, base))
-    steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, resbuf, relu,
+    steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, chan, off, val, conv.bias.numpy(), dst, resbuf, relu,
                            (k, conv.stride, conv.padding, h, w)))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     return _to_nchw(dst)
@@ -91,14 +91,15 @@ def test_residual_and_no_relu() -> None:
 
 def test_group_offsets_cover_every_nonzero_once() -> None:
     conv = random_conv(10, 6, 3, 1, 0.5, seed=3)
-    ptr, ngroups, off, val = _sparse_operands(conv, 8, 8, 2, group=4)
-    assert ngroups == 3 and len(ptr) == 6 * 3 * 9 + 1  # a segment per (channel, group, kernel column, row)
-    assert ptr[0] == 0 and ptr[-1] == len(val) == int((conv.weight != 0).sum())
-    assert (np.diff(ptr) >= 0).all()
-    assert ptr[ngroups * 9] == 0, "channel 0 has no nonzero"
+    ptr, chan, ngroups, off, val = _sparse_operands(conv, 8, 8, 2, group=4)
+    assert ngroups == 3 and len(ptr) == 3 * 6 * 9 + 1  # a segment per (group, channel, kernel column, row)
     w = conv.weight.numpy()
-    for seg in range(len(ptr) - 1):  # each segment holds exactly its channel's, group's and tap's nonzeros
-        co, g, kx, ky = seg // 27, seg // 9 % 3, seg // 3 % 3, seg % 3
+    assert ptr[0] == 0 and ptr[-1] == len(val) == int((w != 0).sum())
+    assert (np.diff(ptr) >= 0).all()
+    assert chan.tolist() == [0, *np.cumsum((w != 0).reshape(6, -1).sum(1)).tolist()]
+    assert chan[1] == 0, "channel 0 has no nonzero"
+    for seg in range(len(ptr) - 1):  # each segment holds exactly its group's, channel's and tap's nonzeros
+        g, co, kx, ky = seg // 54, seg // 9 % 6, seg // 3 % 3, seg % 3
         part = w[co, 4 * g:4 * g + 4, ky, kx]
         assert ptr[seg + 1] - ptr[seg] == int((part != 0).sum())
         assert sorted(val[ptr[seg]:ptr[seg + 1]].tolist()) == sorted(part[part != 0].tolist())
@@ -106,12 +107,12 @@ def test_group_offsets_cover_every_nonzero_once() -> None:
 
 def test_offsets_are_16_bit_pixels_where_they_fit() -> None:
     conv = random_conv(12, 8, 3, 1, 0.5, seed=4)
-    batch32 = _sparse_operands(conv, 16, 16, 32, group=12)[2]  # 12 planes of 18*18 pixels of 32 floats
+    batch32 = _sparse_operands(conv, 16, 16, 32, group=12)[3]  # 12 planes of 18*18 pixels of 32 floats
     assert batch32.dtype == np.uint16 and int(batch32.max()) < 12 * 18 * 18
     wide = random_conv(64, 8, 3, 1, 0.5, seed=4)
-    large = _sparse_operands(wide, 32, 32, 1, group=64)[2]  # 64 planes of 34*34 pixels
+    large = _sparse_operands(wide, 32, 32, 1, group=64)[3]  # 64 planes of 34*34 pixels
     assert large.dtype == np.int32 and int(large.max()) >= 2**16
-    assert _sparse_operands(conv, 8, 8, 1, group=12, narrow=False)[2].dtype == np.int32
+    assert _sparse_operands(conv, 8, 8, 1, group=12, narrow=False)[3].dtype == np.int32
 
 
 def test_channels_per_group_keeps_a_tile_in_l1() -> None:
@@ -207,8 +208,8 @@ def run_conv_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int) -
     n, _, h, w = x.shape
     cout = conv.weight.shape[0]
     src, dst = padded_from(x), _padded(cout, h // 2, w // 2, n)
-    ptr, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
-    step = conv_pool_step(src, h, w, cout, ngroups, ptr, off, val, conv.bias.numpy(), dst, (3, 1, 1, h, w))
+    ptr, chan, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
+    step = conv_pool_step(src, h, w, cout, ngroups, ptr, chan, off, val, conv.bias.numpy(), dst, (3, 1, 1, h, w))
     lib.run_steps((Step * 1)(step), 1, threads)
     assert_zero_border(dst)
     return _to_nchw(dst)

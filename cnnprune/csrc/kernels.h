@@ -40,7 +40,7 @@ typedef struct {
     int64_t src_row;
     const float *src, *res;
     float *dst;
-    const int32_t *ptr;
+    const int32_t *ptr, *chan;
     const void *off;
     const float *val, *bias;
 } step_t;

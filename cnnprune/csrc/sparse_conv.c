@@ -197,13 +197,19 @@ static void tile_sel(seg_sel *sel, int y0, int y1, int t, int width, int N, int 
                      int win) {
     sel->k = k;
     sel->unit = N;
+    if (k > (int)sizeof(sel->cols)) {  /* no cuts: every tap over the whole tile (zeros read from the border) */
+        sel->lo = 0;
+        sel->hi = k;
+        sel->whole = 1;
+        return;
+    }
     sel->lo = seg_lo(y1, k, stride, pad);
     const int hi = seg_hi(y0, k, stride, pad, hin);
     sel->hi = hi > sel->lo ? hi : sel->lo;
     int whole = sel->lo == 0 && sel->hi == k;
     const int pair = width == 2 * N && width >= 2 * VW && t % N == 0;  /* pixels of whole vectors */
     const int x = t / N;
-    for (int kx = 0; kx < k && kx < 16; kx++) {
+    for (int kx = 0; kx < k; kx++) {
         int mode = 3;
         if (pair)
             mode = (kx >= seg_lo(x, k, stride, pad) && kx < seg_hi(x, k, stride, pad, win))
@@ -216,29 +222,32 @@ static void tile_sel(seg_sel *sel, int y0, int y1, int t, int width, int N, int 
 
 /* First output channel whose nonzeros start at or after the nonzero index target: chunks of
  * output channels cut at equal shares of the nonzeros, so that work items weigh alike. */
-static int chunk_start(const int32_t *ptr, int per_channel, int Cout, int64_t target) {
+static int chunk_start(const int32_t *chan, int Cout, int64_t target) {
     int lo = 0, hi = Cout;
     while (lo < hi) {
         const int mid = (lo + hi) / 2;
-        if (ptr[(int64_t)mid * per_channel] < target) lo = mid + 1; else hi = mid;
+        if (chan[mid] < target) lo = mid + 1; else hi = mid;
     }
     return lo;
 }
 
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
  * planes make stride 2 look like stride 1); off[j]*N: offset of nonzero j from there. The
- * nonzeros of output channel co, input-channel group g form run r = co*ngroups+g, cut by kernel
- * column and row: those of (kx, ky) are ptr[(r*k+kx)*k+ky] .. ptr[(r*k+kx)*k+ky+1]. Groups are
- * sized so that the input a column tile reads from one group stays in L1 while every output
- * channel of the chunk uses it; a tile skips the taps that read only the zero border of the
- * hin x win input (tile_sel). dst/res: padded
- * (Cout, Ho+2, Wo+2, N), interiors only. Work items are (row block, output-channel chunk)
- * pairs: row blocks of equal height, chunks of equal nonzero counts, about four items per
- * thread and a multiple of the thread count where the layer allows it, handed out
- * dynamically. */
+ * nonzeros of input-channel group g, output channel co form run r = g*Cout+co, cut by kernel
+ * column and row: those of (kx, ky) are ptr[(r*k+kx)*k+ky] .. ptr[(r*k+kx)*k+ky+1]; chan[co]:
+ * how many nonzeros the channels before co hold. Groups are sized so that the input a column
+ * tile reads from one group stays in L1 while every output channel of the chunk uses it, and
+ * the runs of one group are stored channel after channel, so that a tile streams the
+ * nonzeros of its chunk in one sequential pass per group (channel-major runs made jumps of a
+ * channel's nonzeros, which the hardware prefetcher did not follow, and the nonzeros come
+ * from memory in every pass: they outgrow the caches with the activations). A tile skips the
+ * taps that read only the zero border of the hin x win input (tile_sel). Work items are
+ * (row block, output-channel chunk) pairs: row blocks of equal height, chunks of equal
+ * nonzero counts, about four items per thread and a multiple of the thread count where the
+ * layer allows it, handed out dynamically. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
-                             int k, int stride, int pad, int hin, int win, const int32_t *ptr, const void *off,
-                             int off16, const float *val, const float *bias, float *dst, const float *res,
+                             int k, int stride, int pad, int hin, int win, const int32_t *ptr,
+                             const int32_t *chan, const void *off, int off16, const float *val, const float *bias, float *dst, const float *res,
                              int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
@@ -249,14 +258,14 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int most = Cout / 8 > 1 ? Cout / 8 : 1;
     if (nchunks > most) nchunks = most;
     if (nchunks < 1) nchunks = 1;
-    const int per_run = k * k, per_channel = ngroups * per_run;
-    const int64_t total = ptr[(int64_t)Cout * per_channel];
+    const int per_run = k * k;
+    const int64_t total = chan[Cout];
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
-            const int c0 = chunk_start(ptr, per_channel, Cout, total * ch / nchunks);
-            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, per_channel, Cout, total * (ch + 1) / nchunks);
+            const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
+            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
@@ -265,7 +274,7 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
                 seg_sel sel;
                 tile_sel(&sel, y, y + r - 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * per_run, per_channel, &sel,
+                    fn(base + t, src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
                        c1 - c0, dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
                 t += kind->width;
             }
@@ -338,7 +347,7 @@ static float *pool_buffer(int64_t floats) {
  * tile), pools it and writes the pooled row into the padded (Cout, Ho/2+2, Wo/2+2, N) dst. */
 static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                                   int k, int stride, int pad, int hin, int win, const int32_t *ptr,
-                                  const void *off, int off16, const float *val, const float *bias, float *dst,
+                                  const int32_t *chan, const void *off, int off16, const float *val, const float *bias, float *dst,
                                   int nthreads) {
     const int64_t lrow = (int64_t)(Wo + 2) * N, lplane = 3 * lrow;
     const int Hp = Ho / 2, Wp = Wo / 2;
@@ -346,13 +355,13 @@ static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int
     const int L = Wo * N;
     int nchunks = 4 * nthreads;
     if (nchunks > Cout) nchunks = Cout;
-    const int per_run = k * k, per_channel = ngroups * per_run;
-    const int64_t total = ptr[(int64_t)Cout * per_channel];
+    const int per_run = k * k;
+    const int64_t total = chan[Cout];
     float *loc = pool_buffer((int64_t)Cout * lplane);
     #pragma omp for schedule(dynamic, 1)
     for (int ch = 0; ch < nchunks; ch++) {
-        const int c0 = chunk_start(ptr, per_channel, Cout, total * ch / nchunks);
-        const int c1 = ch == nchunks - 1 ? Cout : chunk_start(ptr, per_channel, Cout, total * (ch + 1) / nchunks);
+        const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
+        const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
         memset(loc, 0, (size_t)((c1 - c0) * lplane) * sizeof(float));  /* row -1 and the borders: zero */
         for (int y = 0; y < Hp && c0 < c1; y++) {
             const float *base = src + (int64_t)(2 * y) * src_row;
@@ -362,7 +371,7 @@ static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int
                 seg_sel sel;
                 tile_sel(&sel, 2 * y, 2 * y + 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + ((int64_t)c0 * ngroups + g) * per_run, per_channel, &sel,
+                    fn(base + t, src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
                        c1 - c0, loc + lrow + N + t, lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
                 t += kind->width;
             }
@@ -439,12 +448,12 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
         case STEP_CONV:
             sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad, s->H, s->W,
-                             s->ptr, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
+                             s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_CONV_POOL:
             sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad,
-                                  s->H, s->W, s->ptr, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
+                                  s->H, s->W, s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
             break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
