@@ -831,12 +831,14 @@ def markdown(results: dict, plot_names: list[str]) -> str:
                      + f" | {sp_s} | {frac} | {own} |")
         L.append("")
     L.append("Speedup vs best dense = the faster of PyTorch eager and onnxruntime on the same model, same run, "
-             "same threads, divided by the sparse engine's time (per pass, median over passes). FLOP limit = dense MACs / nonzero MACs. "
+             "same threads, divided by the sparse engine's time (per pass, median over passes). FLOP limit = dense MACs / nonzero MACs, "
+             "both counting the products with the zero border that dense engines compute. "
              "† = the sparse engine measured its sparse path slower than dense onnxruntime at this batch size and "
              "ran onnxruntime; (†) = in some passes; Wk = k of its 20 convolutions ran Winograd F(4x4, 3x3), "
              "‡k = k ran dense oneDNN, because that was faster (k1–k2: passes chose differently). Winograd is a "
              "dense algorithm (4x fewer multiplies than a direct convolution, for the densest layers): it can take "
-             "the speedup past 100 % of the FLOP limit, and it speeds up the unpruned model too. Pruning's own "
+             "the speedup past 100 % of the FLOP limit, and it speeds up the unpruned model too; so can the sparse "
+             "kernel's skipping of the taps that read only the zero border (most of layer4's at its 2x2 maps). Pruning's own "
              "share is the last column: the same engine's time on the unpruned model over its time on this one.\n")
 
     goals = sparse_goals(results)
