@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cnnprune import sparse
+from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
 from cnnprune.model import load_model
 
@@ -203,3 +205,21 @@ def test_held_weight_bytes_count_what_each_mode_keeps(artifacts: Path) -> None:
     assert u_bytes == sum(36 * p.conv.shape[0] * p.conv.shape[1] * 4 for p in plan.values() if p.mode == "winograd")
     assert all(p.off is None for p in plan.values() if p.mode == "winograd"), "unused sparse operands dropped"
     assert wino.held_weight_bytes() > after + u_bytes / 2, "Winograd's transformed weights are counted"
+
+
+def test_buffer_pool_hands_out_again_only_what_was_given_back() -> None:
+    pool = sparse._BufferPool(Arena())
+    a, b = pool.padded(16, 2, 2, 2), pool.padded(16, 2, 2, 2)
+    assert a.shape == (16, 4, 4, 2) and not np.shares_memory(a, b)
+    pool.give(a, a, None)  # repeats and None are ignored
+    assert pool.padded(16, 2, 2, 2) is a
+    assert not np.shares_memory(pool.padded(16, 2, 2, 2), a), "given back once, handed out once"
+    phase = pool.phase(4, 4, 4, 2)  # the same shape as the padded buffers, another kind
+    assert phase.shape == a.shape
+    pool.give(phase)
+    assert pool.padded(16, 2, 2, 2) is not phase, "phase planes are never reused as padded buffers (their border)"
+    assert pool.phase(4, 4, 4, 2) is phase
+    off = sparse._BufferPool(Arena(), reuse=False)
+    c = off.padded(16, 2, 2, 2)
+    off.give(c)
+    assert off.padded(16, 2, 2, 2) is not c
