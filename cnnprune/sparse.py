@@ -276,21 +276,21 @@ def _group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run
 class _BufferPool:
     """Activation buffers of one forward pass, handed out again once their last reader has run
     (the steps run in program order): at batch 32 a buffer per layer output made ~35 MB of
-    activations, which with the weights outgrew the 32 MB L3 cache, so that every layer read
-    its input and weights from memory. Padded buffers are only reused as padded buffers of the
-    same shape, whose writers touch interiors only, so their borders stay zero; phase planes
-    are rewritten whole by each split."""
+    activations, beside the weights, on a 32 MB L3 cache; reused, they are ~15 MB (measured
+    1.02x for the whole network at 90 %, batch 32). Padded buffers are only reused as padded
+    buffers of the same shape, whose writers touch interiors only, so their borders stay zero;
+    phase planes are rewritten whole by each split."""
 
     def __init__(self, arena: Arena, reuse: bool = True) -> None:
         self.arena = arena
         self.reuse = reuse
         self._free: dict[tuple, list[np.ndarray]] = {}
-        self._kind: dict[int, tuple] = {}
+        self._key: dict[int, tuple] = {}
 
     def _take(self, key: tuple) -> np.ndarray:
         free = self._free.get(key)
         buf = free.pop() if free and self.reuse else self.arena.zeros(key[1])
-        self._kind[id(buf)] = key
+        self._key[id(buf)] = key
         return buf
 
     def padded(self, c: int, h: int, w: int, n: int) -> np.ndarray:
@@ -303,7 +303,7 @@ class _BufferPool:
     def give(self, *buffers: np.ndarray | None) -> None:
         """Return buffers whose last reader is already in the program (repeats and None ignored)."""
         for b in buffers:
-            key = self._kind.pop(id(b), None) if b is not None else None
+            key = self._key.pop(id(b), None) if b is not None else None
             if key is not None:
                 self._free.setdefault(key, []).append(b)
 

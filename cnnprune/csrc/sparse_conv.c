@@ -247,8 +247,8 @@ static int chunk_start(const int32_t *chan, int Cout, int64_t target) {
  * layer allows it, handed out dynamically. */
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                              int k, int stride, int pad, int hin, int win, const int32_t *ptr,
-                             const int32_t *chan, const void *off, int off16, const float *val, const float *bias, float *dst, const float *res,
-                             int relu, int nthreads) {
+                             const int32_t *chan, const void *off, int off16, const float *val,
+                             const float *bias, float *dst, const float *res, int relu, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
@@ -347,8 +347,8 @@ static float *pool_buffer(int64_t floats) {
  * tile), pools it and writes the pooled row into the padded (Cout, Ho/2+2, Wo/2+2, N) dst. */
 static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                                   int k, int stride, int pad, int hin, int win, const int32_t *ptr,
-                                  const int32_t *chan, const void *off, int off16, const float *val, const float *bias, float *dst,
-                                  int nthreads) {
+                                  const int32_t *chan, const void *off, int off16, const float *val,
+                                  const float *bias, float *dst, int nthreads) {
     const int64_t lrow = (int64_t)(Wo + 2) * N, lplane = 3 * lrow;
     const int Hp = Ho / 2, Wp = Wo / 2;
     const int64_t drow = (int64_t)(Wp + 2) * N, dplane = (int64_t)(Hp + 2) * drow;
