@@ -90,3 +90,12 @@ def schedule_by_name(name: str) -> Schedule:
         if s.name == name:
             return s
     raise KeyError(name)
+
+
+# Every model the harness measures: the source and the six checkpoints, in report order.
+MODELS: tuple[str, ...] = ("unpruned", *CHECKPOINT_NAMES)
+
+
+def target_sparsity(name: str) -> float:
+    """The target sparsity (fraction 0–1) a model name stands for: 0 for the unpruned model."""
+    return 0.0 if name == "unpruned" else schedule_by_name(name).target

@@ -1,0 +1,331 @@
+"""``REPORT.md``: one run's :class:`~cnnprune.analysis.Analysis` rendered section by section.
+
+Every figure is read from the analysis of ``results.json``; every verdict comes from
+:mod:`cnnprune.claims`. Each function below renders one section and returns its lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow
+from cnnprune.claims import claims
+from cnnprune.fmt import mb, pct, times
+from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
+
+LATENCY_ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr")
+
+
+def _fallback_passes(used: str | None) -> str:
+    """"all" when the sparse engine ran its onnxruntime fallback in every pass, "some" when in
+    some ("onnxruntime+sparse", as the passes are joined), else ""."""
+    if used == "onnxruntime":
+        return "all"
+    return "some" if "onnxruntime" in (used or "") else ""
+
+
+def _layer_counts(values: tuple[int, ...]) -> str:
+    """A per-pass layer count as "k" or "k1–k2" where passes chose differently ("" for none)."""
+    lo, hi = min(values, default=0), max(values, default=0)
+    return "" if hi == 0 else (f"{lo}" if lo == hi else f"{lo}–{hi}")
+
+
+def _layer_marks(row: LatencyRow) -> str:
+    """Latency-cell marks of the layers the native engine ran otherwise than sparse: "Wk"
+    Winograd, "‡k" dense oneDNN."""
+    marks = []
+    if _layer_counts(row.winograd_layers):
+        marks.append(f"W{_layer_counts(row.winograd_layers)}")
+    if _layer_counts(row.dense_layers):
+        marks.append(f"‡{_layer_counts(row.dense_layers)}")
+    return (" " + " ".join(marks)) if marks else ""
+
+
+def how_measured(a: Analysis) -> list[str]:
+    r, m = a.results, a.results["machine"]
+    cuda_gpu = r["cuda"]["machine"].get("gpu") if r.get("cuda") else None
+    L = ["## How it was measured\n",
+         f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; **{m['threads']} threads for every engine**; "
+         f"GPU: {m['gpu'] or 'none (CUDA cases skipped)'}"
+         + (f"; the CUDA figures come from a separate run on {cuda_gpu} (section CUDA)." if r.get("cuda") else "."),
+         f"- Software: Python {m['python']}, PyTorch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "
+         f"NumPy {m['numpy']}; {m['platform']}.",
+         f"- Model: the report's CIFAR ResNet18 (3×3 stride-1 conv1, maxpool kept, 11,173,962 parameters), "
+         f"checkpoint `{Path(r['source_checkpoint']['path']).name}` (sha256 "
+         f"`{r['source_checkpoint']['sha256'][:16]}…`).",
+         f"- Data: {r['dataset']}, accuracy on **all {r['test_images']:,} test images** "
+         f"(the report used CIFAR-10 and {REPORT_TEST_IMAGES:,} of its 10,000 test images; its numbers are quoted, "
+         "never mixed with ours)."]
+    rounds = sorted({row.rounds for row in a.latency})
+    passes = max((row.passes for row in a.latency), default=1)
+    L.append(f"- Latency: pytest-benchmark, one forward pass per round on a fixed random input, "
+             f"{'/'.join(map(str, rounds))} timed rounds in all after ≥2 warm-up rounds and one untimed first call "
+             "(planning, calibration); reported as **median (IQR)** in ms over all rounds. Batch sizes "
+             f"{', '.join(map(str, a.config.batches))}. Compare ratios within this run only.")
+    if passes > 1:
+        L.append(f"- Passes: the matrix ran {passes} times, every engine loaded afresh each time (the sparse engine "
+                 "calibrates again); within a pass the engines of one model and batch ran back to back, seconds "
+                 "apart. A speedup is the **median of the per-pass ratios** (so the machine's slow drift cancels); "
+                 "the goals table gives its range over passes.")
+    if a.noise:
+        L.append("- Noise: one-shot and iterative models of the same sparsity cost every engine the same work; their "
+                 "medians differ by up to " + ", ".join(f"{times(v)} at batch {b} ({d})"
+                                                        for (d, b), v in sorted(a.noise.items()))
+                 + " in this run. Ratios closer to 1 than that are not resolved by this run.")
+    L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that imports every engine, loads one form and "
+             f"runs {r['memory_runs']} inferences at batch {max(a.config.batches)}; the sparse form is measured "
+             "without its in-memory dense fallback. Weights in memory are the bytes of the loaded tensors.")
+    L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
+             "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer choice of "
+             "sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the whole sparse net is "
+             "at least 5 % faster); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
+    return L
+
+
+def claims_section(a: Analysis) -> list[str]:
+    L = ["## The report's claims\n"]
+    for c in claims(a):
+        L += [f"### {c.claim}\n", f"**Verdict: {c.verdict}.**  \n_Rule: {c.rule}._\n"]
+        L += [f"- {line}" for line in c.measured]
+        L.append("")
+    return L
+
+
+def _sparse_cell(row: LatencyRow) -> str:
+    cell = f"{row.median_ms:.2f} ({row.iqr_ms:.2f})"
+    fallback = _fallback_passes(row.sparse_engine_used)
+    if fallback:
+        return cell + (" †" if fallback == "all" else " (†)")
+    return cell + _layer_marks(row)
+
+
+def _latency_table(a: Analysis, device: str, batch: int) -> list[str]:
+    rows = {(s.row.model, s.row.engine): s for s in a.speedups if (s.row.device, s.row.batch) == (device, batch)}
+    engines = [e for e in LATENCY_ENGINES if any(k[1] == e for k in rows)]
+    L = [f"### {device}, batch {batch}\n",
+         "| model | sparsity | " + " | ".join(f"{ENGINE_LABELS[e]} ms" for e in engines)
+         + " | sparse speedup vs best dense | of FLOP limit | sparse: unpruned / pruned |",
+         "|---|---:|" + "---:|" * len(engines) + "---:|---:|---:|"]
+    for model, result in a.models.items():
+        cells = []
+        for e in engines:
+            s = rows.get((model, e))
+            cells.append("–" if s is None else _sparse_cell(s.row) if e == "sparse"
+                         else f"{s.row.median_ms:.2f} ({s.row.iqr_ms:.2f})")
+        s = rows.get((model, "sparse"))
+        speed = times(s.vs_best_dense.median if s and s.vs_best_dense else None) if s else "–"
+        frac = f"{s.fraction_of_flop_limit:.0%} of {times(s.flop_limit)}" if s and s.fraction_of_flop_limit else "–"
+        own = s.vs_same_engine_unpruned if s else None
+        own_cell = times(own.median) if own and model != "unpruned" and own.median else "–"
+        L.append(f"| {model} | {pct(result.sparsity)} | " + " | ".join(cells) + f" | {speed} | {frac} | {own_cell} |")
+    L.append("")
+    return L
+
+
+LATENCY_NOTE = (
+    "Speedup vs best dense = the faster of PyTorch eager and onnxruntime on the same model, same run, same threads, "
+    "divided by the sparse engine's time (per pass, median over passes). FLOP limit = dense MACs / nonzero MACs, "
+    "both counting the products with the zero border that dense engines compute. † = the sparse engine measured its "
+    "sparse path slower than dense onnxruntime at this batch size and ran onnxruntime; (†) = in some passes; Wk = k "
+    "of its 20 convolutions ran Winograd F(4x4, 3x3), ‡k = k ran dense oneDNN, because that was faster (k1–k2: "
+    "passes chose differently). Winograd is a dense algorithm (4x fewer multiplies than a direct convolution, for "
+    "the densest layers): it can take the speedup past 100 % of the FLOP limit, and it speeds up the unpruned model "
+    "too; so can the sparse kernel's skipping of the taps that read only the zero border (most of layer4's at its "
+    "2x2 maps). Pruning's own share is the last column: the same engine's time on the unpruned model over its time "
+    "on this one.\n")
+
+
+def _goal_verdict(g: GoalCheck) -> str:
+    verdict = "met" if g.met else "not met"
+    if g.above_flop_limit:
+        verdict += " (the goal is above this model's FLOP limit)"
+    if g.within_noise:
+        verdict += "; the difference is within this run's noise"
+    fallback = _fallback_passes(g.sparse_engine_used)
+    if fallback:
+        verdict += "; ran the dense fallback" + ("" if fallback == "all" else " in some passes")
+    return verdict
+
+
+def goals_section(a: Analysis) -> list[str]:
+    if not a.goals:
+        return []
+    L = ["### The sparse engine against its goals\n",
+         "| model | batch | goal vs best dense | measured | FLOP limit | pruning alone | verdict |",
+         "|---|---:|---:|---:|---:|---:|---|"]
+    for g in a.goals:
+        spread = f" ({g.speedup.low:.2f}–{g.speedup.high:.2f})" if g.paired else ""
+        L.append(f"| {g.model} | {g.batch} | {'never slower' if g.goal == 1.0 else times(g.goal)} | "
+                 f"{times(g.speedup.median)}{spread} | {times(g.flop_limit)} | {times(g.pruning_alone)} | "
+                 f"{_goal_verdict(g)} |")
+    L.append("\nPruning alone = the same engine's time on the unpruned model over its time on this model: "
+             "what the pruning itself buys inside the engine, Winograd and kernels being equal.")
+    if any(g.paired for g in a.goals):
+        L.append("Measured = median of the per-pass ratios (range over passes). \"Never slower\" = not slower in "
+                 "every pass; \"within noise\" = the range over passes includes 1.\n")
+    else:
+        L.append("\n\"Never slower\" = the sparse median is within the best dense engine's median + IQR of this run.\n")
+    return L
+
+
+def latency_section(a: Analysis) -> list[str]:
+    L = ["## Latency\n"]
+    for device, batch in sorted({(s.row.device, s.row.batch) for s in a.speedups}):
+        L += _latency_table(a, device, batch)
+    return L + [LATENCY_NOTE] + goals_section(a)
+
+
+def _cuda_header(a: Analysis) -> list[str]:
+    cuda = a.results["cuda"]
+    m, info = cuda["machine"], cuda["machine"].get("cuda_info") or {}
+    rounds = sorted({r.row.rounds for r in a.cuda})
+    passes = max(r.row.passes for r in a.cuda)
+    return [
+        f"## CUDA: a separate run on {m.get('gpu')}\n",
+        f"- Where: {m.get('gpu')} (compute capability {info.get('capability')}, driver {info.get('driver')}), "
+        f"CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')}, PyTorch {m.get('torch')}; host {m.get('cpu_model')}. "
+        "This is not the CPU machine of the sections above: its figures are compared with each other only.",
+        f"- When and how: {cuda.get('datetime')}, commit `{m.get('commit')}`, `{m.get('command')}` "
+        f"(`bash bench/cuda.sh`; pytest-benchmark {cuda.get('pytest_benchmark')}), read from `{cuda.get('source')}`.",
+        f"- Timing: one forward pass per round, `torch.cuda.synchronize()` inside the timed call; "
+        f"{'/'.join(map(str, rounds))} timed rounds in all over {passes} passes after ≥2 warm-up rounds and an "
+        f"untimed first call (cuDNN autotuning on: `cudnn.benchmark` = {info.get('cudnn_benchmark')}); "
+        "median (IQR) in ms; speedups are medians of per-pass ratios. fp32 engines run with PyTorch's defaults: "
+        f"cuDNN convolutions may use TF32 (`cudnn.allow_tf32` = {info.get('cudnn_allow_tf32')}), matmuls "
+        f"(`matmul.allow_tf32` = {info.get('matmul_allow_tf32')}) and cuSPARSE do not. The CUDA graph engine "
+        "replays the eager model captured once per batch size (no launch cost per kernel).\n"]
+
+
+def _cuda_fp32(a: Analysis) -> list[str]:
+    fp32 = [r for r in a.cuda if r.row.model != "semi_2_4"]
+    engines = [e for e in ("torch", "cuda-graph", "torch-csr") if any(r.row.engine == e for r in fp32)]
+    sparsity = {r.row.model: r.row.sparsity for r in fp32 if r.row.sparsity is not None}
+    L = []
+    for batch in sorted({r.row.batch for r in fp32}):
+        L += [f"### CUDA, fp32, batch {batch}\n",
+              "| model | sparsity | " + " | ".join(f"{CUDA_LABELS[e]} ms" for e in engines) + " | CSR speed vs best dense |",
+              "|---|---:|" + "---:|" * len(engines) + "---:|"]
+        for model in [n for n in a.models if any(r.row.model == n and r.row.batch == batch for r in fp32)]:
+            by = {r.row.engine: r for r in fp32 if r.row.model == model and r.row.batch == batch}
+            cells = [f"{by[e].row.median_ms:.3f} ({by[e].row.iqr_ms:.3f})" if e in by else "–" for e in engines]
+            csr = by.get("torch-csr")
+            ratio = csr.vs_best_dense if csr else None
+            cell = f"{times(ratio.median)} ({ratio.low:.2f}–{ratio.high:.2f})" if ratio else \
+                ("– (0.00–0.00)" if csr else "–")
+            L.append(f"| {model} | {pct(sparsity.get(model, 0.0))} | " + " | ".join(cells) + f" | {cell} |")
+        L.append("")
+    L.append("CSR speed vs best dense = time of the faster dense engine (eager or CUDA graph) on the same model / time "
+             "of torch.sparse CSR; below 1× it is slower. Dense engines multiply the zeros of the report's "
+             "unstructured masks like any number, and cuSPARSE cannot turn 50–90 % scattered zeros into speed at "
+             "these sizes.\n")
+    return L
+
+
+def _semi_intro(a: Analysis) -> list[str]:
+    s24 = a.results.get("semi_2_4") or {}
+    if not s24:
+        return []
+    t, acc = s24["vs_unpruned"], a.models["unpruned"].accuracy["dense"]
+    return [f"The unpruned checkpoint pruned 2:4 by magnitude (in every 4 consecutive weights of a row of the "
+            f"im2col GEMM the 2 smallest are zeroed; the 3-channel stem, 27 weights per row, stays dense), "
+            f"without fine-tuning: sparsity {pct(s24['sparsity'])}, {s24['params_nonzero']:,} of "
+            f"{s24['params_total']:,} parameters nonzero, FLOP limit {times(s24['flop_limit_speedup'])}; "
+            f"top-1 {pct(s24['accuracy'])} vs {pct(acc)} unpruned ({a.results['dataset']}, CPU, fp32, "
+            f"{a.results['test_images']:,} images; McNemar p = {t['p_value']:.3f}). Timed in fp16, every "
+            "engine replayed from a CUDA graph so that host work (kernel launches, cuSPARSELt's per-call "
+            "planning) is out and GPU time is compared.\n"]
+
+
+def _semi_cell(r: CudaSpeedup) -> str:
+    return f"{r.row.median_ms:.3f} ({r.row.iqr_ms:.3f})" + ("" if r.row.graph is True else " ◊")
+
+
+def _cuda_semi(a: Analysis) -> list[str]:
+    semi = [r for r in a.cuda if r.row.model == "semi_2_4"]
+    if not semi:
+        return []
+    engines = [e for e in ("fp16-cudnn", "fp16-gemm", "fp16-2:4", "fp16-2:4-cutlass")
+               if any(r.row.engine == e for r in semi)]
+    L = ["### What a GPU needs: 2:4 semi-structured sparsity (beyond the report)\n", *_semi_intro(a),
+         "| batch | " + " | ".join(f"{CUDA_LABELS[e]} ms" for e in engines)
+         + " | 2:4 speed vs dense GEMM | 2:4 speed vs best fp16 dense |",
+         "|---:|" + "---:|" * len(engines) + "---:|---:|"]
+    for batch in sorted({r.row.batch for r in semi}):
+        by = {r.row.engine: r for r in semi if r.row.batch == batch}
+        cells = [_semi_cell(by[e]) if e in by else "–" for e in engines]
+        sp = next((by[e] for e in ("fp16-2:4", "fp16-2:4-cutlass") if e in by), None)
+        best = sp.vs_best_dense.median if sp and sp.vs_best_dense else None
+        L.append(f"| {batch} | " + " | ".join(cells) + f" | {times(sp.vs_dense_gemm if sp else None)} | "
+                 f"{times(best)} |")
+    layers = next((r.row.layers_2_4 for r in semi if r.row.layers_2_4), 0)
+    L.append(f"\n{layers} of the 20 convolutions ran as 2:4 GEMMs (the stem and fc dense). ◊ = capture in a CUDA "
+             "graph failed and the case ran eager. PyTorch's CUTLASS 2:4 kernels run only on compute capability "
+             "8.x, so on other GPUs that engine is skipped.\n")
+    return L
+
+
+def cuda_section(a: Analysis) -> list[str]:
+    """The CUDA section: a separate run's figures, with where, when and how they were taken."""
+    if not a.cuda:
+        return []
+    return _cuda_header(a) + _cuda_fp32(a) + _cuda_semi(a)
+
+
+def accuracy_section(a: Analysis) -> list[str]:
+    L = ["## Accuracy and agreement between forms\n",
+         f"| model | dense | onnx | sparse | max \\|logit diff\\| vs dense | top-1 agreement | "
+         f"report (CIFAR-10, k/{REPORT_TEST_IMAGES}, quoted) |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in a.models.items():
+        acc = m.accuracy
+        L.append(f"| {name} | {pct(acc['dense'])} | {pct(acc['onnx'])} | {pct(acc['sparse'])} | "
+                 f"{m.max_logit_diff:.1e} | {pct(m.top1_agreement)} | {REPORT_ACCURACY_CIFAR10[name]:.3f}% |")
+    L.append("")
+    ft = a.results.get("finetune")
+    if ft:
+        L.append(f"Fine-tuning (beyond the report): iterative_90 with {ft['epochs_per_step']} epoch(s) of masked "
+                 f"fine-tuning after each of the 5 steps reaches {pct(ft['accuracy'])} at sparsity "
+                 f"{pct(ft['sparsity'])} (vs {pct(a.models['iterative_90'].accuracy['dense'])} "
+                 f"without); it cost {ft['seconds']:.0f} s here.\n")
+    return L
+
+
+def size_section(a: Analysis) -> list[str]:
+    L = ["## Size, parameters and memory\n",
+         "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
+         "peak RSS dense / onnx / sparse | RSS added by loading dense / onnx / sparse | weights in memory "
+         "dense / sparse |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    forms = ("dense", "onnx", "sparse")
+    for name, m in a.models.items():
+        f, mem = m.files, m.memory
+        L.append(f"| {name} | {m.params_nonzero:,} / {m.params_total:,} | {mb(f['dense'])} | "
+                 f"{mb(f.get('onnx'))} | {mb(f.get('csr'))} | {f.get('csr', 0) / f['dense']:.1%} | "
+                 f"{m.nonzero_macs / 1e6:.1f} M of {m.dense_macs / 1e6:.1f} M | "
+                 + " / ".join(mb(mem[k].peak_rss) for k in forms) + " | "
+                 + " / ".join(mb(mem[k].added_by_load) for k in forms) + " | "
+                 f"{mb(mem['dense'].weights_in_memory)} / {mb(mem['sparse'].weights_in_memory)} |")
+    L.append(f"\nPeak RSS at batch {a.memory_batch}. Parameters counted as every float tensor except BatchNorm "
+             "running statistics. Weights in memory, sparse = what the engine holds after the inferences: its folded "
+             "weights in CSR plus, for the batch size run, the operands of each layer's chosen mode (sparse: offsets "
+             "and values; Winograd: transformed weights, 4× the layer's dense size).\n")
+    return L
+
+
+def reproduce_section(a: Analysis, plot_names: list[str]) -> list[str]:
+    steps = a.results["step_seconds"]
+    L = ["## Plots\n", *[f"![{p}]({p})" for p in plot_names], "", "## Reproduce\n",
+         f"```\n{a.config.reproduce()}   # this report\npytest bench --benchmark-autosave   # the timings alone\n```\n",
+         "Cost of each step on this machine, in seconds (\"reused\": a valid result of an earlier run with "
+         "the same inputs was kept; the figure is what computing it cost then): "
+         + ", ".join(f"{k} {v:.0f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in steps.items()) + ".\n"]
+    return L
+
+
+def markdown(a: Analysis, plot_names: list[str]) -> str:
+    L = ["# Does pruning make this ResNet18 faster, smaller and lighter? Measured.\n",
+         f"Generated {a.results['generated']} by `bash run_bench.sh` (cnnprune). Every figure below is read from "
+         "`results.json` of this run; every verdict is computed from those figures by the rule stated with it.\n"]
+    L += how_measured(a) + claims_section(a) + latency_section(a) + cuda_section(a)
+    L += accuracy_section(a) + size_section(a) + reproduce_section(a, plot_names)
+    return "\n".join(L)
