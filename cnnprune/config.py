@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from cnnprune.errors import CnnpruneError
-from cnnprune.hparams import command_line, names, opt, positive_int, positive_ints, non_negative_int
+from cnnprune.hparams import command_line, names, non_negative_int, opt, positive_int, positive_ints
 from cnnprune.schedules import MODELS
 
 DATASETS = ("fashion-mnist", "cifar10")

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnprune.config import DATASETS
 from cnnprune.errors import CnnpruneError
 
-DATASETS = ("fashion-mnist", "cifar10")
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 NUM_CLASSES = 10
 
@@ -92,7 +92,7 @@ class Split:
             stop = min(start + batch_size, n)
             yield self.normalize(self.images[start:stop]), self.labels[start:stop]
 
-    def subset(self, n: int) -> "Split":
+    def subset(self, n: int) -> Split:
         return Split(self.name, self.images[:n], self.labels[:n], self.mean, self.std, self.source)
 
 

@@ -7,14 +7,15 @@ images, and they are on CIFAR-10, so they are shown as quoted, labelled, never a
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cnnprune.data import DATASETS, Split, load_split
-from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, positive_int, run_cli
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
+from cnnprune.hparams import add_args, from_args, opt, positive_int
 from cnnprune.model import load_model, resolve_checkpoint
 from cnnprune.schedules import CHECKPOINT_NAMES, REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
@@ -38,34 +39,27 @@ def evaluate_checkpoint(path: str | Path | None, split: Split, batch_size: int =
     return accuracy(predictions(model, split, batch_size, limit), split)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass(frozen=True)
+class EvaluateConfig:
+    dataset: str = opt("fashion-mnist", "test data set", choices=DATASETS)
+    data_dir: str | None = opt(None, "dataset folder (default: embedded Fashion-MNIST test split)")
+    download: bool = opt(False, "download CIFAR-10 into --data-dir if missing")
+    checkpoint: str | None = opt(None, "checkpoint to evaluate (default: the embedded model)")
+    artifacts: str | None = opt(None, "evaluate the unpruned source and the six pruned checkpoints of this folder")
+    batch_size: int = opt(500, "images per forward pass", parse=positive_int)
+    threads: int | None = opt(None, "CPU threads", parse=positive_int)
+
+
+def _evaluate_folder(folder: Path, split: Split, batch_size: int) -> None:
+    """The source and the six checkpoints of an artifacts folder, beside the report's figures."""
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
-    parser = CliParser(prog="python -m cnnprune.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
-    parser.add_argument("--data-dir", help="dataset folder (default: embedded Fashion-MNIST test split)")
-    parser.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if missing")
-    parser.add_argument("--checkpoint", help="checkpoint to evaluate (default: the embedded model)")
-    parser.add_argument("--artifacts", help="evaluate the unpruned source and the six pruned checkpoints of this folder")
-    parser.add_argument("--batch-size", type=positive_int, default=500)
-    parser.add_argument("--threads", type=positive_int, help="CPU threads")
-    add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    split = load_split(args.dataset, "test", Path(args.data_dir) if args.data_dir else None, args.download)
-    if not args.artifacts:
-        path = resolve_checkpoint(args.checkpoint)
-        acc = evaluate_checkpoint(path, split, args.batch_size)
-        print(f"{100 * acc:.2f}%  top-1 on all {len(split):,} {split.name} test images ({path})")
-        return 0
-    folder = Path(args.artifacts)
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         raise CnnpruneError(f"--artifacts {folder} has no manifest.json; run `python -m cnnprune.prune --out {folder}`")
-    import json
-
     source = json.loads(manifest.read_text())["source"]
     table = Table(title=f"top-1 accuracy, all {len(split):,} {split.name} test images")
     table.add_column("model")
@@ -73,9 +67,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.add_column(f"report (CIFAR-10, k/{REPORT_TEST_IMAGES}, quoted)", justify="right")
     for name in ("unpruned", *CHECKPOINT_NAMES):
         path = Path(source) if name == "unpruned" else folder / f"{name}.pth"
-        acc = evaluate_checkpoint(path, split, args.batch_size)
+        acc = evaluate_checkpoint(path, split, batch_size)
         table.add_row(name, f"{100 * acc:.2f}%", f"{REPORT_ACCURACY_CIFAR10[name]:.3f}%")
     Console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = CliParser(prog="python -m cnnprune.evaluate", description=__doc__.splitlines()[0])
+    add_args(parser, EvaluateConfig)
+    add_debug_flag(parser)
+    config = from_args(EvaluateConfig, parser.parse_args(argv))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None, config.download)
+    if config.artifacts:
+        _evaluate_folder(Path(config.artifacts), split, config.batch_size)
+        return 0
+    path = resolve_checkpoint(config.checkpoint)
+    acc = evaluate_checkpoint(path, split, config.batch_size)
+    print(f"{100 * acc:.2f}%  top-1 on all {len(split):,} {split.name} test images ({path})")
     return 0
 
 

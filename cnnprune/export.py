@@ -14,7 +14,6 @@ recorded checksums are not redone unless ``--fresh``.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import warnings
@@ -26,10 +25,12 @@ import numpy as np
 import torch
 
 from cnnprune import csr
-from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, run_cli
-from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_bytes, write_json
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
+from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_bytes
+from cnnprune.hparams import add_args, from_args, opt
 from cnnprune.model import build_model, check_state_dict, load_state_dict
 from cnnprune.schedules import CHECKPOINT_NAMES
+from cnnprune.steps import Ledger, Progress, Step
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
@@ -37,11 +38,16 @@ ONNX_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class ExportConfig:
-    src: str = "artifacts"
-    out: str = "artifacts"
-    sparse: bool = False
-    onnx: bool = True
-    fresh: bool = False
+    src: str = opt("artifacts", "folder with manifest.json", flag="--in")
+    out: str | None = opt(None, "output folder (default: same as --in)")
+    sparse: bool = opt(False, "also write NAME.csr.pt (compact lossless CSR)")
+    onnx: bool = opt(True, "skip the ONNX export", flag="--no-onnx", negate=True)
+    fresh: bool = opt(False, "redo every export")
+
+    @property
+    def target(self) -> Path:
+        """The output folder: ``out``, or ``src`` when none is given."""
+        return Path(self.out or self.src)
 
 
 def onnx_bytes(model: torch.nn.Module) -> bytes:
@@ -100,19 +106,9 @@ def source_names(src: Path) -> dict[str, Path]:
     return names
 
 
-def _current(entry: dict | None, out: Path, source_sha: str, keys: Sequence[str]) -> bool:
-    if not entry or entry.get("source_sha256") != source_sha:
-        return False
-    for key in keys:
-        f = entry.get("files", {}).get(key)
-        if not f or not (out / f["file"]).is_file() or sha256_file(out / f["file"]) != f["sha256"]:
-            return False
-    return True
-
-
 def export_one(name: str, source: Path, config: ExportConfig, inputs: torch.Tensor) -> dict:
     """Export one checkpoint to the configured forms and verify each; return its export entry."""
-    out = Path(config.out)
+    out = config.target
     state = load_state_dict(source)
     model = build_model()
     check_state_dict(model, state, str(source))
@@ -144,38 +140,35 @@ def export_one(name: str, source: Path, config: ExportConfig, inputs: torch.Tens
     return entry
 
 
+def _forms(config: ExportConfig) -> tuple[str, ...]:
+    return ("dense",) + (("onnx",) if config.onnx else ()) + (("csr",) if config.sparse else ())
+
+
+def _export_step(name: str, source: Path, config: ExportConfig) -> Step:
+    """An export is current while its checkpoint (sha256) and forms are unchanged."""
+    suffix = {"dense": ".pth", "onnx": ".onnx", "csr": ".csr.pt"}
+    return Step(f"export {name}", (sha256_file(source), _forms(config), ONNX_OPSET),
+                outputs=tuple(config.target / f"{name}{suffix[f]}" for f in _forms(config)))
+
+
 def run_export(config: ExportConfig, progress: bool = True) -> dict:
     """Export every checkpoint of ``config.src``; writes and returns ``export.json``."""
-    from rich.progress import Progress
-
-    src, out = Path(config.src), Path(config.out)
+    src, out = Path(config.src), config.target
     names = source_names(src)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
-    record_path = out / "export.json"
-    old = {}
-    if record_path.is_file() and not config.fresh:
-        try:
-            old = json.loads(record_path.read_text()).get("models", {})
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            old = {}
-    keys = ["dense"] + (["onnx"] if config.onnx else []) + (["csr"] if config.sparse else [])
     torch.manual_seed(0)
     inputs = torch.randn(4, 3, 32, 32)
-    record = {"torch": torch.__version__, "onnx_opset": ONNX_OPSET, "models": {}}
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("exporting", total=len(names))
+    ledger = Ledger(out / "export.json", "models", fresh=config.fresh,
+                    header={"torch": torch.__version__, "onnx_opset": ONNX_OPSET})
+    with Progress(progress).task("export", len(names)) as start:
         for name, source in names.items():
-            bar.update(task, description=f"exporting {name}")
+            start(name)
             if not source.is_file():
                 raise CnnpruneError(f"checkpoint {source} is missing; rerun `python -m cnnprune.prune`")
-            entry = old.get(name)
-            if not _current(entry, out, sha256_file(source), keys):
-                entry = export_one(name, source, config, inputs)
-            record["models"][name] = entry
-            write_json(record_path, record)
-            bar.advance(task)
-    return record
+            ledger.run(name, _export_step(name, source, config),
+                       lambda n=name, s=source: export_one(n, s, config, inputs))
+    return ledger.data
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,16 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.table import Table
 
     parser = CliParser(prog="python -m cnnprune.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--sparse", action="store_true", help="also write NAME.csr.pt (compact lossless CSR)")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
-    parser.add_argument("--in", dest="src", default="artifacts", help="folder with manifest.json (default artifacts/)")
-    parser.add_argument("--out", default=None, help="output folder (default: same as --in)")
-    parser.add_argument("--fresh", action="store_true", help="redo every export")
+    add_args(parser, ExportConfig)
     add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    config = ExportConfig(args.src, args.out or args.src, args.sparse, not args.no_onnx, args.fresh)
+    config = from_args(ExportConfig, parser.parse_args(argv))
     record = run_export(config)
-    table = Table(title=f"exports in {config.out}")
+    table = Table(title=f"exports in {config.target}")
     for col in ("model", "dense bytes", "onnx bytes", "csr bytes", "csr / dense"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, e in record["models"].items():

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,12 +54,6 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_with(path: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> None:
-    """Atomically write whatever ``writer`` produces into a file-like object."""
-    with atomic_write(path) as handle:
-        writer(handle)
 
 
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:

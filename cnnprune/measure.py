@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -22,11 +21,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, positive_int, run_cli
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
+from cnnprune.hparams import positive_int
 
 FORMS = ("dense", "onnx", "sparse")
 
@@ -95,7 +94,7 @@ def sparse_weight_bytes(module: nn.Module) -> int:
     """Bytes of the weights a native sparse module holds after its inferences: its CSR weights
     and the operands of every planned batch size (``held_weight_bytes``); Winograd layers hold
     their transformed weights, 4x the dense size of the layer."""
-    from cnnprune.sparse import NativeSparseResNet
+    from cnnprune.native import NativeSparseResNet
 
     if not isinstance(module, NativeSparseResNet):
         return weight_bytes(module)

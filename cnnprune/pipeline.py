@@ -1,63 +1,48 @@
 """The whole job behind ``bash run_bench.sh``: prune → export → benchmark → measure → report.
 
-Each step writes its outputs atomically and records a fingerprint of its inputs; a step
-whose outputs are present and whose inputs are unchanged (sha256) is not redone, so an
-interrupted run resumes where it stopped. ``--fresh`` redoes everything.
+Each step is a :class:`~cnnprune.steps.Step` recorded in a ledger: its outputs are written
+atomically, and a step whose inputs (sha256 of the files it reads, its settings, the code it
+runs) and outputs are unchanged is not redone, so an interrupted run resumes where it stopped.
+``--fresh`` redoes everything. Every step that takes more than a moment shows its progress.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+from cnnprune.config import PipelineConfig
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
+from cnnprune.hparams import add_args, from_args
+from cnnprune.steps import Ledger, Progress, Step
 
-from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, positive_int, run_cli
-from cnnprune.fileio import sha256_file, write_json
-
-MODELS = ("unpruned", "one_shot_50", "one_shot_75", "one_shot_90", "iterative_50", "iterative_75", "iterative_90")
+# The code that produces the measured figures: a change to the engine invalidates earlier
+# timings, accuracies and memory; a change to the benchmark files, only the timings.
+ENGINE_CODE = ("sparse.py", "fold.py", "native.py", "native_plan.py", "gemm.py", "kernels.py", "buffers.py",
+               "measure.py", "csrc/sparse_conv.c", "csrc/winograd.c", "csrc/kernels.h")
+BENCH_CODE = ENGINE_CODE + ("bench/conftest.py", "bench/test_latency.py")
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    checkpoint: str | None = None
-    artifacts: str = "artifacts"
-    reports: str = "reports"
-    threads: int = 2
-    batches: tuple[int, ...] = (1, 32)
-    rounds: int | None = None
-    eval_limit: int | None = None
-    memory_runs: int = 20
-    finetune_epochs: int = 0
-    models: tuple[str, ...] = MODELS
-    fresh: bool = False
-    passes: int = 3
-    cuda_bench: str | None = "auto"
+class Outcome:
+    """A step's value, and what computing it cost when every item was reused (None: it ran now)."""
 
+    value: Any
+    reused_seconds: float | None = None
 
-def _fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _cached(path: Path, key: str, fresh: bool) -> dict | None:
-    if fresh or not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if data.get("fingerprint") == key else None
+    @classmethod
+    def of(cls, value: Any, ledger: Ledger) -> Outcome:
+        return cls(value, ledger.seconds if ledger.all_reused else None)
 
 
 def _artifact_hashes(artifacts: Path) -> dict:
@@ -65,123 +50,120 @@ def _artifact_hashes(artifacts: Path) -> dict:
     return {name: {k: f["sha256"] for k, f in e["files"].items()} for name, e in record["models"].items()}
 
 
-def code_hash(bench: bool = False) -> str:
-    """sha256 over the code that produces the measured figures (the sparse engine and the
-    measurements; with ``bench``, the benchmark files too), so that a changed kernel
-    invalidates earlier timings, accuracies and memory, and a changed harness only timings."""
-    root = Path(__file__).resolve().parent
-    files = [root / "sparse.py", root / "kernels.py", root / "buffers.py", root / "measure.py",
-             *(root / "csrc" / name for name in ("sparse_conv.c", "winograd.c", "kernels.h"))]
-    if bench:
-        files += [root.parent / "bench" / "conftest.py", root.parent / "bench" / "test_latency.py"]
-    return _fingerprint(*[sha256_file(f) for f in files if f.is_file()])
+def bench_command(config: PipelineConfig, out: Path, progress_file: Path) -> list[str]:
+    """``pytest`` over the package's benchmark matrix, its own ini file, from any folder."""
+    from cnnprune.bench import FOLDER
 
-
-def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> dict:
-    """Run ``pytest bench`` (pytest-benchmark, autosaved to .benchmarks/) and keep its JSON."""
-    out = work / "bench.json"
-    key = _fingerprint("bench", hashes, config.threads, config.batches, config.rounds, config.passes, config.models,
-                       code_hash(bench=True))
-    cached = _cached(work / "bench.meta.json", key, config.fresh)
-    if cached and out.is_file():
-        return {**json.loads(out.read_text()), "reused": True, "reused_seconds": cached.get("seconds")}
-    t0 = time.perf_counter()
-    tmp = work / ".bench.json.tmp"
-    bench_dir = Path(__file__).resolve().parent.parent / "bench"
-    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
-           "--benchmark-autosave", f"--benchmark-json={tmp}",
-           f"--bench-artifacts={config.artifacts}", f"--bench-threads={config.threads}",
+    cmd = [sys.executable, "-m", "pytest", str(FOLDER), "-c", str(FOLDER / "pytest.ini"), "-q",
+           "-p", "no:cacheprovider", "--benchmark-autosave", f"--benchmark-json={out}",
+           f"--bench-artifacts={Path(config.artifacts).resolve()}", f"--bench-threads={config.threads}",
            f"--bench-batches={','.join(map(str, config.batches))}", f"--bench-models={','.join(config.models)}",
-           "--bench-devices=cpu", "--bench-engines=torch,onnxruntime,sparse,torch-csr"]
-    if config.rounds:
-        cmd.append(f"--bench-rounds={config.rounds}")
-    cmd.append(f"--bench-passes={config.passes}")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not tmp.is_file():
-        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
-        raise CnnpruneError(f"the benchmark run failed ({' '.join(cmd[2:4])}): {tail[-400:]}")
-    os.replace(tmp, out)
-    write_json(work / "bench.meta.json", {"fingerprint": key, "command": " ".join(cmd),
-                                          "seconds": round(time.perf_counter() - t0, 1)})
-    return json.loads(out.read_text())
+           "--bench-devices=cpu", "--bench-engines=torch,onnxruntime,sparse,torch-csr",
+           f"--bench-passes={config.passes}", f"--bench-progress={progress_file}"]
+    return cmd + ([f"--bench-rounds={config.rounds}"] if config.rounds else [])
 
 
-def _per_model_step(path: Path, key: str, config: PipelineConfig, header: Callable[[], dict],
-                    measure: Callable[[str], dict]) -> dict:
-    """A step measured model by model: each model's result is written as soon as it is known, so
-    an interrupted step resumes with the models still missing (same fingerprint)."""
-    cached = _cached(path, key, config.fresh) or {}
-    if cached.get("complete"):
-        return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
-    t0 = time.perf_counter()
-    results = {"fingerprint": key, **header(), "models": cached.get("models", {}), "complete": False}
-    for name in config.models:
-        if name not in results["models"]:
-            results["models"][name] = measure(name)
-            write_json(path, results)
-    results.update(complete=True, seconds=round(time.perf_counter() - t0, 1))
-    write_json(path, results)
-    return results
+def _follow(proc: subprocess.Popen, progress_file: Path, start: Callable[..., None]) -> None:
+    """Show each case of a running benchmark as it starts (lines 'i/n name' in ``progress_file``)."""
+    seen = 0
+    while True:
+        done = proc.poll() is not None
+        lines = progress_file.read_text().splitlines() if progress_file.is_file() else []
+        for line in lines[seen:]:
+            count, _, name = line.partition(" ")
+            start(name, int(count.split("/")[1]) if "/" in count else None)
+        seen = len(lines)
+        if done:
+            return
+        time.sleep(0.25)
 
 
-def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+def run_benchmark(config: PipelineConfig, out: Path, progress: bool = True) -> dict:
+    """Run the benchmark matrix into ``out`` (pytest-benchmark JSON; autosaved to .benchmarks/ too)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        progress_file, log = Path(tmp) / "progress", Path(tmp) / "log"
+        staged = Path(tmp) / "bench.json"
+        cmd = bench_command(config, staged, progress_file)
+        with open(log, "w") as sink, Progress(progress).task("benchmark", None) as start:
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, text=True)
+            _follow(proc, progress_file, start)
+        if proc.returncode != 0 or not staged.is_file():
+            tail = deque(log.read_text().strip().splitlines(), maxlen=5)
+            raise CnnpruneError(f"the benchmark run failed (pytest {cmd[3]}): {' | '.join(tail)[-400:]}")
+        os.replace(staged, out)
+    return {"command": " ".join(cmd)}
+
+
+def step_bench(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
+    out = work / "bench.json"
+    ledger = Ledger(work / "bench.meta.json", "runs", fresh=config.fresh)
+    step = Step("bench", (hashes, config.threads, config.batches, config.rounds, config.passes, config.models),
+                BENCH_CODE, (out,))
+    ledger.run("bench", step, lambda: run_benchmark(config, out))
+    return Outcome.of(json.loads(out.read_text()), ledger)
+
+
+def _per_model(ledger: Ledger, config: PipelineConfig, label: str, step: Callable[[str], Step],
+               measure: Callable[[str], dict]) -> Outcome:
+    """A step measured model by model, each model's result recorded as soon as it is known."""
+    with Progress().task(label, len(config.models)) as start:
+        for name in config.models:
+            start(name)
+            ledger.run(name, step(name), lambda n=name: measure(n))
+    return Outcome.of(ledger.data, ledger)
+
+
+def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
     from cnnprune.data import load_split
     from cnnprune.measure import evaluate_forms
 
-    key = _fingerprint("accuracy", hashes, config.dataset, config.data_dir, config.eval_limit, config.models,
-                       code_hash())
-    split = None
-
-    def header() -> dict:
-        nonlocal split
-        split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
-        return {"dataset": split.name,
-                "test_images": len(split) if not config.eval_limit else min(config.eval_limit, len(split))}
-
-    return _per_model_step(work / "accuracy.json", key, config, header, lambda name: evaluate_forms(
-        Path(config.artifacts), name, split, config.threads, limit=config.eval_limit))
+    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    images = len(split) if not config.eval_limit else min(config.eval_limit, len(split))
+    ledger = Ledger(work / "accuracy.json", "models", {"dataset": split.name, "test_images": images}, config.fresh)
+    return _per_model(ledger, config, "accuracy", lambda name: Step(
+        f"accuracy {name}", (hashes[name], config.dataset, config.data_dir, config.eval_limit), ENGINE_CODE),
+        lambda name: evaluate_forms(Path(config.artifacts), name, split, config.threads, limit=config.eval_limit))
 
 
-def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> dict:
+def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
     from cnnprune.measure import FORMS, measure_memory
 
-    key = _fingerprint("memory", hashes, config.memory_runs, config.batches, config.models, config.threads,
-                       code_hash())
     batch = max(config.batches)
-    return _per_model_step(work / "memory.json", key, config, lambda: {"runs": config.memory_runs, "batch": batch},
-                           lambda name: {form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch,
-                                                                           config.memory_runs, config.threads)}
-                                         for form in FORMS})
+    ledger = Ledger(work / "memory.json", "models", {"runs": config.memory_runs, "batch": batch}, config.fresh)
+    return _per_model(ledger, config, "memory", lambda name: Step(
+        f"memory {name}", (hashes[name], config.memory_runs, batch, config.threads), ENGINE_CODE),
+        lambda name: {form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch,
+                                                        config.memory_runs, config.threads)} for form in FORMS})
 
 
-def step_semi_2_4(config: PipelineConfig, work: Path, hashes: dict) -> dict:
-    """The unpruned model pruned 2:4 (beyond the report; the model of the CUDA 2:4 comparison):
-    written to ``ARTIFACTS/semi_2_4.pth``, its accuracy (dense fp32, CPU) on the test split and
-    per-image correctness for the paired test against the unpruned model."""
+def _semi_2_4(config: PipelineConfig, target: Path) -> dict:
     from cnnprune.data import load_split
     from cnnprune.evaluate import accuracy, predictions
     from cnnprune.measure import counts
     from cnnprune.model import load_model, load_state_dict
     from cnnprune.prune import write_2_4
 
-    path = work / "semi_2_4.json"
-    key = _fingerprint("semi_2_4", hashes["unpruned"], config.dataset, config.data_dir, config.eval_limit,
-                       sha256_file(Path(__file__).resolve().parent / "prune.py"), code_hash())
-    target = Path(config.artifacts) / "semi_2_4.pth"
-    cached = _cached(path, key, config.fresh)
-    if cached and target.is_file():
-        return {**cached, "reused": True, "reused_seconds": cached.get("seconds")}
-    t0 = time.perf_counter()
     write_2_4(Path(config.artifacts) / "unpruned.pth", target)
     split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
     pred = predictions(load_model(target), split, 500, config.eval_limit)
     c = counts(load_state_dict(target))
-    result = {"fingerprint": key, "checkpoint": str(target), "accuracy": accuracy(pred, split),
-              "correct": (pred == split.labels[: len(pred)]).int().tolist(), "sparsity": c["sparsity"],
-              "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
-              "flop_limit_speedup": c["flop_limit_speedup"], "seconds": round(time.perf_counter() - t0, 1)}
-    write_json(path, result)
-    return result
+    return {"checkpoint": str(target), "accuracy": accuracy(pred, split),
+            "correct": (pred == split.labels[: len(pred)]).int().tolist(), "sparsity": c["sparsity"],
+            "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
+            "flop_limit_speedup": c["flop_limit_speedup"]}
+
+
+def step_semi_2_4(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
+    """The unpruned model pruned 2:4 (beyond the report; the model of the CUDA 2:4 comparison):
+    ``ARTIFACTS/semi_2_4.pth``, its accuracy (dense fp32, CPU) and per-image correctness."""
+    target = Path(config.artifacts) / "semi_2_4.pth"
+    ledger = Ledger(work / "semi_2_4.json", "models", fresh=config.fresh)
+    step = Step("semi_2_4", (hashes["unpruned"], config.dataset, config.data_dir, config.eval_limit),
+                ("prune.py",) + ENGINE_CODE, (target,))
+    with Progress().task("2:4 model", 1) as start:
+        start("prune 2:4 and evaluate")
+        value = ledger.run("semi_2_4", step, lambda: _semi_2_4(config, target))
+    return Outcome.of(value, ledger)
 
 
 def load_cuda_bench(config: PipelineConfig) -> dict | None:
@@ -220,7 +202,7 @@ def step_finetune(config: PipelineConfig, source: str) -> dict | None:
     t0 = time.perf_counter()
     manifest = run_pruning(PruneConfig(checkpoint=source, out=str(folder), finetune_epochs=config.finetune_epochs,
                                        data_dir=config.data_dir, dataset=config.dataset, fresh=config.fresh),
-                           [schedule_by_name("iterative_90")], progress=False)
+                           [schedule_by_name("iterative_90")])
     split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
     model = load_model(folder / "iterative_90.pth")
     acc = accuracy(predictions(model, split, 500, config.eval_limit), split)
@@ -233,6 +215,7 @@ def machine_info(threads: int) -> dict:
     import numpy
     import onnx
     import onnxruntime
+    import torch
 
     from cnnprune.measure import cpu_model
 
@@ -242,34 +225,45 @@ def machine_info(threads: int) -> dict:
             "platform": platform.platform()}
 
 
+class _Timer:
+    """Runs the steps in order, each under a header, and keeps what each cost (seconds or reused)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.seconds: dict[str, float | str] = {}
+
+    def __call__(self, label: str, fn: Callable[[], Any]) -> Any:
+        self.console.rule(f"[bold]{label}")
+        t0 = time.perf_counter()
+        value = fn()
+        self.seconds[label] = round(time.perf_counter() - t0, 1)
+        if isinstance(value, Outcome):
+            if value.reused_seconds is not None:
+                self.seconds[label] = f"{value.reused_seconds:.0f} (reused)"
+            value = value.value
+        self.console.print(f"{label}: {self.seconds[label]} s")
+        return value
+
+
 def run(config: PipelineConfig) -> Path:
     """Run every step; returns the path of the written REPORT.md."""
-    from rich.console import Console
+    import torch
 
     from cnnprune.export import ExportConfig, run_export
     from cnnprune.measure import counts
     from cnnprune.model import load_state_dict, resolve_checkpoint
     from cnnprune.prune import PruneConfig, run_pruning
-    from cnnprune.report import assemble_results, write_report
+    from cnnprune.report import write_report
+    from cnnprune.results import assemble_results
+    from cnnprune.summary import summary_table
 
-    console = Console(stderr=True)
     torch.set_num_threads(config.threads)
     artifacts, reports = Path(config.artifacts), Path(config.reports)
     work = reports / "_work"
     work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def timed(label: str, fn):
-        console.rule(f"[bold]{label}")
-        t0 = time.perf_counter()
-        value = fn()
-        timings[label] = round(time.perf_counter() - t0, 1)
-        if isinstance(value, dict) and value.get("reused"):
-            before = value.get("reused_seconds")
-            timings[label] = "reused" if before is None else f"{before:.0f} (reused)"
-        console.print(f"{label}: {timings[label]} s")
-        return value
-
+    timed = _Timer()
     source = str(resolve_checkpoint(config.checkpoint))
     manifest = timed("prune", lambda: run_pruning(PruneConfig(checkpoint=source, out=str(artifacts),
                                                               fresh=config.fresh)))
@@ -282,83 +276,21 @@ def run(config: PipelineConfig) -> Path:
     model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth")) for n in config.models})
     finetune = timed("finetune", lambda: step_finetune(config, source))
     semi = timed("2:4 model", lambda: step_semi_2_4(config, work, hashes))
-    cuda = load_cuda_bench(config)
     results = assemble_results(
         config=asdict(config), machine=machine_info(config.threads), manifest=manifest, export=export,
         bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
-        artifacts=artifacts, step_seconds=timings, semi_2_4=semi, cuda_bench=cuda)
+        artifacts=artifacts, step_seconds=timed.seconds, semi_2_4=semi, cuda_bench=load_cuda_bench(config))
     report = write_report(results, reports)
-    console.print(summary_table(results))
-    console.print(f"report written to {report}")
+    timed.console.print(summary_table(results))
+    timed.console.print(f"report written to {report}")
     return report
-
-
-def summary_table(results: dict):
-    """The run at a glance: accuracy, size and CPU latency per model (rich table)."""
-    from rich.table import Table
-
-    from cnnprune.report import speedups
-
-    table = Table(title=f"cnnprune: {results['dataset']}, {results['machine']['threads']} threads, "
-                        f"median latency (ms)")
-    rows = [s for s in speedups(results) if s["device"] == "cpu"]
-    batches = sorted({s["batch"] for s in rows})
-    table.add_column("model")
-    for col in ("sparsity", "top-1", "csr / dense"):
-        table.add_column(col, justify="right")
-    for b in batches:
-        table.add_column(f"best dense b{b}", justify="right")
-        table.add_column(f"sparse b{b}", justify="right")
-    for name, m in results["models"].items():
-        cells = [f"{m['sparsity']:.1%}", f"{m['accuracy']['dense']['accuracy']:.2%}",
-                 f"{m['files'].get('csr', 0) / m['files']['dense']:.1%}"]
-        for b in batches:
-            r = next((s for s in rows if s["model"] == name and s["batch"] == b and s["engine"] == "sparse"), None)
-            cells.append(f"{r['median_ms'] * (r['speedup_vs_best_dense'] or 0):.2f}" if r else "–")
-            cells.append(f"{r['median_ms']:.2f} ({r['speedup_vs_best_dense']:.2f}×)" if r else "–")
-        table.add_row(name, *cells)
-    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CliParser(prog="python -m cnnprune.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10"))
-    parser.add_argument("--data-dir", help="dataset folder (CIFAR-10: the cifar-10-batches-py folder)")
-    parser.add_argument("--checkpoint", help="unpruned checkpoint (default: the embedded Fashion-MNIST model)")
-    parser.add_argument("--artifacts", default="artifacts")
-    parser.add_argument("--reports", default="reports")
-    parser.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    parser.add_argument("--rounds", type=positive_int, help="timed rounds per benchmark case and pass")
-    parser.add_argument("--passes", type=positive_int, default=3,
-                        help="passes over the benchmark matrix (speedups are the median of per-pass ratios)")
-    parser.add_argument("--eval-limit", type=positive_int, help="evaluate on the first N test images only (smoke runs)")
-    parser.add_argument("--memory-runs", type=positive_int, default=20)
-    parser.add_argument("--finetune-epochs", type=non_negative_int, default=0,
-                        help="also make iterative_90 with K epochs of fine-tuning per step (≈5·K training epochs)")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--cuda-bench", default="auto",
-                        help="pytest-benchmark JSON of a CUDA run (bash bench/cuda.sh) shown as the report's CUDA "
-                             "section; 'auto' (default): REPORTS/cuda/cuda_bench.json when present; 'none'")
-    parser.add_argument("--fresh", action="store_true", help="redo every step")
+    add_args(parser, PipelineConfig)
     add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    try:
-        batches = tuple(int(b) for b in args.batches.split(","))
-    except ValueError:
-        raise CnnpruneError(f"--batches {args.batches!r} must be comma-separated integers such as 1,32") from None
-    if any(b < 1 for b in batches):
-        raise CnnpruneError(f"--batches {args.batches!r}: every batch size must be ≥ 1")
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    bad = [m for m in models if m not in MODELS]
-    if bad or "unpruned" not in models:
-        raise CnnpruneError(f"--models must include unpruned and name only {', '.join(MODELS)}")
-    if args.dataset == "cifar10" and not args.data_dir:
-        raise CnnpruneError("--dataset cifar10 needs --data-dir pointing at a cifar-10-batches-py folder")
-    config = PipelineConfig(args.dataset, args.data_dir, args.checkpoint, args.artifacts, args.reports,
-                            args.threads, batches, args.rounds, args.eval_limit, args.memory_runs,
-                            args.finetune_epochs, models, args.fresh, args.passes, args.cuda_bench)
-    run(config)
+    run(from_args(PipelineConfig, parser.parse_args(argv)))
     return 0
 
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, run_cli
-from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_json
+from cnnprune.config import DATASETS
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
+from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file
+from cnnprune.hparams import add_args, from_args, names, non_negative_int, opt, positive_int
 from cnnprune.model import build_model, check_state_dict, load_state_dict, prunable_modules, resolve_checkpoint
 from cnnprune.schedules import REPORT_SCHEDULES, Schedule, custom_schedules
+from cnnprune.steps import Ledger, Progress, Step
 
 StepHook = Callable[[nn.Module, Schedule, int], None]
 
@@ -160,35 +163,65 @@ def write_2_4(source: Path, out: Path) -> Path:
     return out
 
 
+def fractions(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated sparsities in [0, 1), such as ``0.5,0.9``."""
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated fractions such as 0.5,0.9") from None
+    bad = [t for t in values if not 0.0 <= t < 1.0]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"sparsity {bad[0] if bad else text!r} is outside [0, 1); give fractions "
+                                         "such as 0.9")
+    return values
+
+
 @dataclass(frozen=True)
 class PruneConfig:
-    checkpoint: str | None = None
-    out: str = "artifacts"
-    finetune_epochs: int = 0
-    finetune_limit: int | None = None
-    data_dir: str | None = None
-    dataset: str = "fashion-mnist"
-    fresh: bool = False
+    checkpoint: str | None = opt(None, "unpruned checkpoint (default: the embedded Fashion-MNIST model)")
+    out: str = opt("artifacts", "output folder")
+    finetune_epochs: int = opt(0, "epochs of masked fine-tuning after each iterative step (0 = the report's method)",
+                               parse=non_negative_int)
+    finetune_limit: int | None = opt(None, "fine-tune on the first N training images", parse=positive_int)
+    data_dir: str | None = opt(None, "training data folder, for --finetune-epochs")
+    dataset: str = opt("fashion-mnist", "training data set, for --finetune-epochs", choices=DATASETS)
+    only: tuple[str, ...] = opt((), "comma-separated subset of the checkpoints to make", parse=names)
+    targets: tuple[float, ...] = opt((), "instead of the report's six: comma-separated sparsities in [0, 1), each "
+                                         "made one-shot and iteratively", parse=fractions)
+    steps: int = opt(5, "iterative steps for --targets", parse=positive_int)
+    fresh: bool = opt(False, "redo every checkpoint")
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise CnnpruneError(f"--checkpoint {self.checkpoint} does not exist or is not a file")
+        known = [s.name for s in self._all_schedules()]
+        unknown = [n for n in self.only if n not in known]
+        if unknown:
+            raise CnnpruneError(f"--only {unknown[0]!r} is not one of {', '.join(known)}")
+
+    def _all_schedules(self) -> tuple[Schedule, ...]:
+        return custom_schedules(list(self.targets), self.steps) if self.targets else REPORT_SCHEDULES
+
+    def schedules(self) -> tuple[Schedule, ...]:
+        """The report's six, or one-shot and iterative per ``targets``; only those named by ``only``."""
+        return tuple(s for s in self._all_schedules() if not self.only or s.name in self.only)
 
 
-def _is_current(manifest: dict, name: str, out: Path, source_sha: str, finetune_epochs: int) -> bool:
-    entry = manifest.get("checkpoints", {}).get(name)
-    path = out / f"{name}.pth"
-    return (manifest.get("source_sha256") == source_sha and manifest.get("finetune_epochs") == finetune_epochs
-            and entry is not None and path.is_file() and sha256_file(path) == entry.get("sha256"))
+def _prune_step(config: PruneConfig, schedule: Schedule, source_sha: str) -> Step:
+    """A checkpoint is current while its source, schedule and fine-tuning are unchanged."""
+    inputs = (source_sha, asdict(schedule), config.finetune_epochs, config.finetune_limit, config.dataset,
+              config.data_dir) if schedule.method == "iterative" and config.finetune_epochs else \
+        (source_sha, asdict(schedule))
+    return Step(f"prune {schedule.name}", inputs, outputs=(Path(config.out) / f"{schedule.name}.pth",))
 
 
-def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] = REPORT_SCHEDULES,
-                progress: bool = True) -> dict:
-    """Write ``NAME.pth`` for each schedule and ``manifest.json`` into ``config.out``; return the manifest.
+def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None, progress: bool = True) -> dict:
+    """Write ``NAME.pth`` for each schedule (default: ``config.schedules()``) and ``manifest.json``
+    into ``config.out``; return the manifest.
 
-    Checkpoints already present, made from the same source (sha256) and still matching their
-    recorded checksum, are kept unless ``config.fresh``.
+    A checkpoint made from the same source (sha256) with the same schedule and still matching
+    its recorded checksum is kept unless ``config.fresh``.
     """
-    import json
-
-    from rich.progress import Progress
-
     source_path = resolve_checkpoint(config.checkpoint)
     source = load_state_dict(source_path)
     check_state_dict(build_model(), source, str(source_path))
@@ -196,34 +229,26 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] = REPORT_SCHE
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
-    manifest_path = out / "manifest.json"
-    old: dict = {}
-    if manifest_path.is_file() and not config.fresh:
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = {}
-    manifest = {"source": str(source_path), "source_sha256": source_sha,
-                "finetune_epochs": config.finetune_epochs,
-                "pytorch": torch.__version__, "checkpoints": {}}
+    schedules = config.schedules() if schedules is None else tuple(schedules)
     hook = _finetune_hook(config) if config.finetune_epochs > 0 else None
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("pruning", total=len(schedules))
+    ledger = Ledger(out / "manifest.json", "checkpoints", fresh=config.fresh, header={
+        "source": str(source_path), "source_sha256": source_sha, "finetune_epochs": config.finetune_epochs,
+        "pytorch": torch.__version__})
+
+    def make(schedule: Schedule) -> dict:
+        t0 = time.perf_counter()
+        state, entry = prune_state(source, schedule, hook if schedule.method == "iterative" else None)
+        path = out / f"{schedule.name}.pth"
+        save_torch(state, path)
+        entry.update(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size,
+                     seconds=round(time.perf_counter() - t0, 2))
+        return entry
+
+    with Progress(progress).task("prune", len(schedules)) as start:
         for schedule in schedules:
-            bar.update(task, description=f"pruning {schedule.name}")
-            if _is_current(old, schedule.name, out, source_sha, config.finetune_epochs):
-                manifest["checkpoints"][schedule.name] = old["checkpoints"][schedule.name]
-            else:
-                t0 = time.perf_counter()
-                state, entry = prune_state(source, schedule, hook if schedule.method == "iterative" else None)
-                path = out / f"{schedule.name}.pth"
-                save_torch(state, path)
-                entry.update(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size,
-                             seconds=round(time.perf_counter() - t0, 2))
-                manifest["checkpoints"][schedule.name] = entry
-            write_json(manifest_path, manifest)
-            bar.advance(task)
-    return manifest
+            start(schedule.name)
+            ledger.run(schedule.name, _prune_step(config, schedule, source_sha), lambda s=schedule: make(s))
+    return ledger.data
 
 
 def _finetune_hook(config: PruneConfig) -> StepHook:
@@ -261,44 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.table import Table
 
     parser = CliParser(prog="python -m cnnprune.prune", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="unpruned checkpoint (default: the embedded Fashion-MNIST model)")
-    parser.add_argument("--out", default="artifacts", help="output folder (default artifacts/)")
-    parser.add_argument("--finetune-epochs", type=non_negative_int, default=0,
-                        help="epochs of masked fine-tuning after each iterative step (0 = the report's method)")
-    parser.add_argument("--finetune-limit", type=non_negative_int, help="fine-tune on the first N training images")
-    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10"))
-    parser.add_argument("--data-dir", help="training data folder, for --finetune-epochs")
-    parser.add_argument("--only", help="comma-separated subset of the six checkpoints to make")
-    parser.add_argument("--targets", help="instead of the report's six: comma-separated sparsities in [0, 1), "
-                                          "each made one-shot and iteratively")
-    parser.add_argument("--steps", type=int, default=5, help="iterative steps for --targets (default 5)")
-    parser.add_argument("--fresh", action="store_true", help="redo every checkpoint")
+    add_args(parser, PruneConfig)
     add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    schedules = REPORT_SCHEDULES
-    if args.targets:
-        try:
-            targets = [float(t) for t in args.targets.split(",") if t.strip()]
-        except ValueError:
-            raise CnnpruneError(f"--targets {args.targets!r} must be comma-separated fractions such as 0.5,0.9") from None
-        bad = [t for t in targets if not 0.0 <= t < 1.0]
-        if bad:
-            raise CnnpruneError(f"--targets: sparsity {bad[0]} is outside [0, 1); give fractions such as 0.9")
-        if args.steps < 1:
-            raise CnnpruneError(f"--steps {args.steps}: the iterative step count must be ≥ 1")
-        schedules = custom_schedules(targets, args.steps)
-    if args.only:
-        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in {s.name for s in schedules}]
-        if unknown:
-            raise CnnpruneError(f"--only {unknown[0]!r} is not one of {', '.join(s.name for s in schedules)}")
-        schedules = tuple(s for s in schedules if s.name in wanted)
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise CnnpruneError(f"--checkpoint {args.checkpoint} does not exist or is not a file")
-    config = PruneConfig(args.checkpoint, args.out, args.finetune_epochs, args.finetune_limit or None,
-                         args.data_dir, args.dataset, args.fresh)
-    manifest = run_pruning(config, schedules)
-    table = Table(title=f"pruned checkpoints in {args.out}")
+    config = from_args(PruneConfig, parser.parse_args(argv))
+    manifest = run_pruning(config)
+    table = Table(title=f"pruned checkpoints in {config.out}")
     for col in ("checkpoint", "method", "target", "sparsity (masks)", "sparsity (tensors)", "nonzero weights"):
         table.add_column(col, justify="right" if col not in ("checkpoint", "method") else "left")
     for name, e in manifest["checkpoints"].items():

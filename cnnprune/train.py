@@ -8,7 +8,6 @@ run resumes with ``--resume`` where it stopped, and a CSV/JSON log records every
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -22,26 +21,27 @@ import torch
 from torch import nn
 
 from cnnprune.data import DATASETS, Split, load_split, random_crop_flip
-from cnnprune.errors import CnnpruneError, CliParser, add_debug_flag, non_negative_int, positive_int, run_cli
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import safe_torch_load, save_torch, write_bytes, write_json, write_text
+from cnnprune.hparams import add_args, command_line, from_args, from_record, non_negative_int, opt, positive_int
 from cnnprune.model import build_model
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    max_lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    train_limit: int | None = None
-    out: str = "runs/train"
+    dataset: str = opt("fashion-mnist", "training data set", choices=DATASETS)
+    data_dir: str | None = opt(None, "dataset folder (default: Debian's Fashion-MNIST folder)")
+    epochs: int = opt(10, "training epochs", parse=positive_int)
+    batch_size: int = opt(128, "images per optimizer step", parse=positive_int)
+    max_lr: float = opt(0.1, "peak one-cycle learning rate", flag="--lr", parse=float)
+    momentum: float = opt(0.9, "SGD (Nesterov) momentum", parse=float)
+    weight_decay: float = opt(5e-4, "weight decay on conv/linear weights", parse=float)
+    label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy loss", parse=float)
+    seed: int = opt(0, "seed of initialisation, order and augmentation", parse=int)
+    device: str = opt("auto", "auto, cpu or cuda")
+    threads: int | None = opt(None, "CPU threads (default: torch's)", parse=positive_int)
+    train_limit: int | None = opt(None, "train on the first N images only", parse=non_negative_int)
+    out: str = opt("runs/train", "output folder")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,6 +74,88 @@ def evaluate_model(model: nn.Module, split: Split, device: torch.device, batch_s
     return correct / max(total, 1)
 
 
+@dataclass
+class _Run:
+    """What a training run holds between epochs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    gen: torch.Generator
+    train_split: Split
+    test_split: Split
+    device: torch.device
+    steps_per_epoch: int
+    log: list[dict]
+    start_epoch: int = 0
+
+    def state(self, config: TrainConfig, epoch: int) -> dict:
+        return {"config": asdict(config), "epoch": epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "log": self.log}
+
+
+def _setup(config: TrainConfig) -> _Run:
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    train_split = load_split(config.dataset, "train", data_dir)
+    if config.train_limit:
+        train_split = train_split.subset(config.train_limit)
+    torch.manual_seed(config.seed)
+    model = build_model().to(device).to(memory_format=torch.channels_last)
+    steps = math.ceil(len(train_split) / config.batch_size)
+    optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.max_lr,
+                                momentum=config.momentum, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.max_lr,
+                                                    total_steps=max(config.epochs * steps, 10), pct_start=0.25)
+    return _Run(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+                torch.Generator().manual_seed(config.seed), train_split, load_split(config.dataset, "test", data_dir),
+                device, steps, [])
+
+
+def _resume(run: _Run, state_path: Path, config: TrainConfig) -> None:
+    state = safe_torch_load(state_path, "training state")
+    if state.get("config") != asdict(config):
+        raise CnnpruneError(f"{state_path} was written with other settings; use the same options "
+                            "to resume, or a new --out")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    run.log, run.start_epoch = state["log"], int(state["epoch"])
+
+
+def _epoch(run: _Run, config: TrainConfig, advance) -> dict:
+    """One pass over the training split; returns the epoch's log entry (test accuracy included)."""
+    run.model.train()
+    order = torch.randperm(len(run.train_split), generator=run.gen)
+    amp = run.device.type == "cuda"
+    t0 = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    for step in range(run.steps_per_epoch):
+        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+        x = run.train_split.normalize(random_crop_flip(run.train_split.images[idx], run.gen)).to(run.device)
+        y = run.train_split.labels[idx].to(run.device)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = run.model(x.contiguous(memory_format=torch.channels_last))
+            loss = run.criterion(logits, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += float((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        advance(loss_sum / seen, correct / seen)
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "test_acc": evaluate_model(run.model, run.test_split, run.device),
+            "lr_end": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run training; returns the final log entry. Writes into ``config.out``:
 
@@ -82,85 +164,31 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_split = load_split(config.dataset, "train", Path(config.data_dir) if config.data_dir else None)
-    test_split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    if config.train_limit:
-        train_split = train_split.subset(config.train_limit)
-    torch.manual_seed(config.seed)
-    model = build_model().to(device).to(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.max_lr,
-                                momentum=config.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.max_lr,
-                                                    total_steps=max(config.epochs * steps_per_epoch, 10),
-                                                    pct_start=0.25)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    gen = torch.Generator().manual_seed(config.seed)
-    log: list[dict] = []
-    start_epoch = 0
+    run = _setup(config)
     state_path = out / "state.pt"
     if resume and state_path.is_file():
-        state = safe_torch_load(state_path, "training state")
-        if state.get("config") != asdict(config):
-            raise CnnpruneError(f"{state_path} was written with other settings; use the same options "
-                                "to resume, or a new --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        log = state["log"]
-        start_epoch = int(state["epoch"])
-    amp = device.type == "cuda"
+        _resume(run, state_path, config)
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress) as bar:
-        for epoch in range(start_epoch, config.epochs):
-            model.train()
-            order = torch.randperm(len(train_split), generator=gen)
-            task = bar.add_task("train", total=steps_per_epoch, epoch=f"{epoch + 1}/{config.epochs}", loss=0.0, acc=0.0)
-            t0 = time.perf_counter()
-            loss_sum = correct = seen = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                images = random_crop_flip(train_split.images[idx], gen)
-                x = train_split.normalize(images).to(device)
-                y = train_split.labels[idx].to(device)
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = model(x)
-                    loss = criterion(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += float((logits.argmax(1) == y).sum())
-                seen += len(idx)
-                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
-            test_acc = evaluate_model(model, test_split, device)
-            entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                     "test_acc": test_acc, "lr_end": scheduler.get_last_lr()[0],
-                     "seconds": time.perf_counter() - t0}
-            log.append(entry)
+        for epoch in range(run.start_epoch, config.epochs):
+            task = bar.add_task("train", total=run.steps_per_epoch, epoch=f"{epoch + 1}/{config.epochs}", loss=0.0,
+                                acc=0.0)
+            entry = {"epoch": epoch + 1, **_epoch(run, config, lambda loss, acc, t=task: bar.update(
+                t, advance=1, loss=loss, acc=acc))}
+            run.log.append(entry)
             bar.console.print(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f} "
-                              f"train acc {entry['train_acc']:.4f} test acc {test_acc:.4f} "
+                              f"train acc {entry['train_acc']:.4f} test acc {entry['test_acc']:.4f} "
                               f"({entry['seconds']:.0f} s)")
-            save_torch({"config": asdict(config), "epoch": epoch + 1, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "log": log},
-                       state_path)
-            _write_logs(out, log)
-    final = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_torch(run.state(config, epoch + 1), state_path)
+            _write_logs(out, run.log)
+    final = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     save_torch(final, out / "model.pth")
     save_torch({k: (v.half() if v.is_floating_point() else v) for k, v in final.items()}, out / "model_fp16.pth")
     write_json(out / "config.json", asdict(config))
-    return log[-1] if log else {}
+    return run.log[-1] if run.log else {}
 
 
 def package_default(run_dir: Path, command: str, target: Path | None = None) -> Path:
@@ -196,16 +224,7 @@ def _write_logs(out: Path, log: list[dict]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CliParser(prog="python -m cnnprune.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
-    parser.add_argument("--data-dir", help="dataset folder (default: Debian's Fashion-MNIST folder)")
-    parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.max_lr, help="peak one-cycle learning rate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
-    parser.add_argument("--train-limit", type=non_negative_int, help="train on the first N images only")
-    parser.add_argument("--out", default=TrainConfig.out, help="output folder (default runs/train)")
+    add_args(parser, TrainConfig)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     parser.add_argument("--package", metavar="RUN_DIR",
                         help="do not train: ship RUN_DIR's finished model as the embedded default checkpoint")
@@ -213,17 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.package:
         run_dir = Path(args.package)
-        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
-        if config is None:
+        if not (run_dir / "config.json").is_file():
             raise CnnpruneError(f"--package {run_dir} holds no finished run (config.json missing)")
-        command = (f"python -m cnnprune.train --dataset {config['dataset']} --epochs {config['epochs']} "
-                   f"--seed {config['seed']} --out {run_dir}")
-        target = package_default(run_dir, command)
+        config = from_record(TrainConfig, json.loads((run_dir / "config.json").read_text()))
+        target = package_default(run_dir, command_line(config, "python -m cnnprune.train"))
         print(f"packaged {target} ({target.stat().st_size:,} bytes)")
         return 0
-    config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                         batch_size=args.batch_size, max_lr=args.lr, seed=args.seed, device=args.device,
-                         threads=args.threads, train_limit=args.train_limit or None, out=args.out)
+    config = from_args(TrainConfig, args)
     final = train(config, resume=args.resume)
     print(f"final test accuracy {100 * final.get('test_acc', float('nan')):.2f}%; written to {config.out}")
     return 0

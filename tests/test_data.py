@@ -11,8 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnprune.data import (CifarUnpickler, load_cifar10, load_fashion_mnist, load_split, parse_idx,
-                           random_crop_flip, read_cifar_batch)
+from cnnprune.data import (
+    CifarUnpickler,
+    load_cifar10,
+    load_fashion_mnist,
+    load_split,
+    parse_idx,
+    random_crop_flip,
+    read_cifar_batch,
+)
 from cnnprune.errors import CnnpruneError
 from tests.conftest import cifar_batch, write_idx
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from cnnprune.model import build_model, load_model
+from cnnprune.model import load_model
 from cnnprune.schedules import CHECKPOINT_NAMES
 
 

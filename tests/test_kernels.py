@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnnprune.fold import FoldedConv
 from cnnprune.kernels import Step, conv_pool_step, conv_step, library, split_step, winograd_steps
-from cnnprune.sparse import (FoldedConv, _from_nchw, _padded, _sparse_operands, _to_nchw, _winograd_weights,
-                             winograd_eligible)
+from cnnprune.native_plan import from_nchw, padded, sparse_operands, to_nchw, winograd_eligible, winograd_weights
 
 
 def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
@@ -20,8 +20,8 @@ def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
     if t is None:
         return None
     n, c, h, w = t.shape
-    buf = _padded(c, h, w, n)
-    _from_nchw(t, buf)
+    buf = padded(c, h, w, n)
+    from_nchw(t, buf)
     return buf
 
 
@@ -36,8 +36,8 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     n, cin, h, w = x.shape
     cout, _, k, _ = conv.weight.shape
     ho, wo = (h + 2 * conv.padding - k) // conv.stride + 1, (w + 2 * conv.padding - k) // conv.stride + 1
-    src, dst, resbuf = padded_from(x), _padded(cout, ho, wo, n), padded_from(res)
-    ptr, chan, ngroups, off, val = _sparse_operands(conv, h, w, n, group, narrow)
+    src, dst, resbuf = padded_from(x), padded(cout, ho, wo, n), padded_from(res)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow)
     steps, base = [], src
     if conv.stride == 2:
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
@@ -45,7 +45,7 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, chan, off, val, conv.bias.numpy(), dst, resbuf, relu,
                            (k, conv.stride, conv.padding, h, w)))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
-    return _to_nchw(dst)
+    return to_nchw(dst)
 
 
 def random_conv(cin: int, cout: int, k: int, stride: int, density: float, seed: int) -> FoldedConv:
@@ -91,7 +91,7 @@ def test_residual_and_no_relu() -> None:
 
 def test_group_offsets_cover_every_nonzero_once() -> None:
     conv = random_conv(10, 6, 3, 1, 0.5, seed=3)
-    ptr, chan, ngroups, off, val = _sparse_operands(conv, 8, 8, 2, group=4)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, 8, 8, 2, group=4)
     assert ngroups == 3 and len(ptr) == 3 * 6 * 9 + 1  # a segment per (group, channel, kernel column, row)
     w = conv.weight.numpy()
     assert ptr[0] == 0 and ptr[-1] == len(val) == int((w != 0).sum())
@@ -107,12 +107,12 @@ def test_group_offsets_cover_every_nonzero_once() -> None:
 
 def test_offsets_are_16_bit_pixels_where_they_fit() -> None:
     conv = random_conv(12, 8, 3, 1, 0.5, seed=4)
-    batch32 = _sparse_operands(conv, 16, 16, 32, group=12)[3]  # 12 planes of 18*18 pixels of 32 floats
+    batch32 = sparse_operands(conv, 16, 16, 32, group=12)[3]  # 12 planes of 18*18 pixels of 32 floats
     assert batch32.dtype == np.uint16 and int(batch32.max()) < 12 * 18 * 18
     wide = random_conv(64, 8, 3, 1, 0.5, seed=4)
-    large = _sparse_operands(wide, 32, 32, 1, group=64)[3]  # 64 planes of 34*34 pixels
+    large = sparse_operands(wide, 32, 32, 1, group=64)[3]  # 64 planes of 34*34 pixels
     assert large.dtype == np.int32 and int(large.max()) >= 2**16
-    assert _sparse_operands(conv, 8, 8, 1, group=12, narrow=False)[3].dtype == np.int32
+    assert sparse_operands(conv, 8, 8, 1, group=12, narrow=False)[3].dtype == np.int32
 
 
 def test_channels_per_group_keeps_a_tile_in_l1() -> None:
@@ -136,14 +136,14 @@ def run_winograd(conv: FoldedConv, x: torch.Tensor, threads: int, fused: bool, r
     lib = library()
     n, cin, h, w = x.shape
     cout = conv.weight.shape[0]
-    src, dst, resbuf = padded_from(x), _padded(cout, h, w, n), padded_from(res)
+    src, dst, resbuf = padded_from(x), padded(cout, h, w, n), padded_from(res)
     # scratch full of NaN: a product of an unwritten padding column must never reach the output
     scratch = None if fused else np.full(lib.winograd_scratch_floats(cin, h, w, n), np.nan, dtype=np.float32)
-    u, bias = _winograd_weights(conv), conv.bias.numpy()
+    u, bias = winograd_weights(conv), conv.bias.numpy()
     steps = winograd_steps(src, scratch, u, bias, dst, resbuf, relu)
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     assert_zero_border(dst)
-    return _to_nchw(dst)
+    return to_nchw(dst)
 
 
 def winograd_tolerance(want: torch.Tensor) -> float:
@@ -169,7 +169,7 @@ def test_winograd_matches_conv2d(n: int, hw: int, fused: bool) -> None:
 
 def test_winograd_weights_are_g_g_gt_packed_by_four_output_channels() -> None:
     conv = random_conv(6, 8, 3, 1, 0.7, seed=11)
-    u = _winograd_weights(conv)
+    u = winograd_weights(conv)
     assert u.shape == (36, 2, 6, 4) and u.dtype == np.float32
     g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
@@ -177,7 +177,7 @@ def test_winograd_weights_are_g_g_gt_packed_by_four_output_channels() -> None:
     want = g @ conv.weight[co, ci].double().numpy() @ g.T
     assert np.allclose(u[:, co // 4, ci, co % 4].reshape(6, 6), want, rtol=1e-6, atol=1e-7)
     with pytest.raises(Exception, match="multiple of 4"):
-        _winograd_weights(random_conv(6, 6, 3, 1, 0.7, seed=1))
+        winograd_weights(random_conv(6, 6, 3, 1, 0.7, seed=1))
 
 
 def test_winograd_covers_only_3x3_stride_1_maps_that_tile_by_4() -> None:
@@ -207,12 +207,12 @@ def run_conv_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int) -
     lib = library()
     n, _, h, w = x.shape
     cout = conv.weight.shape[0]
-    src, dst = padded_from(x), _padded(cout, h // 2, w // 2, n)
-    ptr, chan, ngroups, off, val = _sparse_operands(conv, h, w, n, group)
+    src, dst = padded_from(x), padded(cout, h // 2, w // 2, n)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group)
     step = conv_pool_step(src, h, w, cout, ngroups, ptr, chan, off, val, conv.bias.numpy(), dst, (3, 1, 1, h, w))
     lib.run_steps((Step * 1)(step), 1, threads)
     assert_zero_border(dst)
-    return _to_nchw(dst)
+    return to_nchw(dst)
 
 
 @pytest.mark.parametrize("n", [32, 8, 5, 2, 1])  # large first: a thread's buffer is reused by smaller batches

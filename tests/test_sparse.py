@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from cnnprune import sparse
 from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
+from cnnprune.fold import fold_resnet
 from cnnprune.model import load_model
+from cnnprune.native_plan import MODES, BufferPool
 
 
 @pytest.mark.parametrize("name", ["unpruned", "one_shot_50", "iterative_75", "one_shot_90"])
@@ -66,7 +68,7 @@ def test_calibration_without_winograd_never_picks_it(artifacts: Path) -> None:
     timed = sparse.load(artifacts / "one_shot_50.csr.pt", threads=2, dense_fallback=False).layer_choice(8)
     assert timed["layer1.0.conv1"]["winograd_ms"] > 0 and timed["conv1"]["winograd_ms"] != timed["conv1"]["winograd_ms"]
     for v in timed.values():
-        tried = {m: v[f"{m}_ms"] for m in sparse.MODES if v[f"{m}_ms"] == v[f"{m}_ms"]}
+        tried = {m: v[f"{m}_ms"] for m in MODES if v[f"{m}_ms"] == v[f"{m}_ms"]}
         assert v["engine"] == min(tried, key=tried.get), "the fastest mode timed is the one kept"
 
 
@@ -80,7 +82,7 @@ def test_torch_csr_reference_matches_dense(artifacts: Path) -> None:
 
 def test_bn_folding_keeps_zeros(artifacts: Path) -> None:
     state = sparse.read_state(artifacts / "one_shot_90.pth")
-    net = sparse.fold_resnet(state)
+    net = fold_resnet(state)
     assert torch.equal(net.stem.weight == 0, state["conv1.weight"] == 0)
 
 
@@ -100,9 +102,9 @@ def test_bad_inputs(artifacts: Path) -> None:
 def test_paired_timing_tells_the_slower_function() -> None:
     import time
 
-    from cnnprune.sparse import _paired_ms
+    from cnnprune.native_plan import paired_ms
 
-    slow, fast = _paired_ms(lambda: time.sleep(0.004), lambda: time.sleep(0.001), block_ms=10, warm_ms=2)
+    slow, fast = paired_ms(lambda: time.sleep(0.004), lambda: time.sleep(0.001), block_ms=10, warm_ms=2)
     assert slow > fast >= 1.0
 
 
@@ -117,11 +119,11 @@ def test_torch_gemm_dense_path_matches_dense(artifacts: Path) -> None:
 
 @pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
 def test_im2col_matches_unfold(k: int, stride: int, padding: int) -> None:
-    from cnnprune.sparse import _im2col
+    from cnnprune.gemm import im2col
 
     x = torch.randn(3, 5, 7, 6)  # (N, C, H, W)
     want = F.unfold(x, k, padding=padding, stride=stride)  # (N, C·k·k, L)
-    got, ho, wo = _im2col(x.permute(1, 0, 2, 3).contiguous(), k, stride, padding)
+    got, ho, wo = im2col(x.permute(1, 0, 2, 3).contiguous(), k, stride, padding)
     assert ho * wo == want.shape[2]
     assert torch.equal(got, want.permute(1, 0, 2).reshape(want.shape[1], -1))
 
@@ -177,7 +179,7 @@ def test_torch_2_4_on_cuda_matches_its_dense_model(artifacts: Path) -> None:
 
 
 def test_folded_weights_are_kept_compact_and_round_trip(artifacts: Path) -> None:
-    net = sparse.fold_resnet(sparse.read_state(artifacts / "one_shot_90.pth"))
+    net = fold_resnet(sparse.read_state(artifacts / "one_shot_90.pth"))
     conv = net.blocks[7].conv2
     small = conv.compact()
     assert small.weight.layout == torch.sparse_csr and small.weight.col_indices().dtype == torch.int32
@@ -208,7 +210,7 @@ def test_held_weight_bytes_count_what_each_mode_keeps(artifacts: Path) -> None:
 
 
 def test_buffer_pool_hands_out_again_only_what_was_given_back() -> None:
-    pool = sparse._BufferPool(Arena())
+    pool = BufferPool(Arena())
     a, b = pool.padded(16, 2, 2, 2), pool.padded(16, 2, 2, 2)
     assert a.shape == (16, 4, 4, 2) and not np.shares_memory(a, b)
     pool.give(a, a, None)  # repeats and None are ignored
@@ -219,7 +221,7 @@ def test_buffer_pool_hands_out_again_only_what_was_given_back() -> None:
     pool.give(phase)
     assert pool.padded(16, 2, 2, 2) is not phase, "phase planes are never reused as padded buffers (their border)"
     assert pool.phase(4, 4, 4, 2) is phase
-    off = sparse._BufferPool(Arena(), reuse=False)
+    off = BufferPool(Arena(), reuse=False)
     c = off.padded(16, 2, 2, 2)
     off.give(c)
     assert off.padded(16, 2, 2, 2) is not c

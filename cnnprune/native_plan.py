@@ -1,0 +1,232 @@
+"""The native engine's plan of one convolution at one batch size, and the operands it runs:
+sparse operands cut by input-channel group and kernel tap (``sparse_operands``), Winograd's
+transformed weights, activation buffers in the padded (C, H+2, W+2, N) layout, and the timing
+helpers calibration uses. :mod:`cnnprune.native` puts them together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnprune.buffers import Arena
+from cnnprune.errors import CnnpruneError
+from cnnprune.fold import FoldedConv
+
+MODES = ("sparse", "winograd", "dense")
+# Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
+# transformed input kept in each thread's cache; 2-8 % faster over the network at batch 32
+# (75 and 90 %, same-process A/B); with fewer panels the two-step variant spreads the work better.
+FUSED_PANELS_PER_THREAD = 2
+
+
+@dataclass
+class ConvPlan:
+    """One convolution at one batch size: its operands for each way the engine can run it,
+    the calibration timings (ms, ``nan`` where not timed) and the chosen ``mode``."""
+
+    conv: FoldedConv
+    hin: int
+    win: int
+    ho: int
+    wo: int
+    mode: str = "sparse"
+    ptr: np.ndarray | None = None
+    chan: np.ndarray | None = None
+    ngroups: int = 1
+    off: np.ndarray | None = None
+    val: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    u: np.ndarray | None = None
+    fused: bool = False
+    dense_weight: torch.Tensor | None = None
+    ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def geometry(self) -> tuple[int, int, int, int, int]:
+        """Kernel size, stride, padding, input height and width: what the sparse kernel needs to
+        skip the taps that read only the zero border."""
+        return self.conv.shape[2], self.conv.stride, self.conv.padding, self.hin, self.win
+
+    def release(self) -> None:
+        """Drop the operands of the modes not chosen (what the plan holds is what it runs)."""
+        if self.mode != "sparse":
+            self.ptr = self.chan = self.off = self.val = None
+        if self.mode != "winograd":
+            self.u = None
+        if self.mode != "dense":
+            self.dense_weight = None
+
+
+def winograd_eligible(conv: FoldedConv, hin: int, win: int, min_channels: int = 16) -> bool:
+    """F(4x4, 3x3) covers 3x3 stride-1 padding-1 convolutions whose maps tile by 4 (layers 1-3
+    of the CIFAR ResNet18 with maxpool: 16, 8 and 4 pixels; layer4's 2x2 maps do not) and at
+    least ``min_channels`` input channels: the stem's 3 make GEMMs of depth 3, where the
+    transforms cost more than the products they save."""
+    cout, cin, kh, kw = conv.shape
+    return ((kh, kw) == (3, 3) and conv.stride == 1 and conv.padding == 1 and hin % 4 == 0 and win % 4 == 0
+            and cin >= min_channels and cout % 4 == 0)
+
+
+_WG_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
+def winograd_weights(conv: FoldedConv) -> np.ndarray:
+    """U = G g G^T of every (output, input) channel pair, computed in float64 and packed as
+    ``csrc/winograd.c`` reads it: [36 transform points][Cout/4][Cin][4 output channels]."""
+    w = conv.dense().double().numpy()
+    cout, cin = w.shape[:2]
+    if cout % 4:
+        raise CnnpruneError(f"layer {conv.name}: Winograd needs a multiple of 4 output channels, got {cout}")
+    u = np.einsum("ik,ockl,jl->ocij", _WG_G, w, _WG_G).reshape(cout // 4, 4, cin, 36)
+    return np.ascontiguousarray(u.transpose(3, 0, 2, 1), dtype=np.float32)
+
+
+def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """The folded weight as the kernel reads it (``csrc/sparse_conv.c``): nonzeros ordered by
+    (group of ``group`` input channels, output channel, kernel column, kernel row): a tile
+    streams one group's runs channel after channel. ``ptr``: the start of each such segment
+    (k*k per run: the kernel skips the taps that read only the zero border); ``chan``: the
+    nonzeros before each output channel (how work is cut into equal shares); each nonzero's
+    input offset (in pixels of ``n`` floats) and value. Offsets are uint16 where they all fit
+    (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the nonzeros are
+    streamed from memory in every pass, for only 4-16 multiply-adds each at batch 1, so 6
+    instead of 8 bytes per nonzero is time saved."""
+    w = conv.dense().numpy()
+    cout, cin, kh, kw = w.shape
+    co, ci, ky, kx = np.nonzero(w)
+    ngroups = -(-cin // group)
+    segment = (((ci // group) * cout + co) * kw + kx) * kh + ky
+    order = np.argsort(segment, kind="stable")
+    co, ci, ky, kx = co[order], ci[order], ky[order], kx[order]
+    ptr = np.zeros(cout * ngroups * kh * kw + 1, dtype=np.int32)
+    ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh * kw))
+    chan = np.zeros(cout + 1, dtype=np.int32)
+    chan[1:] = np.cumsum(np.bincount(co, minlength=cout))
+    oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
+    if conv.stride == 1:
+        row = (win + 2) * n
+        off = ci.astype(np.int64) * (hin + 2) * row + oy * row + ox * n
+    else:
+        hh, wh = (hin + 2) // 2, (win + 2) // 2
+        row = wh * n
+        plane = ((oy % 2) * 2 + (ox % 2)) * cin + ci
+        off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
+    off //= n  # every offset is a whole pixel: the kernel multiplies by the batch
+    top = int(off.max()) if off.size else 0
+    if top >= 2**31:
+        raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
+    narrow = narrow and top < 2**16
+    return ptr, chan, ngroups, off.astype(np.uint16 if narrow else np.int32), \
+        np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
+
+
+def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
+    """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
+    until an output channel has about ``min_run`` nonzeros per group on average, since each
+    (channel, group) pass reloads and stores its accumulators."""
+    cout, cin, k, _ = conv.shape
+    nnz = max(conv.nnz, 1)
+    l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
+    return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
+
+
+class BufferPool:
+    """Activation buffers of one forward pass, handed out again once their last reader has run
+    (the steps run in program order): at batch 32 a buffer per layer output made ~35 MB of
+    activations, beside the weights, on a 32 MB L3 cache; reused, they are ~15 MB (measured
+    1.02x for the whole network at 90 %, batch 32). Padded buffers are only reused as padded
+    buffers of the same shape, whose writers touch interiors only, so their borders stay zero;
+    phase planes are rewritten whole by each split."""
+
+    def __init__(self, arena: Arena, reuse: bool = True) -> None:
+        self.arena = arena
+        self.reuse = reuse
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._key: dict[int, tuple] = {}
+
+    def _take(self, key: tuple) -> np.ndarray:
+        free = self._free.get(key)
+        buf = free.pop() if free and self.reuse else self.arena.zeros(key[1])
+        self._key[id(buf)] = key
+        return buf
+
+    def padded(self, c: int, h: int, w: int, n: int) -> np.ndarray:
+        return self._take(("padded", (c, h + 2, w + 2, n)))
+
+    def phase(self, c: int, hh: int, wh: int, n: int) -> np.ndarray:
+        """The 4 phase planes (4c, hh, wh, n) a stride-2 convolution reads."""
+        return self._take(("phase", (4 * c, hh, wh, n)))
+
+    def give(self, *buffers: np.ndarray | None) -> None:
+        """Return buffers whose last reader is already in the program (repeats and None ignored)."""
+        for b in buffers:
+            key = self._key.pop(id(b), None) if b is not None else None
+            if key is not None:
+                self._free.setdefault(key, []).append(b)
+
+
+def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None) -> np.ndarray:
+    shape = (c, h + 2, w + 2, n)
+    return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
+
+
+def to_nchw(buf: np.ndarray) -> torch.Tensor:
+    """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW tensor (a copy)."""
+    return torch.from_numpy(buf[:, 1:-1, 1:-1, :]).permute(3, 0, 1, 2).contiguous()
+
+
+def from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
+    buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
+
+
+def ort_session_of(model: nn.Module, threads: int):
+    """In-memory onnxruntime session of the dense model, same thread count (the fallback)."""
+    from cnnprune.export import onnx_bytes, ort_session
+
+    return ort_session(onnx_bytes(model), threads)
+
+
+def paired_ms(a: Callable[[], object], b: Callable[[], object], rounds: int = 1, block_ms: float = 100.0,
+               warm_ms: float = 30.0) -> tuple[float, float]:
+    """Median ms per call of ``a`` and of ``b`` over blocks in A B B A order (``rounds`` times),
+    so that a machine whose speed drifts weighs on both alike. Each block first runs untimed
+    calls for ``warm_ms`` (at least 2): the thread pool that ran last (onnxruntime's spinning
+    workers, OpenMP's) keeps the cores busy for a while after it returns, and the next engine's
+    first calls pay for it; alternating single calls measured that, not the engines."""
+    times: dict[int, list[float]] = {0: [], 1: []}
+
+    def block(i: int) -> None:
+        fn = (a, b)[i]
+        t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
+        while warm < 2 or time.perf_counter() < t_end:
+            fn()
+            warm += 1
+        t_end, timed = time.perf_counter() + block_ms / 1e3, 0
+        while timed < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            fn()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+            timed += 1
+
+    for _ in range(rounds):
+        for i in (0, 1, 1, 0):
+            block(i)
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3

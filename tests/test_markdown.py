@@ -1,0 +1,70 @@
+"""REPORT.md from a synthetic run: sections present, every figure read from results.json."""
+
+from __future__ import annotations
+
+import copy
+
+from synthetic import cuda_bench, synthetic
+
+from cnnprune.analysis import LatencyRow, analyse
+from cnnprune.markdown import _layer_marks, markdown
+from cnnprune.results import cuda_summary
+
+
+def render(results: dict) -> str:
+    return markdown(analyse(results), [])
+
+
+def test_every_number_comes_from_results() -> None:
+    r = synthetic()
+    text_a = render(r)
+    r2 = copy.deepcopy(r)
+    r2["machine"]["threads"] = 7
+    for row in r2["latency"]:
+        row["median_ms"] *= 1.5
+    assert render(r2) != text_a and "7 threads" in render(r2)
+
+
+def test_goals_section() -> None:
+    r = synthetic()
+    assert "The sparse engine against its goals" in render(r)
+    for row in r["latency"]:
+        row["passes"] = 3
+        row["pass_medians_ms"] = [row["median_ms"]] * 3
+    assert "range over passes" in render(r)
+
+
+def test_layer_marks_and_pruning_alone() -> None:
+    row = LatencyRow("m", "sparse", 1, "cpu", 1.0, 0.1, 3, winograd_layers=(10, 9, 10), dense_layers=(0, 1, 0))
+    assert _layer_marks(row) == " W9–10 ‡0–1"
+    assert _layer_marks(LatencyRow("m", "sparse", 1, "cpu", 1.0, 0.1, 3, dense_layers=(2,))) == " ‡2"
+    assert _layer_marks(LatencyRow("m", "sparse", 1, "cpu", 1.0, 0.1, 3)) == ""
+    r = synthetic()
+    for row in r["latency"]:
+        if row["engine"] == "sparse" and row["model"] == "unpruned":
+            row["median_ms"] /= 2
+    g = next(g for g in analyse(r).goals if (g.model, g.batch) == ("one_shot_90", 32))
+    text = render(r)
+    assert "sparse: unpruned / pruned" in text and "Pruning alone" in text and f"{g.pruning_alone:.2f}×" in text
+
+
+def test_cuda_section_follows_the_numbers() -> None:
+    r = synthetic()
+    assert "## CUDA" not in render(r), "no CUDA run, no section"
+    r["cuda"] = cuda_summary(cuda_bench())
+    r["semi_2_4"] = {"checkpoint": "x", "accuracy": 0.91, "sparsity": 0.4998, "params_nonzero": 5_600_000,
+                     "params_total": 11_173_962, "flop_limit_speedup": 1.99,
+                     "vs_unpruned": {"only_baseline_correct": 30, "only_other_correct": 10, "p_value": 0.002}}
+    text = render(r)
+    section = text[text.index("## CUDA: a separate run on Test GPU"):text.index("## Accuracy and agreement")]
+    assert "0.25× (0.25–0.25)" in section
+    assert "| 256 | 0.900 (0.000) | 1.000 (0.000) | 0.800 (0.000) | 1.25× | 1.12× |" in section
+    assert "top-1 91.00%" in section and "McNemar p = 0.002" in section and "commit `abc`" in section
+
+
+def test_reproduce_line_names_what_differs_from_the_defaults() -> None:
+    r = synthetic()
+    r["config"] = {"batches": [1, 32], "threads": 2}
+    assert "```\nbash run_bench.sh   # this report" in render(r)
+    r["config"] = {"batches": [8], "finetune_epochs": 1, "threads": 4, "passes": 5}
+    assert "bash run_bench.sh --threads 4 --passes 5 --finetune-epochs 1 --batches 8   # this report" in render(r)
