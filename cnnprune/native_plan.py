@@ -20,8 +20,8 @@ from cnnprune.fold import FoldedConv
 
 MODES = ("sparse", "winograd", "dense")
 # Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
-# transformed input kept in each thread's cache; 2-8 % faster over the network at batch 32
-# (75 and 90 %, same-process A/B); with fewer panels the two-step variant spreads the work better.
+# transformed input kept in each thread's cache (faster at batch 32, see the README); with fewer
+# panels the two-step variant spreads the work better.
 FUSED_PANELS_PER_THREAD = 2
 
 
@@ -141,8 +141,8 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
 class BufferPool:
     """Activation buffers of one forward pass, handed out again once their last reader has run
     (the steps run in program order): at batch 32 a buffer per layer output made ~35 MB of
-    activations, beside the weights, on a 32 MB L3 cache; reused, they are ~15 MB (measured
-    1.02x for the whole network at 90 %, batch 32). Padded buffers are only reused as padded
+    activations, beside the weights, on a 32 MB L3 cache; reused, far fewer (the README gives the
+    measured sizes and gain). Padded buffers are only reused as padded
     buffers of the same shape, whose writers touch interiors only, so their borders stay zero;
     phase planes are rewritten whole by each split."""
 

@@ -53,3 +53,27 @@ def test_cuda_bench_import(tmp_path: Path) -> None:
     data = load_cuda_bench(PipelineConfig(reports=str(reports)))
     assert len(data["benchmarks"]) == 1 and data["path"].endswith("cuda_bench.json")
     assert load_cuda_bench(PipelineConfig(reports=str(reports), cuda_bench="none")) is None
+
+
+def test_benchmark_progress_names_each_case(tmp_path: Path) -> None:
+    from cnnprune.pipeline import _follow
+
+    progress = tmp_path / "progress"
+    progress.write_text("1/3 test_latency[unpruned-torch-b1-cpu-p0]\n2/3 test_latency[unpruned-sparse-b1-cpu-p0]\n")
+
+    class Done:
+        def poll(self) -> int:
+            return 0
+
+    seen = []
+    _follow(Done(), progress, lambda name, total=None: seen.append((name, total)))
+    assert seen == [("test_latency[unpruned-torch-b1-cpu-p0]", 3), ("test_latency[unpruned-sparse-b1-cpu-p0]", 3)]
+
+
+def test_the_benchmark_runs_from_the_package(tmp_path: Path) -> None:
+    from cnnprune.bench import FOLDER
+    from cnnprune.pipeline import bench_command
+
+    cmd = bench_command(PipelineConfig(artifacts="A"), tmp_path / "b.json", tmp_path / "p")
+    assert cmd[3] == str(FOLDER) and (FOLDER / "pytest.ini").is_file() and (FOLDER / "conftest.py").is_file()
+    assert f"--bench-artifacts={Path('A').resolve()}" in cmd

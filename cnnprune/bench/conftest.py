@@ -16,7 +16,7 @@ import torch
 
 from cnnprune.schedules import MODELS
 
-__all__ = ["artifacts", "cudnn_autotune", "pytest_addoption", "pytest_benchmark_update_machine_info",
+__all__ = ["artifacts", "cudnn_autotune", "model_counts", "pytest_addoption", "pytest_benchmark_update_machine_info",
            "pytest_collection_finish", "pytest_collection_modifyitems", "pytest_configure", "pytest_generate_tests",
            "pytest_runtest_logstart", "semi_2_4", "threads"]
 
@@ -137,6 +137,12 @@ def artifacts(pytestconfig: pytest.Config) -> Path:
     run_pruning(PruneConfig(checkpoint=checkpoint, out=str(folder)), progress=False)
     run_export(ExportConfig(src=str(folder), out=str(folder), sparse=True), progress=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def model_counts() -> dict:
+    """MAC and parameter counts per model, computed once per session."""
+    return {}
 
 
 @pytest.fixture(scope="session")

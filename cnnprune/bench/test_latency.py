@@ -66,12 +66,6 @@ def _timed_call(model, x: torch.Tensor, device: str):
     return call
 
 
-@pytest.fixture(scope="session")
-def model_counts() -> dict:
-    """MAC and parameter counts per model, computed once per session."""
-    return {}
-
-
 def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engine: str, batch: int,
                  device: str, bench_pass: int, model_counts: dict, pytestconfig: pytest.Config) -> None:
     if device == "cuda" and not torch.cuda.is_available():

@@ -156,8 +156,7 @@ int row_block(int L) {
  * group (planes x rows x floats) is kept to about half of a 32 KiB L1 data cache. Rows of at
  * most one vector (batch 1-2, late layers) get no groups: there each nonzero feeds only a few
  * multiply-adds, the nonzeros streamed from memory are the cost, and one run per output
- * channel reads them as one sequential stream (measured 1.2-1.3x faster over the network at
- * batch 1 than L1-sized groups). */
+ * channel reads them as one sequential stream (faster at batch 1 than L1-sized groups). */
 int channels_per_group(int L, int Ho, int N, int stride, int k, int cin) {
     if (L <= VW) return cin;
     const int R = row_block(L) < Ho ? row_block(L) : Ho;
@@ -313,7 +312,7 @@ static void maxpool_row(const float *restrict s, int64_t srow, int Wo, int N, fl
 
 /* src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N). Rows are handed out as
  * one flat loop calling a function with restrict pointers: the same loops written inline
- * under a collapsed OpenMP loop ran 4-6x slower (GCC 12). */
+ * under a collapsed OpenMP loop ran several times slower (GCC 12). */
 static void maxpool3s2_body(const float *src, int C, int H, int W, int N, float *dst) {
     const int Ho = H / 2, Wo = W / 2;
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;

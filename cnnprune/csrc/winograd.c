@@ -1,7 +1,7 @@
 /* Winograd F(4x4, 3x3) convolution for the dense-ish 3x3 stride-1 layers of the CPU path.
  *
- * Why: global magnitude pruning leaves the early layers dense (layer1 keeps ~57 % of its
- * weights at 90 % global sparsity, ~70 % at 75 %), and there a direct sparse kernel, one
+ * Why: global magnitude pruning leaves the early layers dense (the README gives how much of
+ * layer1 it keeps), and there a direct sparse kernel, one
  * multiply-add per nonzero, does more work than Winograd's dense 36 products per 4x4 output
  * tile and input channel (2.25 multiply-adds per output instead of 9: the equivalent of 75 %
  * sparsity, done as dense GEMMs that run near the FMA peak). The engine times it against the
