@@ -251,6 +251,7 @@ def run(config: PipelineConfig) -> Path:
     """Run every step; returns the path of the written REPORT.md."""
     import torch
 
+    from cnnprune.analysis import analyse
     from cnnprune.export import ExportConfig, run_export
     from cnnprune.measure import counts
     from cnnprune.model import load_state_dict, resolve_checkpoint
@@ -280,8 +281,9 @@ def run(config: PipelineConfig) -> Path:
         config=asdict(config), machine=machine_info(config.threads), manifest=manifest, export=export,
         bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
         artifacts=artifacts, step_seconds=timed.seconds, semi_2_4=semi, cuda_bench=load_cuda_bench(config))
-    report = write_report(results, reports)
-    timed.console.print(summary_table(results))
+    analysis = analyse(results)
+    report = write_report(results, reports, analysis)
+    timed.console.print(summary_table(analysis))
     timed.console.print(f"report written to {report}")
     return report
 

@@ -12,18 +12,19 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnprune.analysis import analyse
+from cnnprune.analysis import Analysis, analyse
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import write_json, write_text
 from cnnprune.markdown import markdown
 from cnnprune.plots import plots
 
 
-def write_report(results: dict, folder: Path) -> Path:
-    """Write results.json, the plots and REPORT.md into ``folder`` (each atomically)."""
+def write_report(results: dict, folder: Path, analysis: Analysis | None = None) -> Path:
+    """Write results.json, the plots and REPORT.md into ``folder`` (each atomically);
+    ``analysis``: the results' analysis where the caller has made it already."""
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "results.json", results)
-    a = analyse(results)
+    a = analysis or analyse(results)
     path = folder / "REPORT.md"
     write_text(path, markdown(a, plots(a, folder)))
     return path

@@ -12,7 +12,8 @@ Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
   into segments by kernel column and row, so that a tile skips the taps that read only the
   zero border (most of layer4's at 2x2 maps); offsets are 16-bit where they fit
   (``sparse_operands``).
-  Global pruning leaves the early layers dense (the README gives the measured densities), and there a kernel doing one multiply-add per nonzero does more work than
+  Global pruning leaves the early layers dense (the README gives the measured densities), and
+  there a kernel doing one multiply-add per nonzero does more work than
   Winograd F(4x4, 3x3) (``csrc/winograd.c``: 36 products per 4x4 tile and channel pair, the
   equivalent of 75 % sparsity, as dense GEMMs near the FMA peak), so 3x3 stride-1 layers may
   also run that way. It is a dense algorithm: what it gains is not pruning's, and the report
