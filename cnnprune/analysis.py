@@ -202,6 +202,37 @@ class ModelResult:
 
 
 @dataclass(frozen=True)
+class MethodAccuracy:
+    """A pruned model's dense top-1 after one way of pruning: plain (the report's method),
+    BN-recalibrated or fine-tuned, with the paired test against the unpruned model."""
+
+    method: str
+    model: str
+    sparsity: float
+    accuracy: float
+    vs_unpruned: PairedTest | None
+
+
+METHOD_LABELS = {"plain": "plain (the report's method)", "recalibrated": "BN-recalibrated", "fine-tuned": "fine-tuned"}
+
+
+def accuracy_by_method(results: dict, models: dict[str, ModelResult]) -> dict[str, dict[str, MethodAccuracy]]:
+    """{method: {model: figures}} for the methods this run made (plain always)."""
+    out = {"plain": {m: MethodAccuracy("plain", m, r.sparsity, r.accuracy["dense"], r.vs_unpruned)
+                     for m, r in models.items() if m != "unpruned"}}
+    recal = results.get("recalibrated_bn")
+    if recal:
+        out["recalibrated"] = {m: MethodAccuracy("recalibrated", m, e["sparsity"], e["accuracy"],
+                                                 PairedTest.of(e.get("vs_unpruned")))
+                               for m, e in recal["models"].items()}
+    ft = results.get("finetune")
+    if ft:
+        out["fine-tuned"] = {"iterative_90": MethodAccuracy("fine-tuned", "iterative_90", ft["sparsity"], ft["accuracy"],
+                                                            PairedTest.of(ft.get("vs_unpruned")))}
+    return out
+
+
+@dataclass(frozen=True)
 class Analysis:
     """Everything the report states, derived once from ``results.json``."""
 
@@ -213,6 +244,7 @@ class Analysis:
     noise: dict[tuple[str, int], float]
     goals: tuple[GoalCheck, ...]
     cuda: tuple[CudaSpeedup, ...]
+    methods: dict[str, dict[str, MethodAccuracy]]
 
     @property
     def pruned(self) -> list[str]:
@@ -235,7 +267,7 @@ def analyse(results: dict) -> Analysis:
     cuda = tuple(cuda_speedups(LatencyRow.of(r) for r in results["cuda"]["latency"])) if results.get("cuda") else ()
     return Analysis(results=results, config=from_record(PipelineConfig, results.get("config", {})), models=models,
                     latency=latency, speedups=tuple(sp), noise=noise, goals=tuple(sparse_goals(sp, noise)),
-                    cuda=cuda)
+                    cuda=cuda, methods=accuracy_by_method(results, models))
 
 
 def latency_table(rows: tuple[LatencyRow, ...]) -> dict[tuple[str, int], dict[str, dict[str, LatencyRow]]]:

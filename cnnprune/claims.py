@@ -16,6 +16,7 @@ from cnnprune.analysis import (
     DENSE_ENGINES,
     ENGINE_LABELS,
     ITERATIVE,
+    METHOD_LABELS,
     ONE_SHOT,
     Analysis,
     CudaSpeedup,
@@ -231,6 +232,26 @@ def _dense_accuracy(a: Analysis) -> dict[str, float]:
     return {m: r.accuracy["dense"] for m, r in a.models.items()}
 
 
+def accuracy_kept(a: Analysis, method: str, threshold: float) -> tuple[list[str], list[str]]:
+    """(kept, lost): the models of ``method`` within ``threshold`` pp of the unpruned model, and the others."""
+    base = a.models["unpruned"].accuracy["dense"]
+    rows = a.methods.get(method, {})
+    kept = [m for m, r in rows.items() if at_most(100 * (base - r.accuracy), threshold)]
+    return kept, [m for m in rows if m not in kept]
+
+
+def _method_line(a: Analysis, method: str, threshold: float) -> str:
+    kept, lost = accuracy_kept(a, method, threshold)
+    rows = a.methods[method]
+    if method == "recalibrated":
+        how = f"BatchNorm statistics re-estimated from {a.results['recalibrated_bn']['images']:,} training images"
+    else:
+        how = f"{a.results['finetune']['epochs_per_step']} epoch(s) of masked fine-tuning after each iterative step"
+    figures = ", ".join(f"{m} {pct(r.accuracy)}" for m, r in rows.items())
+    return (f"{METHOD_LABELS[method]} ({how}; beyond the report): {figures}; kept for {', '.join(kept) or 'none'}"
+            + (f"; not for {', '.join(lost)}" if lost else ""))
+
+
 def measure_accuracy(a: Analysis, threshold: float) -> Finding:
     acc = _dense_accuracy(a)
     lines = [f"{m}: {pct(acc[m])} measured ({a.results['dataset']}, {a.results['test_images']:,} images), "
@@ -240,6 +261,7 @@ def measure_accuracy(a: Analysis, threshold: float) -> Finding:
     kept = [m for m in a.pruned if at_most(drops[m], threshold)]
     lost = [m for m in a.pruned if m not in kept]
     verdict = "holds" if not lost else f"holds only for {', '.join(kept) or 'none'}; not for {', '.join(lost)}"
+    lines += [_method_line(a, method, threshold) for method in ("recalibrated", "fine-tuned") if method in a.methods]
     return Finding(lines, verdict)
 
 

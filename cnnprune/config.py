@@ -35,6 +35,8 @@ class PipelineConfig:
     memory_runs: int = opt(20, "inferences per memory measurement", parse=positive_int)
     finetune_epochs: int = opt(0, "also make iterative_90 with K epochs of fine-tuning per step (≈5·K training "
                                   "epochs)", parse=non_negative_int)
+    recalibrate_bn: int = opt(2000, "also make every pruned checkpoint with its BatchNorm statistics re-estimated from "
+                                    "N training images and measure its accuracy (0 = skip)", parse=non_negative_int)
     cuda_bench: str | None = opt("auto", "pytest-benchmark JSON of a CUDA run (bash bench/cuda.sh) shown as the "
                                          "report's CUDA section; 'auto': REPORTS/cuda/cuda_bench.json when present; "
                                          "'none'")

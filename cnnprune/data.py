@@ -38,6 +38,8 @@ FASHION_MNIST_STD = (0.3318,) * 3
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    # the first 2,000 training images, shipped in the package for BatchNorm recalibration offline
+    "calibration": ("calibration-images-idx3-ubyte.gz", "calibration-labels-idx1-ubyte.gz"),
 }
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_FILES = {
@@ -300,6 +302,23 @@ def load_split(dataset: str, split: str, data_dir: Path | None = None, download:
     if dataset == "cifar10":
         return load_cifar10(split, data_dir, download)
     raise CnnpruneError(f"--dataset {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
+
+
+def calibration_split(dataset: str, data_dir: Path | None, n: int) -> Split:
+    """The first ``n`` training images, for BatchNorm recalibration (never test images): from the
+    training split where it is installed, else, for Fashion-MNIST without ``data_dir``, from the
+    sample shipped in the package."""
+    try:
+        split = load_split(dataset, "train", data_dir)
+    except CnnpruneError:
+        if dataset != "fashion-mnist" or data_dir is not None:
+            raise
+        split = load_fashion_mnist("calibration")
+    if n > len(split):
+        raise CnnpruneError(f"--recalibrate-bn {n}: only {len(split):,} training images are available ({split.source}); "
+                            "ask for fewer, or install the full training split (apt-get install dataset-fashion-mnist, "
+                            "or --data-dir)")
+    return split.subset(n)
 
 
 def channel_stats(split: Split) -> tuple[list[float], list[float]]:

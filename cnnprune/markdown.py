@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow
-from cnnprune.claims import claims
+from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, METHOD_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow
+from cnnprune.claims import THRESHOLDS, accuracy_kept, claims
 from cnnprune.fmt import mb, pct, times
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
@@ -281,12 +281,38 @@ def accuracy_section(a: Analysis) -> list[str]:
         L.append(f"| {name} | {pct(acc['dense'])} | {pct(acc['onnx'])} | {pct(acc['sparse'])} | "
                  f"{m.max_logit_diff:.1e} | {pct(m.top1_agreement)} | {REPORT_ACCURACY_CIFAR10[name]:.3f}% |")
     L.append("")
+    L += methods_table(a)
     ft = a.results.get("finetune")
     if ft:
         L.append(f"Fine-tuning (beyond the report): iterative_90 with {ft['epochs_per_step']} epoch(s) of masked "
                  f"fine-tuning after each of the 5 steps reaches {pct(ft['accuracy'])} at sparsity "
                  f"{pct(ft['sparsity'])} (vs {pct(a.models['iterative_90'].accuracy['dense'])} "
                  f"without); it cost {ft['seconds']:.0f} s here.\n")
+    return L
+
+
+def methods_table(a: Analysis) -> list[str]:
+    """Dense top-1 per checkpoint and pruning method, each against the unpruned model (only when
+    this run made more than the report's plain checkpoints)."""
+    methods = list(a.methods)
+    if methods == ["plain"]:
+        return []
+    base = a.models["unpruned"].accuracy["dense"]
+    L = [f"Accuracy by pruning method (dense, {a.results['dataset']}, {a.results['test_images']:,} test images; "
+         f"Δ against the unpruned model's {pct(base)}, exact McNemar p):\n",
+         "| model | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+         "|---|" + "---:|" * len(methods)]
+    for model in a.pruned:
+        cells = []
+        for m in methods:
+            r = a.methods[m].get(model)
+            p = f", p = {r.vs_unpruned.p_value:.3f}" if r and r.vs_unpruned else ""
+            cells.append(f"{pct(r.accuracy)} (Δ {100 * (r.accuracy - base):+.2f} pp{p})" if r else "–")
+        L.append(f"| {model} | " + " | ".join(cells) + " |")
+    kept = {m: accuracy_kept(a, m, THRESHOLDS.accuracy_kept_pp) for m in methods}
+    L.append(f"| accuracy kept (≤ {THRESHOLDS.accuracy_kept_pp} pp lost) | "
+             + " | ".join(f"{len(k)} of {len(k) + len(x)}" for k, x in kept.values()) + " |")
+    L.append("")
     return L
 
 

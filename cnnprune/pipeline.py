@@ -188,13 +188,46 @@ def load_cuda_bench(config: PipelineConfig) -> dict | None:
     return {**data, "benchmarks": rows, "path": str(path)}
 
 
+def _dense_correct(checkpoint: Path, config: PipelineConfig) -> dict:
+    """Top-1 (dense, CPU) of one checkpoint on the test split, with per-image correctness."""
+    from cnnprune.data import load_split
+    from cnnprune.evaluate import accuracy, predictions
+    from cnnprune.model import load_model
+
+    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    pred = predictions(load_model(checkpoint), split, 500, config.eval_limit)
+    return {"accuracy": accuracy(pred, split), "correct": (pred == split.labels[: len(pred)]).int().tolist()}
+
+
+def step_recalibrated(config: PipelineConfig, work: Path, source: str) -> Outcome | None:
+    """Every pruned checkpoint again with BatchNorm recalibration (beyond the report), and its accuracy."""
+    if not config.recalibrate_bn:
+        return None
+    from cnnprune.fileio import sha256_file
+    from cnnprune.prune import PruneConfig, run_pruning
+
+    pruned = tuple(m for m in config.models if m != "unpruned")
+    folder = Path(config.artifacts) / f"recalibrated_bn{config.recalibrate_bn}"
+    manifest = run_pruning(PruneConfig(checkpoint=source, out=str(folder), recalibrate_bn=config.recalibrate_bn,
+                                       dataset=config.dataset, data_dir=config.data_dir, only=pruned,
+                                       fresh=config.fresh))
+    first = manifest["checkpoints"][pruned[0]]["recalibrate_bn"] if pruned else {}
+    ledger = Ledger(work / "recalibrated.json", "models", {"images": config.recalibrate_bn,
+                                                           "source": first.get("source")}, config.fresh)
+    with Progress().task("accuracy after recalibration", len(pruned)) as start:
+        for name in pruned:
+            start(name)
+            path = folder / f"{name}.pth"
+            step = Step(f"recalibrated {name}", (sha256_file(path), config.dataset, config.data_dir, config.eval_limit))
+            ledger.run(name, step, lambda p=path, n=name: {
+                **_dense_correct(p, config), "sparsity": manifest["checkpoints"][n]["sparsity_tensor"]})
+    return Outcome.of(ledger.data, ledger)
+
+
 def step_finetune(config: PipelineConfig, source: str) -> dict | None:
     """iterative_90 again with K epochs of masked fine-tuning after each step (beyond the report)."""
     if config.finetune_epochs <= 0:
         return None
-    from cnnprune.data import load_split
-    from cnnprune.evaluate import accuracy, predictions
-    from cnnprune.model import load_model
     from cnnprune.prune import PruneConfig, run_pruning
     from cnnprune.schedules import schedule_by_name
 
@@ -203,12 +236,10 @@ def step_finetune(config: PipelineConfig, source: str) -> dict | None:
     manifest = run_pruning(PruneConfig(checkpoint=source, out=str(folder), finetune_epochs=config.finetune_epochs,
                                        data_dir=config.data_dir, dataset=config.dataset, fresh=config.fresh),
                            [schedule_by_name("iterative_90")])
-    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    model = load_model(folder / "iterative_90.pth")
-    acc = accuracy(predictions(model, split, 500, config.eval_limit), split)
     entry = manifest["checkpoints"]["iterative_90"]
-    return {"epochs_per_step": config.finetune_epochs, "accuracy": acc, "sparsity": entry["sparsity_tensor"],
-            "seconds": entry.get("seconds", time.perf_counter() - t0), "checkpoint": str(folder / "iterative_90.pth")}
+    return {"epochs_per_step": config.finetune_epochs, **_dense_correct(folder / "iterative_90.pth", config),
+            "sparsity": entry["sparsity_tensor"], "seconds": entry.get("seconds", time.perf_counter() - t0),
+            "checkpoint": str(folder / "iterative_90.pth")}
 
 
 def machine_info(threads: int) -> dict:
@@ -276,11 +307,13 @@ def run(config: PipelineConfig) -> Path:
     memory = timed("memory", lambda: step_memory(config, work, hashes))
     model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth")) for n in config.models})
     finetune = timed("finetune", lambda: step_finetune(config, source))
+    recalibrated = timed("BN recalibration", lambda: step_recalibrated(config, work, source))
     semi = timed("2:4 model", lambda: step_semi_2_4(config, work, hashes))
     results = assemble_results(
         config=asdict(config), machine=machine_info(config.threads), manifest=manifest, export=export,
         bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
-        artifacts=artifacts, step_seconds=timed.seconds, semi_2_4=semi, cuda_bench=load_cuda_bench(config))
+        artifacts=artifacts, step_seconds=timed.seconds, semi_2_4=semi, cuda_bench=load_cuda_bench(config),
+        recalibrated=recalibrated)
     analysis = analyse(results)
     report = write_report(results, reports, analysis)
     timed.console.print(summary_table(analysis))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, ITERATIVE, ONE_SHOT, Analysis
+from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, ITERATIVE, METHOD_LABELS, ONE_SHOT, Analysis
 from cnnprune.fileio import write_bytes
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, target_sparsity
 
@@ -72,8 +72,9 @@ def cuda_plot(a: Analysis, folder: Path) -> list[str]:
 
 
 def accuracy_plot(a: Analysis, folder: Path) -> list[str]:
-    """Measured top-1 against measured sparsity, beside the report's quoted figures at their target
-    sparsities (each point placed by its model's schedule, whatever subset was run)."""
+    """Measured top-1 against measured sparsity for each pruning method this run made (plain, BN-
+    recalibrated, fine-tuned), beside the report's quoted figures at their target sparsities (each
+    point placed by its model's schedule, whatever subset was run)."""
     fig, ax = _pyplot().subplots(figsize=(6, 4))
     for schedule, label in ((ONE_SHOT, "one-shot"), (ITERATIVE, "iterative")):
         seq = [m for m in ("unpruned", *schedule) if m in a.models]
@@ -81,6 +82,11 @@ def accuracy_plot(a: Analysis, folder: Path) -> list[str]:
                 marker="o", label=f"{label} (measured, {a.results['dataset']})")
         ax.plot([target_sparsity(m) for m in seq], [REPORT_ACCURACY_CIFAR10[m] for m in seq], linestyle="--",
                 marker="x", label=f"{label} (report, CIFAR-10, quoted)")
+        for method, style in (("recalibrated", "s-"), ("fine-tuned", "D")):
+            rows = [a.methods.get(method, {}).get(m) for m in schedule]
+            pts = [(r.sparsity, 100 * r.accuracy) for r in rows if r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{label}, {METHOD_LABELS[method]} (measured)")
     ax.set_xlabel("global sparsity")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(True, alpha=0.3)

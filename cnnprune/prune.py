@@ -189,6 +189,8 @@ class PruneConfig:
     targets: tuple[float, ...] = opt((), "instead of the report's six: comma-separated sparsities in [0, 1), each "
                                          "made one-shot and iteratively", parse=fractions)
     steps: int = opt(5, "iterative steps for --targets", parse=positive_int)
+    recalibrate_bn: int = opt(0, "after pruning, re-estimate every BatchNorm's running statistics from the first N "
+                                 "training images (0 = the report's method)", parse=non_negative_int)
     fresh: bool = opt(False, "redo every checkpoint")
 
     def __post_init__(self) -> None:
@@ -209,10 +211,29 @@ class PruneConfig:
 
 def _prune_step(config: PruneConfig, schedule: Schedule, source_sha: str) -> Step:
     """A checkpoint is current while its source, schedule and fine-tuning are unchanged."""
-    inputs = (source_sha, asdict(schedule), config.finetune_epochs, config.finetune_limit, config.dataset,
-              config.data_dir) if schedule.method == "iterative" and config.finetune_epochs else \
-        (source_sha, asdict(schedule))
-    return Step(f"prune {schedule.name}", inputs, outputs=(Path(config.out) / f"{schedule.name}.pth",))
+    inputs: tuple = (source_sha, asdict(schedule))
+    if schedule.method == "iterative" and config.finetune_epochs:
+        inputs += (config.finetune_epochs, config.finetune_limit, config.dataset, config.data_dir)
+    if config.recalibrate_bn:
+        inputs += ("recalibrate_bn", config.recalibrate_bn, config.dataset, config.data_dir)
+    return Step(f"prune {schedule.name}", inputs, ("recalibrate.py",) if config.recalibrate_bn else (),
+                (Path(config.out) / f"{schedule.name}.pth",))
+
+
+class _Calibration:
+    """The calibration images of ``--recalibrate-bn``, read once, on first use."""
+
+    def __init__(self, config: PruneConfig) -> None:
+        self.config, self._split = config, None
+
+    def apply(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        from cnnprune.data import calibration_split
+        from cnnprune.recalibrate import recalibrate_state
+
+        c = self.config
+        if self._split is None:
+            self._split = calibration_split(c.dataset, Path(c.data_dir) if c.data_dir else None, c.recalibrate_bn)
+        return recalibrate_state(state, self._split), {"images": len(self._split), "source": self._split.source}
 
 
 def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None, progress: bool = True) -> dict:
@@ -231,13 +252,16 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
     remove_stale_temps(out)
     schedules = config.schedules() if schedules is None else tuple(schedules)
     hook = _finetune_hook(config) if config.finetune_epochs > 0 else None
+    calibration = _Calibration(config)
     ledger = Ledger(out / "manifest.json", "checkpoints", fresh=config.fresh, header={
         "source": str(source_path), "source_sha256": source_sha, "finetune_epochs": config.finetune_epochs,
-        "pytorch": torch.__version__})
+        "recalibrate_bn": config.recalibrate_bn, "pytorch": torch.__version__})
 
     def make(schedule: Schedule) -> dict:
         t0 = time.perf_counter()
         state, entry = prune_state(source, schedule, hook if schedule.method == "iterative" else None)
+        if config.recalibrate_bn:
+            state, entry["recalibrate_bn"] = calibration.apply(state)
         path = out / f"{schedule.name}.pth"
         save_torch(state, path)
         entry.update(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size,

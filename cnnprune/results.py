@@ -95,6 +95,25 @@ def cuda_summary(bench: dict | None) -> dict | None:
             "latency": latency_rows(bench)}
 
 
+def _versus(entry: dict | None, unpruned_correct: list[int]) -> dict | None:
+    """``entry`` with its per-image correctness replaced by the paired test against the unpruned model."""
+    if not entry:
+        return entry
+    out = {k: v for k, v in entry.items() if k != "correct"}
+    if "correct" in entry:
+        out["vs_unpruned"] = mcnemar(unpruned_correct, entry["correct"])
+    return out
+
+
+def recalibrated_summary(step: dict | None, unpruned_correct: list[int]) -> dict | None:
+    """The BN-recalibrated checkpoints: images used, where from, and per model accuracy, sparsity
+    and the paired test against the unpruned model."""
+    if not step:
+        return None
+    return {"images": step["images"], "source": step.get("source"),
+            "models": {n: _versus(e, unpruned_correct) for n, e in step["models"].items()}}
+
+
 def _model_entry(name: str, *, counts: dict, export: dict, accuracy: dict, memory: dict, manifest: dict,
                  paired: dict | None) -> dict:
     files = export["models"][name]["files"]
@@ -112,7 +131,8 @@ def _model_entry(name: str, *, counts: dict, export: dict, accuracy: dict, memor
 
 def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dict, bench: dict, accuracy: dict,
                      memory: dict, counts: dict, finetune: dict | None, artifacts: Path,
-                     step_seconds: dict, semi_2_4: dict | None = None, cuda_bench: dict | None = None) -> dict:
+                     step_seconds: dict, semi_2_4: dict | None = None, cuda_bench: dict | None = None,
+                     recalibrated: dict | None = None) -> dict:
     acc = accuracy["models"]
 
     def correct(name: str) -> list[int]:
@@ -138,7 +158,8 @@ def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dic
         "mask_agreement_one_shot_vs_iterative": mask_agreement(artifacts) if all(
             m in models for m in ONE_SHOT + ITERATIVE) else {},
         "one_shot_vs_iterative": pairwise,
-        "finetune": finetune,
+        "finetune": _versus(finetune, correct("unpruned")),
+        "recalibrated_bn": recalibrated_summary(recalibrated, correct("unpruned")),
         "semi_2_4": semi_2_4_summary(semi_2_4, correct("unpruned")),
         "cuda": cuda_summary(cuda_bench),
         "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10,
