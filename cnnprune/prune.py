@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from cnnprune.config import DATASETS
+from cnnprune.distributed import World, join
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file
 from cnnprune.hparams import add_args, from_args, names, non_negative_int, opt, positive_int
@@ -251,9 +252,12 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     schedules = config.schedules() if schedules is None else tuple(schedules)
-    hook = _finetune_hook(config) if config.finetune_epochs > 0 else None
+    world = join("cpu")
+    hook = _finetune_hook(config, world) if config.finetune_epochs > 0 else None
     calibration = _Calibration(config)
-    ledger = Ledger(out / "manifest.json", "checkpoints", fresh=config.fresh, header={
+    # under torchrun every rank must make the same checkpoints (their fine-tuning is collective),
+    # so nothing is reused there, and rank 0 alone writes
+    ledger = Ledger(out / "manifest.json", "checkpoints", fresh=config.fresh or world.size > 1, write=world.main, header={
         "source": str(source_path), "source_sha256": source_sha, "finetune_epochs": config.finetune_epochs,
         "recalibrate_bn": config.recalibrate_bn, "pytorch": torch.__version__})
 
@@ -263,39 +267,47 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
         if config.recalibrate_bn:
             state, entry["recalibrate_bn"] = calibration.apply(state)
         path = out / f"{schedule.name}.pth"
-        save_torch(state, path)
-        entry.update(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size,
-                     seconds=round(time.perf_counter() - t0, 2))
+        if world.main:
+            save_torch(state, path)
+            entry.update(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
         return entry
 
-    with Progress(progress).task("prune", len(schedules)) as start:
+    with Progress(progress and world.main).task("prune", len(schedules)) as start:
         for schedule in schedules:
             start(schedule.name)
             ledger.run(schedule.name, _prune_step(config, schedule, source_sha), lambda s=schedule: make(s))
+    world.barrier()
     return ledger.data
 
 
-def _finetune_hook(config: PruneConfig) -> StepHook:
-    """Masked fine-tuning after each iterative step: SGD, cosine LR 0.01→0, same augmentation."""
+FINETUNE_BATCH = 128  # global batch of the masked fine-tuning (split over the ranks under torchrun)
+
+
+def _finetune_hook(config: PruneConfig, world: World) -> StepHook:
+    """Masked fine-tuning after each iterative step: SGD, cosine LR 0.01→0, same augmentation;
+    data-parallel under torchrun (each rank its share of every global batch)."""
     from cnnprune.data import load_split, random_crop_flip
 
     split = load_split(config.dataset, "train", Path(config.data_dir) if config.data_dir else None)
     if config.finetune_limit:
         split = split.subset(config.finetune_limit)
     gen = torch.Generator().manual_seed(0)
+    aug = gen if world.size == 1 else torch.Generator().manual_seed(world.rank + 1)
 
     def hook(model: nn.Module, schedule: Schedule, step: int) -> None:
-        model.train()
-        steps = config.finetune_epochs * ((len(split) + 127) // 128)
+        net = world.wrap(model)
+        net.train()
+        per_epoch = world.steps(len(split), FINETUNE_BATCH)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.finetune_epochs * per_epoch, 1))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
         for _ in range(config.finetune_epochs):
             order = torch.randperm(len(split), generator=gen)
-            for i in range(0, len(split), 128):
-                idx = order[i:i + 128]
-                x = split.normalize(random_crop_flip(split.images[idx], gen))
-                loss = loss_fn(model(x), split.labels[idx])
+            for i in range(per_epoch):
+                idx = world.share(order[i * FINETUNE_BATCH:(i + 1) * FINETUNE_BATCH])
+                x = split.normalize(random_crop_flip(split.images[idx], aug))
+                loss = loss_fn(net(x), split.labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -314,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_debug_flag(parser)
     config = from_args(PruneConfig, parser.parse_args(argv))
     manifest = run_pruning(config)
+    world = join("cpu")
+    world.close()
+    if not world.main:
+        return 0
     table = Table(title=f"pruned checkpoints in {config.out}")
     for col in ("checkpoint", "method", "target", "sparsity (masks)", "sparsity (tensors)", "nonzero weights"):
         table.add_column(col, justify="right" if col not in ("checkpoint", "method") else "left")

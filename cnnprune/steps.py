@@ -68,6 +68,7 @@ class Ledger:
     section: str
     header: dict = field(default_factory=dict)
     fresh: bool = False
+    write: bool = True      # False: compute and keep values in memory only (a non-zero rank under torchrun)
     reused: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
 
@@ -86,11 +87,12 @@ class Ledger:
         else:
             t0 = time.perf_counter()
             value = work()
-            seal = step.seal(time.perf_counter() - t0)
+            seal = step.seal(time.perf_counter() - t0) if self.write else {}
             self.ran.append(item)
         self.data[self.section][item] = value
         self.data["steps"][item] = seal
-        write_json(self.path, self.data)
+        if self.write:
+            write_json(self.path, self.data)
         return value
 
     @property

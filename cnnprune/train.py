@@ -1,9 +1,11 @@
 """Train the report's CIFAR ResNet18: the embedded default model and ``--dataset cifar10``.
 
-Recipe: SGD (momentum 0.9, Nesterov, weight decay 5e-4 on conv/linear weights), one-cycle
+Default recipe: SGD (momentum 0.9, Nesterov, weight decay 5e-4 on conv/linear weights), one-cycle
 learning rate, label smoothing 0.1, random crop (pad 4) + horizontal flip; channels-last memory
-(faster on CPU too) and AMP (bf16) on CUDA. A training state is written atomically after every epoch, so a killed
-run resumes with ``--resume`` where it stopped, and a CSV/JSON log records every epoch.
+(faster on CPU too) and AMP (bf16) on CUDA. The options cover the widely shared PyTorch_CIFAR10
+recipe too (README). A training state is written atomically after every epoch, so a killed run
+resumes with ``--resume`` where it stopped, and a CSV/JSON log records every epoch.
+Under ``torchrun`` the run is data-parallel (:mod:`cnnprune.distributed`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import torch
 from torch import nn
 
 from cnnprune.data import DATASETS, Split, load_split, random_crop_flip
+from cnnprune.distributed import World, join, unwrap
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import safe_torch_load, save_torch, write_bytes, write_json, write_text
 from cnnprune.hparams import add_args, command_line, from_args, from_record, non_negative_int, opt, positive_int
 from cnnprune.model import build_model
+
+SCHEDULES = ("one-cycle", "cosine")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD (Nesterov) momentum", parse=float)
     weight_decay: float = opt(5e-4, "weight decay on conv/linear weights", parse=float)
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy loss", parse=float)
+    schedule: str = opt("one-cycle", "learning-rate schedule: one-cycle, or cosine (linear warm-up, then cosine to 0)",
+                        choices=SCHEDULES)
+    warmup: float = opt(0.25, "share of the steps spent warming the learning rate up", parse=float)
+    decay_norms: bool = opt(False, "apply weight decay to BatchNorm weights and biases too (as PyTorch_CIFAR10 "
+                                   "does), not only to conv/linear weights")
     seed: int = opt(0, "seed of initialisation, order and augmentation", parse=int)
     device: str = opt("auto", "auto, cpu or cuda")
     threads: int | None = opt(None, "CPU threads (default: torch's)", parse=positive_int)
@@ -55,10 +65,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+def _param_groups(model: nn.Module, weight_decay: float, decay_norms: bool = False) -> list[dict]:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 or decay_norms]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 and not decay_norms]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int):
+    if config.schedule == "one-cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.max_lr, total_steps=max(total, 10),
+                                                   pct_start=config.warmup)
+    warm = max(int(config.warmup * total), 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(total - warm, 1))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.no_grad()
@@ -76,9 +100,10 @@ def evaluate_model(model: nn.Module, split: Split, device: torch.device, batch_s
 
 @dataclass
 class _Run:
-    """What a training run holds between epochs."""
+    """What a training run holds between epochs (``net``: the model as trained, in DDP under torchrun)."""
 
     model: nn.Module
+    net: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     criterion: nn.Module
@@ -86,6 +111,7 @@ class _Run:
     train_split: Split
     test_split: Split
     device: torch.device
+    world: World
     steps_per_epoch: int
     log: list[dict]
     start_epoch: int = 0
@@ -95,9 +121,19 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "log": self.log}
 
+    def augmentation(self, config: TrainConfig, epoch: int) -> torch.Generator:
+        """Single process: the order's own generator (as runs before DDP drew them); under DDP one
+        per rank and epoch, so that ranks crop their own images differently yet reproducibly."""
+        if self.world.size == 1:
+            return self.gen
+        return torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 1_009 + self.world.rank + 1)
+
 
 def _setup(config: TrainConfig) -> _Run:
     device = resolve_device(config.device)
+    world = join(device.type)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device(f"cuda:{world.local_rank}")
     if config.threads:
         torch.set_num_threads(config.threads)
     data_dir = Path(config.data_dir) if config.data_dir else None
@@ -106,14 +142,13 @@ def _setup(config: TrainConfig) -> _Run:
         train_split = train_split.subset(config.train_limit)
     torch.manual_seed(config.seed)
     model = build_model().to(device).to(memory_format=torch.channels_last)
-    steps = math.ceil(len(train_split) / config.batch_size)
-    optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.max_lr,
+    steps = world.steps(len(train_split), config.batch_size)
+    optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay, config.decay_norms), lr=config.max_lr,
                                 momentum=config.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.max_lr,
-                                                    total_steps=max(config.epochs * steps, 10), pct_start=0.25)
-    return _Run(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+    return _Run(model, world.wrap(model), optimizer, _scheduler(optimizer, config, config.epochs * steps),
+                nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
                 torch.Generator().manual_seed(config.seed), train_split, load_split(config.dataset, "test", data_dir),
-                device, steps, [])
+                device, world, steps, [])
 
 
 def _resume(run: _Run, state_path: Path, config: TrainConfig) -> None:
@@ -129,19 +164,21 @@ def _resume(run: _Run, state_path: Path, config: TrainConfig) -> None:
     run.log, run.start_epoch = state["log"], int(state["epoch"])
 
 
-def _epoch(run: _Run, config: TrainConfig, advance) -> dict:
-    """One pass over the training split; returns the epoch's log entry (test accuracy included)."""
-    run.model.train()
+def _epoch(run: _Run, config: TrainConfig, epoch: int, advance) -> dict:
+    """One pass over the training split (this rank's share of each global batch); returns the
+    epoch's log entry, losses and accuracies over all ranks, test accuracy from rank 0."""
+    run.net.train()
     order = torch.randperm(len(run.train_split), generator=run.gen)
+    aug = run.augmentation(config, epoch)
     amp = run.device.type == "cuda"
     t0 = time.perf_counter()
     loss_sum = correct = seen = 0.0
     for step in range(run.steps_per_epoch):
-        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-        x = run.train_split.normalize(random_crop_flip(run.train_split.images[idx], run.gen)).to(run.device)
+        idx = run.world.share(order[step * config.batch_size:(step + 1) * config.batch_size])
+        x = run.train_split.normalize(random_crop_flip(run.train_split.images[idx], aug)).to(run.device)
         y = run.train_split.labels[idx].to(run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = run.model(x.contiguous(memory_format=torch.channels_last))
+            logits = run.net(x.contiguous(memory_format=torch.channels_last))
             loss = run.criterion(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,44 +188,64 @@ def _epoch(run: _Run, config: TrainConfig, advance) -> dict:
         correct += float((logits.argmax(1) == y).sum())
         seen += len(idx)
         advance(loss_sum / seen, correct / seen)
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "test_acc": evaluate_model(run.model, run.test_split, run.device),
+    loss_sum, correct, seen = run.world.sum(loss_sum, correct, seen)
+    test_acc = evaluate_model(unwrap(run.net), run.test_split, run.device) if run.world.main else None
+    run.world.barrier()
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "test_acc": test_acc,
             "lr_end": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Run training; returns the final log entry. Writes into ``config.out``:
+def _finish(run: _Run, config: TrainConfig, out: Path, seconds: float) -> None:
+    """Rank 0 writes the model (fp32 and the shipped fp16 form), the config and the run's record."""
+    import platform
 
-    ``state.pt`` (resumable state, each epoch), ``model.pth`` (fp32 state_dict),
-    ``model_fp16.pth`` (the shipped form), ``log.csv`` and ``log.json``.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run = _setup(config)
-    state_path = out / "state.pt"
-    if resume and state_path.is_file():
-        _resume(run, state_path, config)
-    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress) as bar:
-        for epoch in range(run.start_epoch, config.epochs):
-            task = bar.add_task("train", total=run.steps_per_epoch, epoch=f"{epoch + 1}/{config.epochs}", loss=0.0,
-                                acc=0.0)
-            entry = {"epoch": epoch + 1, **_epoch(run, config, lambda loss, acc, t=task: bar.update(
-                t, advance=1, loss=loss, acc=acc))}
-            run.log.append(entry)
-            bar.console.print(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f} "
-                              f"train acc {entry['train_acc']:.4f} test acc {entry['test_acc']:.4f} "
-                              f"({entry['seconds']:.0f} s)")
-            save_torch(run.state(config, epoch + 1), state_path)
-            _write_logs(out, run.log)
     final = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     save_torch(final, out / "model.pth")
     save_torch({k: (v.half() if v.is_floating_point() else v) for k, v in final.items()}, out / "model_fp16.pth")
     write_json(out / "config.json", asdict(config))
-    return run.log[-1] if run.log else {}
+    device = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor() or "cpu"
+    write_json(out / "run.json", {"world_size": run.world.size, "backend": run.world.backend,
+                                  "device": f"{run.device.type} ({device})", "host": platform.node(),
+                                  "torch": torch.__version__, "epochs": len(run.log), "seconds_this_run": seconds,
+                                  "command": command_line(config, "python -m cnnprune.train")})
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run training; returns the final log entry. Rank 0 writes into ``config.out``: ``state.pt``
+    (resumable state, each epoch), ``model.pth`` (fp32 state_dict), ``model_fp16.pth`` (the shipped
+    form), ``log.csv``, ``log.json``, ``config.json`` and ``run.json`` (world size, device, host)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out = Path(config.out)
+    run = _setup(config)
+    t_start = time.perf_counter()
+    try:
+        if run.world.main:
+            out.mkdir(parents=True, exist_ok=True)
+        state_path = out / "state.pt"
+        if resume and state_path.is_file():
+            _resume(run, state_path, config)
+        columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn()]
+        with Progress(*columns, disable=not (progress and run.world.main)) as bar:
+            for epoch in range(run.start_epoch, config.epochs):
+                task = bar.add_task("train", total=run.steps_per_epoch, epoch=f"{epoch + 1}/{config.epochs}",
+                                    loss=0.0, acc=0.0)
+                entry = {"epoch": epoch + 1, **_epoch(run, config, epoch, lambda loss, acc, t=task: bar.update(
+                    t, advance=1, loss=loss, acc=acc))}
+                run.log.append(entry)
+                if run.world.main:
+                    bar.console.print(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f} "
+                                      f"train acc {entry['train_acc']:.4f} test acc {entry['test_acc']:.4f} "
+                                      f"({entry['seconds']:.0f} s)")
+                    save_torch(run.state(config, epoch + 1), state_path)
+                    _write_logs(out, run.log)
+        if run.world.main:
+            _finish(run, config, out, time.perf_counter() - t_start)
+        run.world.barrier()
+        return run.log[-1] if run.log else {}
+    finally:
+        run.world.close()
 
 
 def package_default(run_dir: Path, command: str, target: Path | None = None) -> Path:
@@ -240,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     config = from_args(TrainConfig, args)
     final = train(config, resume=args.resume)
-    print(f"final test accuracy {100 * final.get('test_acc', float('nan')):.2f}%; written to {config.out}")
+    if final.get("test_acc") is not None:
+        print(f"final test accuracy {100 * final['test_acc']:.2f}%; written to {config.out}")
     return 0
 
 

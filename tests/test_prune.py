@@ -122,3 +122,27 @@ def test_write_2_4_writes_a_loadable_checkpoint(tmp_path: Path, checkpoint: Path
     state = load_state_dict(out)
     assert is_2_4(state["layer1.0.conv1.weight"].reshape(64, -1))
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_data_parallel_finetuning_with_torchrun(tmp_path: Path, checkpoint: Path, fashion_dir: Path) -> None:
+    """prune --finetune-epochs under torchrun (2 processes, gloo): the fine-tuned checkpoint is
+    written once, by rank 0, with the exact sparsity of the schedule."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cnnprune.prune", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+           "--only", "iterative_90", "--finetune-epochs", "1", "--finetune-limit", "32", "--data-dir", str(fashion_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    entry = manifest["checkpoints"]["iterative_90"]
+    state = torch.load(tmp_path / "o" / "iterative_90.pth", weights_only=True)
+    names = _prunable(state)
+    zeros, total = sum(int((state[k] == 0).sum()) for k in names), sum(state[k].numel() for k in names)
+    assert zeros == expected_zeros(schedule_by_name("iterative_90"), total)
+    assert entry["sparsity_tensor"] == pytest.approx(entry["sparsity_mask"])
+    assert proc.stdout.count("pruned checkpoints in") == 1, "only rank 0 prints"
