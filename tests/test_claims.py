@@ -175,3 +175,21 @@ def test_cuda_findings_join_the_speed_claim() -> None:
     assert any("torch.sparse CSR (cuSPARSE) on the report's unstructured masks runs at 0.25–0.25×" in line
                for line in speed)
     assert any("2:4 semi-structured sparsity (beyond the report, fp16) runs at 1.12–1.12×" in line for line in speed)
+
+
+def test_accuracy_per_pruning_method() -> None:
+    r = synthetic()
+    for m in MODELS:
+        _accuracy(r, m, 0.93)
+    _accuracy(r, "one_shot_90", 0.25)   # plain 90 % collapses, as the default model's did
+    r["recalibrated_bn"] = {"images": 2000, "source": "x", "models": {
+        m: {"accuracy": 0.925 if m.endswith("90") else 0.93, "sparsity": 0.9,
+            "vs_unpruned": {"only_baseline_correct": 60, "only_other_correct": 10, "p_value": 1e-9}}
+        for m in MODELS[1:]}}
+    c = claim(r, "the accuracy table")
+    assert c.verdict.endswith("not for one_shot_90"), "the verdict is the report's method's"
+    line = next(x for x in c.measured if x.startswith("BN-recalibrated"))
+    assert "2,000 training images" in line and line.endswith("kept for " + ", ".join(MODELS[1:]))
+    r["recalibrated_bn"]["models"]["iterative_90"]["accuracy"] = 0.9199
+    line = next(x for x in claim(r, "the accuracy table").measured if x.startswith("BN-recalibrated"))
+    assert line.endswith("; not for iterative_90")

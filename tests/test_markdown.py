@@ -68,3 +68,16 @@ def test_reproduce_line_names_what_differs_from_the_defaults() -> None:
     assert "```\nbash run_bench.sh   # this report" in render(r)
     r["config"] = {"batches": [8], "finetune_epochs": 1, "threads": 4, "passes": 5}
     assert "bash run_bench.sh --threads 4 --passes 5 --finetune-epochs 1 --batches 8   # this report" in render(r)
+
+
+def test_accuracy_by_method_table() -> None:
+    r = synthetic()
+    assert "Accuracy by pruning method" not in render(r), "plain only: no table"
+    r["recalibrated_bn"] = {"images": 2000, "source": "x", "models": {
+        "one_shot_90": {"accuracy": 0.931, "sparsity": 0.9,
+                        "vs_unpruned": {"only_baseline_correct": 1, "only_other_correct": 2, "p_value": 1.0}}}}
+    text = render(r)
+    assert "| model | plain (the report's method) | BN-recalibrated |" in text
+    assert "| one_shot_90 | 92.60% (Δ -0.40 pp, p = 1.000) | 93.10% (Δ +0.10 pp, p = 1.000) |" in text
+    assert "| one_shot_50 | 93.00% (Δ +0.00 pp, p = 1.000) | – |" in text
+    assert "| accuracy kept (≤ 1.0 pp lost) | 6 of 6 | 1 of 1 |" in text

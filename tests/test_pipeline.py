@@ -21,6 +21,10 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, checkpoint: Path, monkey
     engines = {r["engine"] for r in results["latency"]}
     assert engines == {"torch", "onnxruntime", "sparse", "torch-csr"}
     assert 0.45 < results["semi_2_4"]["sparsity"] < 0.5 and results["cuda"] is None
+    recal = results["recalibrated_bn"]
+    assert recal["images"] == 2000 and set(recal["models"]) == {"one_shot_90"}
+    assert "p_value" in recal["models"]["one_shot_90"]["vs_unpruned"]
+    assert "BN-recalibrated" in text
     acc = results["models"]["one_shot_90"]["accuracy"]
     assert acc["sparse"]["max_abs_logit_diff_vs_dense"] <= 1e-4 and acc["onnx"]["top1_agreement_with_dense"] == 1.0
     bench = tmp_path / "rep" / "_work" / "bench.json"
