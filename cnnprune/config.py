@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from cnnprune.errors import CnnpruneError
 from cnnprune.hparams import command_line, names, non_negative_int, opt, positive_int, positive_ints
@@ -37,6 +38,9 @@ class PipelineConfig:
                                   "epochs)", parse=non_negative_int)
     recalibrate_bn: int = opt(2000, "also make every pruned checkpoint with its BatchNorm statistics re-estimated from "
                                     "N training images and measure its accuracy (0 = skip)", parse=non_negative_int)
+    compare_checkpoint: str | None = opt(None, "a second unpruned checkpoint (another training recipe) measured "
+                                               "beside this run's: plain and BN-recalibrated top-1 of every pruned "
+                                               "checkpoint (the report's recipe dependence)")
     cuda_bench: str | None = opt("auto", "pytest-benchmark JSON of a CUDA run (bash bench/cuda.sh) shown as the "
                                          "report's CUDA section; 'auto': REPORTS/cuda/cuda_bench.json when present; "
                                          "'none'")
@@ -48,6 +52,8 @@ class PipelineConfig:
         bad = [m for m in self.models if m not in MODELS]
         if bad or "unpruned" not in self.models:
             raise CnnpruneError(f"--models must include unpruned and name only {', '.join(MODELS)}")
+        if self.compare_checkpoint and not Path(self.compare_checkpoint).is_file():
+            raise CnnpruneError(f"--compare-checkpoint {self.compare_checkpoint} does not exist or is not a file")
         if self.dataset == "cifar10" and not self.data_dir:
             raise CnnpruneError("--dataset cifar10 needs --data-dir pointing at a cifar-10-batches-py folder")
 

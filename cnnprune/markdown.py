@@ -281,7 +281,7 @@ def accuracy_section(a: Analysis) -> list[str]:
         L.append(f"| {name} | {pct(acc['dense'])} | {pct(acc['onnx'])} | {pct(acc['sparse'])} | "
                  f"{m.max_logit_diff:.1e} | {pct(m.top1_agreement)} | {REPORT_ACCURACY_CIFAR10[name]:.3f}% |")
     L.append("")
-    L += methods_table(a)
+    L += methods_table(a) + recipe_section(a)
     ft = a.results.get("finetune")
     if ft:
         L.append(f"Fine-tuning (beyond the report): iterative_90 with {ft['epochs_per_step']} epoch(s) of masked "
@@ -312,6 +312,50 @@ def methods_table(a: Analysis) -> list[str]:
     kept = {m: accuracy_kept(a, m, THRESHOLDS.accuracy_kept_pp) for m in methods}
     L.append(f"| accuracy kept (≤ {THRESHOLDS.accuracy_kept_pp} pp lost) | "
              + " | ".join(f"{len(k)} of {len(k) + len(x)}" for k, x in kept.values()) + " |")
+    L.append("")
+    return L
+
+
+def recipe_text(recipe: dict | None) -> str:
+    """A model card's training settings in words."""
+    if not recipe:
+        return "training recipe not recorded beside the checkpoint"
+    decay = "every parameter" if recipe.get("decay_norms") else "conv/linear weights"
+    return (f"weight decay {recipe.get('weight_decay', '?'):g} on {decay}, {recipe.get('schedule', 'one-cycle')} "
+            f"learning rate peaking at {recipe.get('max_lr', '?'):g}, batch {recipe.get('batch_size', '?')}, "
+            f"{recipe.get('epochs', '?')} epochs, label smoothing {recipe.get('label_smoothing', 0):g}")
+
+
+def _cell(accuracy: float | None, base: float, test: dict | None) -> str:
+    if accuracy is None:
+        return "–"
+    p = f", p = {test['p_value']:.3f}" if test else ""
+    return f"{pct(accuracy)} (Δ {100 * (accuracy - base):+.2f} pp{p})"
+
+
+def recipe_section(a: Analysis) -> list[str]:
+    """This run's source model beside a second one trained otherwise (``--compare-checkpoint``)."""
+    rec = a.results.get("recipes") or {}
+    other = rec.get("compare")
+    if not other:
+        return []
+    base = a.models["unpruned"].accuracy["dense"]
+    L = ["### Recipe dependence (beyond the report)\n",
+         f"Two source models of the same architecture, pruned by the same schedules and evaluated on the same "
+         f"{a.results['test_images']:,} test images (dense): this run's, `{Path(rec['source']['checkpoint']).name}` "
+         f"({recipe_text(rec['source']['recipe'])}), and `{Path(other['checkpoint']).name}` "
+         f"({recipe_text(other['recipe'])}). Δ and the McNemar p are against each model's own unpruned top-1.\n",
+         "| model | this run's source: plain | BN-recalibrated | compared source: plain | BN-recalibrated |",
+         "|---|---:|---:|---:|---:|",
+         f"| unpruned | {pct(base)} | | {pct(other['unpruned'])} | |"]
+    for model in a.pruned:
+        mine = [a.methods.get(m, {}).get(model) for m in ("plain", "recalibrated")]
+        theirs = [other["models"].get(model, {}).get(m) for m in ("plain", "recalibrated")]
+        cells = [_cell(r.accuracy if r else None, base, {"p_value": r.vs_unpruned.p_value} if r and r.vs_unpruned
+                       else None) for r in mine]
+        cells += [_cell(e["accuracy"] if e else None, other["unpruned"], e.get("vs_unpruned") if e else None)
+                  for e in theirs]
+        L.append(f"| {model} | " + " | ".join(cells) + " |")
     L.append("")
     return L
 

@@ -224,6 +224,24 @@ def step_recalibrated(config: PipelineConfig, work: Path, source: str) -> Outcom
     return Outcome.of(ledger.data, ledger)
 
 
+def step_compare(config: PipelineConfig, work: Path) -> Outcome | None:
+    """A second source model (another training recipe) measured as this run's (beyond the report)."""
+    if not config.compare_checkpoint:
+        return None
+    from cnnprune.fileio import sha256_file
+    from cnnprune.recipes import measure_source
+
+    path = Path(config.compare_checkpoint)
+    ledger = Ledger(work / "compare.json", "sources", fresh=config.fresh)
+    step = Step("compare", (sha256_file(path), config.models, config.recalibrate_bn, config.dataset, config.data_dir,
+                            config.eval_limit), ("prune.py", "recalibrate.py", "recipes.py"))
+    with Progress().task("recipe comparison", 1) as start:
+        start(path.name)
+        value = ledger.run("compare", step, lambda: measure_source(
+            config, path, Path(config.artifacts) / "compare", lambda p: _dense_correct(p, config)))
+    return Outcome.of(value, ledger)
+
+
 def step_finetune(config: PipelineConfig, source: str) -> dict | None:
     """iterative_90 again with K epochs of masked fine-tuning after each step (beyond the report)."""
     if config.finetune_epochs <= 0:
@@ -308,12 +326,13 @@ def run(config: PipelineConfig) -> Path:
     model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth")) for n in config.models})
     finetune = timed("finetune", lambda: step_finetune(config, source))
     recalibrated = timed("BN recalibration", lambda: step_recalibrated(config, work, source))
+    compare = timed("recipe comparison", lambda: step_compare(config, work))
     semi = timed("2:4 model", lambda: step_semi_2_4(config, work, hashes))
     results = assemble_results(
         config=asdict(config), machine=machine_info(config.threads), manifest=manifest, export=export,
         bench=bench, accuracy=accuracy, memory=memory, counts=model_counts, finetune=finetune,
         artifacts=artifacts, step_seconds=timed.seconds, semi_2_4=semi, cuda_bench=load_cuda_bench(config),
-        recalibrated=recalibrated)
+        recalibrated=recalibrated, compare=compare)
     analysis = analyse(results)
     report = write_report(results, reports, analysis)
     timed.console.print(summary_table(analysis))

@@ -114,6 +114,22 @@ def recalibrated_summary(step: dict | None, unpruned_correct: list[int]) -> dict
             "models": {n: _versus(e, unpruned_correct) for n, e in step["models"].items()}}
 
 
+def recipes_summary(source: Path, compare: dict | None) -> dict:
+    """This run's source model's training recipe and, with ``--compare-checkpoint``, the second
+    model's figures, each pruned checkpoint tested against that model's own unpruned one."""
+    from cnnprune.recipes import training_recipe
+
+    out: dict = {"source": {"checkpoint": str(source), "recipe": training_recipe(source)}, "compare": None}
+    if compare:
+        base = compare["unpruned"]["correct"]
+        out["compare"] = {**{k: compare[k] for k in ("checkpoint", "sha256", "recipe")},
+                          "unpruned": compare["unpruned"]["accuracy"],
+                          "models": {n: {"sparsity": e["sparsity"],
+                                         **{m: _versus(e[m], base) for m in ("plain", "recalibrated") if m in e}}
+                                     for n, e in compare["models"].items()}}
+    return out
+
+
 def _model_entry(name: str, *, counts: dict, export: dict, accuracy: dict, memory: dict, manifest: dict,
                  paired: dict | None) -> dict:
     files = export["models"][name]["files"]
@@ -132,7 +148,7 @@ def _model_entry(name: str, *, counts: dict, export: dict, accuracy: dict, memor
 def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dict, bench: dict, accuracy: dict,
                      memory: dict, counts: dict, finetune: dict | None, artifacts: Path,
                      step_seconds: dict, semi_2_4: dict | None = None, cuda_bench: dict | None = None,
-                     recalibrated: dict | None = None) -> dict:
+                     recalibrated: dict | None = None, compare: dict | None = None) -> dict:
     acc = accuracy["models"]
 
     def correct(name: str) -> list[int]:
@@ -160,6 +176,7 @@ def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dic
         "one_shot_vs_iterative": pairwise,
         "finetune": _versus(finetune, correct("unpruned")),
         "recalibrated_bn": recalibrated_summary(recalibrated, correct("unpruned")),
+        "recipes": recipes_summary(Path(manifest["source"]), compare),
         "semi_2_4": semi_2_4_summary(semi_2_4, correct("unpruned")),
         "cuda": cuda_summary(cuda_bench),
         "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10,
