@@ -250,7 +250,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
 def package_default(run_dir: Path, command: str, target: Path | None = None) -> Path:
     """Ship a finished run as the embedded default: fp16 state_dict + a JSON card beside it
-    (sha256, the training command, config, per-epoch log and the fp16 model's test accuracy)."""
+    (sha256, the training command, config, where it ran (``run.json``: device, host, world size),
+    per-epoch log and the fp16 model's test accuracy)."""
     from cnnprune.fileio import sha256_file
     from cnnprune.model import default_checkpoint, load_model
 
@@ -265,7 +266,8 @@ def package_default(run_dir: Path, command: str, target: Path | None = None) -> 
     card = {"file": target.name, "sha256": sha256_file(target), "bytes": target.stat().st_size,
             "storage": "float16 (loaded as float32)", "dataset": config["dataset"],
             "test_accuracy_fp16": acc, "test_images": len(test), "command": command, "config": config,
-            "log": json.loads((run_dir / "log.json").read_text()), "torch": torch.__version__}
+            "log": json.loads((run_dir / "log.json").read_text()), "torch": torch.__version__,
+            "trained_on": json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else None}
     write_json(target.with_suffix(".json"), card)
     return target
 

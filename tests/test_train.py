@@ -25,6 +25,7 @@ def test_tiny_training_run_writes_resumable_state(tmp_path: Path, fashion_dir: P
     target = package_default(tmp_path / "run", "python -m cnnprune.train …", tmp_path / "shipped.pth")
     card = json.loads(target.with_suffix(".json").read_text())
     assert card["bytes"] == target.stat().st_size and len(card["log"]) == 2 and 0 <= card["test_accuracy_fp16"] <= 1
+    assert card["trained_on"]["world_size"] == 1 and card["trained_on"]["device"].startswith("cpu")
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path, fashion_dir: Path) -> None:
