@@ -119,15 +119,19 @@ def _read_json(path: Path) -> dict:
 
 
 class Progress:
-    """A rich progress bar on stderr for the items of one step (silent when ``show`` is False)."""
+    """A rich progress bar on stderr for the items of one step (silent when ``show`` is False).
+    Where stderr is no terminal (a log file, CI), a bar cannot redraw: each item gets a line."""
 
     def __init__(self, show: bool = True) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
 
+        console = Console(stderr=True)
+        self._lines = show and not console.is_terminal
+        self._console = console
         self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), disable=not show,
+                                 TimeElapsedColumn(), console=console, disable=not show or self._lines,
                                  transient=False)
 
     @contextlib.contextmanager
@@ -145,6 +149,8 @@ class Progress:
                     self._bar.update(task, total=new_total)
                 self._bar.update(task, completed=started, description=f"{label}: {item}")
                 started += 1
+                if self._lines:
+                    self._console.print(f"{label}: {item} ({started}/{total or '?'})", highlight=False)
 
             yield start
             self._bar.update(task, completed=total or started, description=label)
