@@ -8,6 +8,7 @@ runs) and outputs are unchanged is not redone, so an interrupted run resumes whe
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -136,19 +137,32 @@ def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
                                                         config.memory_runs, config.threads)} for form in FORMS})
 
 
-def _semi_2_4(config: PipelineConfig, target: Path) -> dict:
+@functools.lru_cache(maxsize=2)
+def _test_split(dataset: str, data_dir: str | None):
+    """The test split, read once per run however many checkpoints are evaluated on it."""
     from cnnprune.data import load_split
+
+    return load_split(dataset, "test", Path(data_dir) if data_dir else None)
+
+
+def _dense_correct(checkpoint: Path, config: PipelineConfig) -> dict:
+    """Top-1 (dense, CPU) of one checkpoint on the test split, with per-image correctness."""
     from cnnprune.evaluate import accuracy, predictions
+    from cnnprune.model import load_model
+
+    split = _test_split(config.dataset, config.data_dir)
+    pred = predictions(load_model(checkpoint), split, 500, config.eval_limit)
+    return {"accuracy": accuracy(pred, split), "correct": (pred == split.labels[: len(pred)]).int().tolist()}
+
+
+def _semi_2_4(config: PipelineConfig, target: Path) -> dict:
     from cnnprune.measure import counts
-    from cnnprune.model import load_model, load_state_dict
+    from cnnprune.model import load_state_dict
     from cnnprune.prune import write_2_4
 
     write_2_4(Path(config.artifacts) / "unpruned.pth", target)
-    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    pred = predictions(load_model(target), split, 500, config.eval_limit)
     c = counts(load_state_dict(target))
-    return {"checkpoint": str(target), "accuracy": accuracy(pred, split),
-            "correct": (pred == split.labels[: len(pred)]).int().tolist(), "sparsity": c["sparsity"],
+    return {"checkpoint": str(target), **_dense_correct(target, config), "sparsity": c["sparsity"],
             "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
             "flop_limit_speedup": c["flop_limit_speedup"]}
 
@@ -186,17 +200,6 @@ def load_cuda_bench(config: PipelineConfig) -> dict | None:
     if not rows:
         raise CnnpruneError(f"--cuda-bench {path} holds no CUDA case; run `bash bench/cuda.sh` on a GPU machine")
     return {**data, "benchmarks": rows, "path": str(path)}
-
-
-def _dense_correct(checkpoint: Path, config: PipelineConfig) -> dict:
-    """Top-1 (dense, CPU) of one checkpoint on the test split, with per-image correctness."""
-    from cnnprune.data import load_split
-    from cnnprune.evaluate import accuracy, predictions
-    from cnnprune.model import load_model
-
-    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    pred = predictions(load_model(checkpoint), split, 500, config.eval_limit)
-    return {"accuracy": accuracy(pred, split), "correct": (pred == split.labels[: len(pred)]).int().tolist()}
 
 
 def step_recalibrated(config: PipelineConfig, work: Path, source: str) -> Outcome | None:
