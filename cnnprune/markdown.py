@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, METHOD_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow
+from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, METHOD_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow, MethodAccuracy
 from cnnprune.claims import THRESHOLDS, accuracy_kept, claims
 from cnnprune.fmt import mb, pct, times
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
@@ -303,11 +303,7 @@ def methods_table(a: Analysis) -> list[str]:
          "| model | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
          "|---|" + "---:|" * len(methods)]
     for model in a.pruned:
-        cells = []
-        for m in methods:
-            r = a.methods[m].get(model)
-            p = f", p = {r.vs_unpruned.p_value:.3f}" if r and r.vs_unpruned else ""
-            cells.append(f"{pct(r.accuracy)} (Δ {100 * (r.accuracy - base):+.2f} pp{p})" if r else "–")
+        cells = [_method_cell(a.methods[m].get(model), base) for m in methods]
         L.append(f"| {model} | " + " | ".join(cells) + " |")
     kept = {m: accuracy_kept(a, m, THRESHOLDS.accuracy_kept_pp) for m in methods}
     L.append(f"| accuracy kept (≤ {THRESHOLDS.accuracy_kept_pp} pp lost) | "
@@ -326,11 +322,16 @@ def recipe_text(recipe: dict | None) -> str:
             f"{recipe.get('epochs', '?')} epochs, label smoothing {recipe.get('label_smoothing', 0):g}")
 
 
-def _cell(accuracy: float | None, base: float, test: dict | None) -> str:
+def _cell(accuracy: float | None, base: float, p_value: float | None) -> str:
+    """A top-1 with its change against ``base`` in percentage points and the McNemar p where tested."""
     if accuracy is None:
         return "–"
-    p = f", p = {test['p_value']:.3f}" if test else ""
+    p = f", p = {p_value:.3f}" if p_value is not None else ""
     return f"{pct(accuracy)} (Δ {100 * (accuracy - base):+.2f} pp{p})"
+
+
+def _method_cell(r: MethodAccuracy | None, base: float) -> str:
+    return _cell(r.accuracy if r else None, base, r.vs_unpruned.p_value if r and r.vs_unpruned else None)
 
 
 def recipe_section(a: Analysis) -> list[str]:
@@ -351,10 +352,9 @@ def recipe_section(a: Analysis) -> list[str]:
     for model in a.pruned:
         mine = [a.methods.get(m, {}).get(model) for m in ("plain", "recalibrated")]
         theirs = [other["models"].get(model, {}).get(m) for m in ("plain", "recalibrated")]
-        cells = [_cell(r.accuracy if r else None, base, {"p_value": r.vs_unpruned.p_value} if r and r.vs_unpruned
-                       else None) for r in mine]
-        cells += [_cell(e["accuracy"] if e else None, other["unpruned"], e.get("vs_unpruned") if e else None)
-                  for e in theirs]
+        cells = [_method_cell(r, base) for r in mine]
+        cells += [_cell(e["accuracy"] if e else None, other["unpruned"],
+                        e["vs_unpruned"]["p_value"] if e and e.get("vs_unpruned") else None) for e in theirs]
         L.append(f"| {model} | " + " | ".join(cells) + " |")
     L.append("")
     return L

@@ -78,14 +78,6 @@ def mcnemar(correct_a: list[int], correct_b: list[int]) -> dict:
     return {"only_baseline_correct": only_a, "only_other_correct": only_b, "p_value": p}
 
 
-def semi_2_4_summary(semi: dict | None, unpruned_correct: list[int]) -> dict | None:
-    """The 2:4 model's size and accuracy, with the paired test against the unpruned model."""
-    if not semi:
-        return None
-    keep = ("checkpoint", "accuracy", "sparsity", "params_nonzero", "params_total", "flop_limit_speedup")
-    return {**{k: semi[k] for k in keep}, "vs_unpruned": mcnemar(unpruned_correct, semi["correct"])}
-
-
 def cuda_summary(bench: dict | None) -> dict | None:
     """A CUDA run's cases merged over passes, with the run's own machine, date and command."""
     if not bench:
@@ -177,7 +169,7 @@ def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dic
         "finetune": _versus(finetune, correct("unpruned")),
         "recalibrated_bn": recalibrated_summary(recalibrated, correct("unpruned")),
         "recipes": recipes_summary(Path(manifest["source"]), compare),
-        "semi_2_4": semi_2_4_summary(semi_2_4, correct("unpruned")),
+        "semi_2_4": _versus(semi_2_4, correct("unpruned")),
         "cuda": cuda_summary(cuda_bench),
         "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10,
         "report_test_images": REPORT_TEST_IMAGES,
