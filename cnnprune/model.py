@@ -1,4 +1,4 @@
-"""The report's network: the PyTorch_CIFAR10 ResNet18, and loading checkpoints into it.
+"""The report's network (the PyTorch_CIFAR10 ResNet18) and any listed arch: loading checkpoints into them.
 
 torchvision's resnet18 with conv1 replaced by a 3×3 stride-1 conv (no bias), the maxpool
 kept, and a 10-class fc: 11,173,962 parameters and torchvision's key names, so a checkpoint
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
+from cnnprune.archs import DEFAULT_ARCH, ModelSpec, build, classes_in
 from cnnprune.errors import CnnpruneError
 from cnnprune.fileio import safe_torch_load
 
@@ -24,11 +24,9 @@ NUM_PARAMETERS = 11_173_962
 DEFAULT_CHECKPOINT_NAME = "resnet18_fashion_mnist.pth"
 
 
-def build_model(num_classes: int = 10) -> nn.Module:
-    """The CIFAR ResNet18 of the report, randomly initialised, in eval mode."""
-    model = resnet18(num_classes=num_classes)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    return model.eval()
+def build_model(num_classes: int = 10, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """``arch`` (default: the CIFAR ResNet18 of the report), randomly initialised, in eval mode."""
+    return build(arch, num_classes)
 
 
 def default_checkpoint() -> Path:
@@ -68,7 +66,7 @@ def extract_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str = DEFAULT_ARCH) -> None:
     """Raise a one-line error naming the first missing/unexpected keys or mismatched shapes."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -83,11 +81,16 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:3])}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:3])}")
-        raise CnnpruneError(f"{source} does not match the CIFAR ResNet18: {'; '.join(parts)}")
+        raise CnnpruneError(f"{source} does not match {_arch_label(arch)}: {'; '.join(parts)} "
+                            "(pass the --arch it was trained as)")
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CnnpruneError(f"{source}: {key} has shape {tuple(state[key].shape)}, the CIFAR ResNet18 "
-                                f"needs {tuple(tensor.shape)} (3×3 stride-1 conv1, 10 classes)")
+            raise CnnpruneError(f"{source}: {key} has shape {tuple(state[key].shape)}, {_arch_label(arch)} "
+                                f"needs {tuple(tensor.shape)}")
+
+
+def _arch_label(arch: str) -> str:
+    return "the CIFAR ResNet18 (3×3 stride-1 conv1)" if arch == DEFAULT_ARCH else f"torchvision's {arch}"
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -97,14 +100,30 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
 
-def load_model(path: str | os.PathLike[str] | None = None) -> nn.Module:
-    """Build the CIFAR ResNet18 and load ``path`` (default: the embedded checkpoint), eval mode."""
-    ckpt = resolve_checkpoint(path)
-    state = load_state_dict(ckpt)
-    model = build_model()
-    check_state_dict(model, state, str(ckpt))
+def checked_model(state: dict[str, torch.Tensor], source: str, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """``arch`` with as many classes as ``state`` has, ``state`` loaded (strictly), eval mode."""
+    model = build_model(classes_in(arch, state, source), arch)
+    check_state_dict(model, state, source, arch)
     model.load_state_dict(state)
     return model.eval()
+
+
+def load_model(path: str | os.PathLike[str] | None = None, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """Build ``arch`` and load ``path`` (default: the embedded checkpoint), eval mode."""
+    ckpt = resolve_checkpoint(path)
+    return checked_model(load_state_dict(ckpt), str(ckpt), arch)
+
+
+def spec_of_folder(folder: str | os.PathLike[str]) -> ModelSpec:
+    """The model spec an artifacts folder's ``manifest.json`` records (the report's model if none)."""
+    import json
+
+    path = Path(folder) / "manifest.json"
+    try:
+        record = json.loads(path.read_text()).get("model") if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise CnnpruneError(f"{path} is not valid JSON; rerun `python -m cnnprune.prune --fresh`") from None
+    return ModelSpec.from_record(record)
 
 
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

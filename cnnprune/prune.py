@@ -1,4 +1,4 @@
-"""Prune the CIFAR ResNet18 exactly as the report did, and write the six permanent checkpoints.
+"""Prune the CIFAR ResNet18 (or any listed CNN: ``--arch``) as the report did; write permanent checkpoints.
 
 ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` over every Conv2d and
 Linear ``weight`` (BatchNorm untouched), one call per schedule step, masks kept between steps
@@ -8,6 +8,10 @@ report did (zeros of the ``weight_mask`` buffers) and on the permanent tensors a
 ``--finetune-epochs K`` goes beyond the report: K epochs of masked fine-tuning after every
 iterative step (real iterative magnitude pruning). K = 0, the default, is the report's method,
 whose iterative result equals one-shot up to rounding.
+
+``--arch`` takes any network of :mod:`cnnprune.archs` with the user's state_dict
+(``--checkpoint``) or torchvision's seeded initialisation (``--weights random``); the manifest
+records the architecture, class count and input size, and every later step reads them there.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec, get_arch, input_size_checked
 from cnnprune.config import DATASETS
 from cnnprune.distributed import World, join
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file
 from cnnprune.hparams import add_args, from_args, names, non_negative_int, opt, positive_int
-from cnnprune.model import build_model, check_state_dict, load_state_dict, prunable_modules, resolve_checkpoint
+from cnnprune.model import build_model, checked_model, load_state_dict, prunable_modules, resolve_checkpoint
 from cnnprune.schedules import REPORT_SCHEDULES, Schedule, custom_schedules
 from cnnprune.steps import Ledger, Progress, Step
 
@@ -103,11 +108,10 @@ def canonical_zeros(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def prune_state(source: dict[str, torch.Tensor], schedule: Schedule,
-                after_step: StepHook | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Prune a copy of ``source``; return (permanent state_dict, manifest entry)."""
-    model = build_model()
-    model.load_state_dict(source)
+def prune_state(source: dict[str, torch.Tensor], schedule: Schedule, after_step: StepHook | None = None,
+                arch: str = DEFAULT_ARCH) -> tuple[dict[str, torch.Tensor], dict]:
+    """Prune a copy of ``source`` (an ``arch`` state_dict); return (permanent state_dict, manifest entry)."""
+    model = checked_model(source, "the source checkpoint", arch)
     layer_names = [n for n, _ in prunable_modules(model)]
     by_mask = apply_schedule(model, schedule, after_step)
     state = {k: canonical_zeros(v.detach().clone()) for k, v in model.state_dict().items()}
@@ -126,7 +130,7 @@ def prune_state(source: dict[str, torch.Tensor], schedule: Schedule,
     return state, entry
 
 
-def prune_2_4(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def prune_2_4(state: dict[str, torch.Tensor], arch: str = DEFAULT_ARCH) -> dict[str, torch.Tensor]:
     """2:4 semi-structured magnitude pruning (beyond the report): a copy of ``state`` in which
     every group of 4 consecutive weights along a conv/linear row's reduction axis (in·kh·kw,
     the order ``F.unfold`` gives the im2col GEMM) keeps its 2 largest |w| (ties: the earlier).
@@ -135,7 +139,7 @@ def prune_2_4(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     structure a GPU needs where unstructured masks give it nothing. Layers whose reduction
     length is not a multiple of 4 (the 3-channel stem: 27) stay dense. No fine-tuning.
     """
-    model = build_model()
+    model = checked_model(state, "the 2:4 source", arch)
     out = {k: v.detach().clone() for k, v in state.items()}
     for name, _ in prunable_modules(model):
         w = out[f"{name}.weight"]
@@ -156,10 +160,9 @@ def is_2_4(matrix: torch.Tensor) -> bool:
     return bool(((matrix.reshape(matrix.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
 
 
-def write_2_4(source: Path, out: Path) -> Path:
+def write_2_4(source: Path, out: Path, arch: str = DEFAULT_ARCH) -> Path:
     """``source`` (a permanent checkpoint) pruned 2:4 (``prune_2_4``), written atomically to ``out``."""
-    state = prune_2_4(load_state_dict(source))
-    check_state_dict(build_model(), state, str(source))
+    state = prune_2_4(load_state_dict(source), arch)
     save_torch(state, out)
     return out
 
@@ -179,7 +182,17 @@ def fractions(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    checkpoint: str | None = opt(None, "unpruned checkpoint (default: the embedded Fashion-MNIST model)")
+    checkpoint: str | None = opt(None, "unpruned checkpoint: a state_dict of --arch (default: the embedded "
+                                       "Fashion-MNIST model)")
+    arch: str = opt(DEFAULT_ARCH, "network of the checkpoint: the report's resnet18-cifar or a torchvision "
+                                  "classification model", choices=tuple(ARCHS))
+    weights: str = opt("checkpoint", "'random': no checkpoint, torchvision's initialisation seeded by --seed "
+                                     "(accuracy is then not measured)", choices=("checkpoint", "random"))
+    seed: int = opt(0, "seed of --weights random", parse=non_negative_int)
+    num_classes: int | None = opt(None, "classes of --weights random (default: 10 for resnet18-cifar, else 1000)",
+                                  parse=positive_int)
+    input_size: int | None = opt(None, "input side in pixels recorded for export and benchmark (default: 32 for "
+                                       "resnet18-cifar, else 224)", parse=positive_int)
     out: str = opt("artifacts", "output folder")
     finetune_epochs: int = opt(0, "epochs of masked fine-tuning after each iterative step (0 = the report's method)",
                                parse=non_negative_int)
@@ -195,8 +208,21 @@ class PruneConfig:
     fresh: bool = opt(False, "redo every checkpoint")
 
     def __post_init__(self) -> None:
+        get_arch(self.arch)
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise CnnpruneError(f"--checkpoint {self.checkpoint} does not exist or is not a file")
+        if self.weights == "random" and self.checkpoint is not None:
+            raise CnnpruneError("--weights random and --checkpoint exclude each other: give one")
+        if self.arch != DEFAULT_ARCH and self.weights == "checkpoint" and self.checkpoint is None:
+            raise CnnpruneError(f"--arch {self.arch} has no embedded checkpoint: pass --checkpoint F (a torchvision "
+                                f"{self.arch} state_dict) or --weights random --seed S")
+        if self.num_classes is not None and self.weights != "random":
+            raise CnnpruneError("--num-classes applies to --weights random only; a checkpoint's classes come from it")
+        if self.input_size is not None:
+            input_size_checked(self.input_size, "--input-size")
+        if self.arch != DEFAULT_ARCH and (self.finetune_epochs or self.recalibrate_bn):
+            raise CnnpruneError(f"--finetune-epochs and --recalibrate-bn need training data at {self.arch}'s input "
+                                f"size; today they run for {DEFAULT_ARCH} only")
         known = [s.name for s in self._all_schedules()]
         unknown = [n for n in self.only if n not in known]
         if unknown:
@@ -244,13 +270,13 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
     A checkpoint made from the same source (sha256) with the same schedule and still matching
     its recorded checksum is kept unless ``config.fresh``.
     """
-    source_path = resolve_checkpoint(config.checkpoint)
-    source = load_state_dict(source_path)
-    check_state_dict(build_model(), source, str(source_path))
-    source_sha = sha256_file(source_path)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
+    source_path, source = _source(config, out)
+    spec = ModelSpec.of(config.arch, source, str(source_path), config.input_size)
+    checked_model(source, str(source_path), config.arch)
+    source_sha = sha256_file(source_path)
     schedules = config.schedules() if schedules is None else tuple(schedules)
     world = join("cpu")
     hook = _finetune_hook(config, world) if config.finetune_epochs > 0 else None
@@ -258,12 +284,14 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
     # under torchrun every rank must make the same checkpoints (their fine-tuning is collective),
     # so nothing is reused there, and rank 0 alone writes
     ledger = Ledger(out / "manifest.json", "checkpoints", fresh=config.fresh or world.size > 1, write=world.main, header={
-        "source": str(source_path), "source_sha256": source_sha, "finetune_epochs": config.finetune_epochs,
+        "source": str(source_path), "source_sha256": source_sha, "model": spec.record(),
+        "weights": f"random (torchvision initialisation, seed {config.seed})" if config.weights == "random" else
+        "checkpoint", "finetune_epochs": config.finetune_epochs,
         "recalibrate_bn": config.recalibrate_bn, "pytorch": torch.__version__})
 
     def make(schedule: Schedule) -> dict:
         t0 = time.perf_counter()
-        state, entry = prune_state(source, schedule, hook if schedule.method == "iterative" else None)
+        state, entry = prune_state(source, schedule, hook if schedule.method == "iterative" else None, config.arch)
         if config.recalibrate_bn:
             state, entry["recalibrate_bn"] = calibration.apply(state)
         path = out / f"{schedule.name}.pth"
@@ -279,6 +307,28 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
             ledger.run(schedule.name, _prune_step(config, schedule, source_sha), lambda s=schedule: make(s))
     world.barrier()
     return ledger.data
+
+
+RANDOM_SOURCE = "unpruned.pth"  # where --weights random keeps its seeded initial weights, in --out
+
+
+def _source(config: PruneConfig, out: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The unpruned weights and their file: the checkpoint, or (``--weights random``) torchvision's
+    initialisation under ``--seed``, written to OUT/unpruned.pth unless an identical file is there."""
+    if config.weights != "random":
+        path = resolve_checkpoint(config.checkpoint)
+        return path, load_state_dict(path)
+    torch.manual_seed(config.seed)
+    classes = config.num_classes or (10 if config.arch == DEFAULT_ARCH else 1000)
+    state = {k: v.detach().clone() for k, v in build_model(classes, config.arch).state_dict().items()}
+    path = out / RANDOM_SOURCE
+    if not (path.is_file() and _same_state(load_state_dict(path), state)):
+        save_torch(state, path)
+    return path, state
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 FINETUNE_BATCH = 128  # global batch of the masked fine-tuning (split over the ranks under torchrun)
@@ -330,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     world.close()
     if not world.main:
         return 0
-    table = Table(title=f"pruned checkpoints in {config.out}")
+    table = Table(title=f"pruned checkpoints in {config.out} ({ModelSpec.from_record(manifest['model']).label})")
     for col in ("checkpoint", "method", "target", "sparsity (masks)", "sparsity (tensors)", "nonzero weights"):
         table.add_column(col, justify="right" if col not in ("checkpoint", "method") else "left")
     for name, e in manifest["checkpoints"].items():

@@ -130,7 +130,7 @@ def _model_entry(name: str, *, counts: dict, export: dict, accuracy: dict, memor
             "per_layer": counts["per_layer"],
             "files": {k: f["bytes"] for k, f in files.items()},
             "csr_layouts": files.get("csr", {}).get("layouts"),
-            "onnx_max_abs_diff": export["models"][name].get("onnx_max_abs_diff"),
+            "onnx_max_rel_diff": export["models"][name].get("onnx_max_rel_diff"),
             "accuracy": {f: {k: v for k, v in e.items() if k != "predictions"} for f, e in accuracy.items()},
             "vs_unpruned": paired,
             "memory": memory,

@@ -42,10 +42,16 @@ def test_mismatch_names_keys(tmp_path: Path, random_state) -> None:
     with pytest.raises(CnnpruneError, match=r"missing 1 key\(s\): fc.bias.*unexpected 1 key\(s\): extra.weight"):
         load_model(tmp_path / "b.pth")
     wrong = dict(random_state)
-    wrong["fc.weight"] = torch.zeros(100, 512)
+    wrong["conv1.weight"] = torch.zeros(64, 3, 7, 7)  # torchvision's ImageNet stem, not the CIFAR one
     torch.save(wrong, tmp_path / "w.pth")
-    with pytest.raises(CnnpruneError, match="fc.weight has shape"):
+    with pytest.raises(CnnpruneError, match=r"conv1.weight has shape \(64, 3, 7, 7\), the CIFAR ResNet18"):
         load_model(tmp_path / "w.pth")
+    # another class count is another model, not an error (CIFAR-100): only a half-changed classifier is
+    wrong = dict(random_state)
+    wrong["fc.weight"] = torch.zeros(100, 512)
+    torch.save(wrong, tmp_path / "c.pth")
+    with pytest.raises(CnnpruneError, match="fc.bias has shape"):
+        load_model(tmp_path / "c.pth")
 
 
 class Payload:
