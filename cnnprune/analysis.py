@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from cnnprune.archs import ModelSpec
 from cnnprune.config import PipelineConfig
 from cnnprune.hparams import from_record
 from cnnprune.schedules import CHECKPOINT_NAMES
 
-DENSE_ENGINES = ("torch", "onnxruntime")
-ENGINE_LABELS = {"torch": "PyTorch eager (dense)", "onnxruntime": "onnxruntime (dense)",
+DENSE_ENGINES = ("torch", "onnxruntime", "openvino")  # "best dense" = the fastest of those that ran
+ENGINE_LABELS = {"torch": "PyTorch eager (dense)", "onnxruntime": "onnxruntime (dense)", "openvino": "OpenVINO (dense, fp32)",
                  "sparse": "cnnprune sparse", "torch-csr": "torch.sparse CSR (naive)"}
 CUDA_LABELS = {"torch": "PyTorch eager (dense)", "cuda-graph": "PyTorch CUDA graph (dense)",
                "torch-csr": "torch.sparse CSR (cuSPARSE)", "fp16-cudnn": "cuDNN (dense)",
@@ -194,8 +195,8 @@ class ModelResult:
         mem = {form: Memory(v[batch]["peak_rss"], v[batch]["rss_before_load"], v[batch]["rss_after_load"],
                             v[batch].get("weights_in_memory")) for form, v in m["memory"].items()}
         return cls(name=name, sparsity=m["sparsity"], accuracy={f: e["accuracy"] for f, e in acc.items()},
-                   max_logit_diff=max(e.get("max_abs_logit_diff_vs_dense", 0.0) for e in acc.values()),
-                   top1_agreement=min(e.get("top1_agreement_with_dense", 1.0) for e in acc.values()),
+                   max_logit_diff=max((e.get("max_abs_logit_diff_vs_dense", 0.0) for e in acc.values()), default=0.0),
+                   top1_agreement=min((e.get("top1_agreement_with_dense", 1.0) for e in acc.values()), default=1.0),
                    files=dict(m["files"]), params_nonzero=c["params_nonzero"], params_total=c["params_total"],
                    nonzero_macs=c["nonzero_macs"], dense_macs=c["dense_macs"], flop_limit=c["flop_limit_speedup"],
                    memory=mem, vs_unpruned=PairedTest.of(m.get("vs_unpruned")))
@@ -217,7 +218,9 @@ METHOD_LABELS = {"plain": "plain (the report's method)", "recalibrated": "BN-rec
 
 
 def accuracy_by_method(results: dict, models: dict[str, ModelResult]) -> dict[str, dict[str, MethodAccuracy]]:
-    """{method: {model: figures}} for the methods this run made (plain always)."""
+    """{method: {model: figures}} for the methods this run made (plain always, where accuracy was measured)."""
+    if not results.get("dataset"):
+        return {}
     out = {"plain": {m: MethodAccuracy("plain", m, r.sparsity, r.accuracy["dense"], r.vs_unpruned)
                      for m, r in models.items() if m != "unpruned"}}
     recal = results.get("recalibrated_bn")
@@ -245,6 +248,15 @@ class Analysis:
     goals: tuple[GoalCheck, ...]
     cuda: tuple[CudaSpeedup, ...]
     methods: dict[str, dict[str, MethodAccuracy]]
+
+    @property
+    def accuracy_measured(self) -> bool:
+        """False for random weights, or a network without test images made for it."""
+        return bool(self.results.get("dataset"))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_record(self.results.get("model"))
 
     @property
     def pruned(self) -> list[str]:

@@ -169,7 +169,7 @@ def cuda_findings(a: Analysis) -> list[str]:
 def _weights_verdict(a: Analysis) -> str:
     wd = a.models["unpruned"].memory["dense"].weights_in_memory
     ratios = {m: a.models[m].memory["sparse"].weights_in_memory / wd for m in a.pruned
-              if wd and a.models[m].memory["sparse"].weights_in_memory}
+              if wd and "sparse" in a.models[m].memory and a.models[m].memory["sparse"].weights_in_memory}
     verdict = "does not hold for the process as a whole (runtime libraries dominate peak RSS)"
     fewer = [m for m, r in ratios.items() if r < 1]
     if not ratios:
@@ -188,7 +188,13 @@ def measure_resources(a: Analysis, threshold: float) -> Finding:
     base = a.models["unpruned"].memory["dense"]
     for m in a.pruned:
         mem = a.models[m].memory
-        d, s = mem["dense"].peak_rss / base.peak_rss, mem["sparse"].peak_rss / base.peak_rss
+        d = mem["dense"].peak_rss / base.peak_rss
+        if "sparse" not in mem:  # the sparse engine does not run this network
+            lines.append(f"{m}: peak RSS dense {mb(mem['dense'].peak_rss)} ({times(d)} of unpruned); sparse form "
+                         "not measured (the sparse engine does not run this network yet).")
+            dense_less += [m] if at_most(d, threshold) else []
+            continue
+        s = mem["sparse"].peak_rss / base.peak_rss
         lines.append(f"{m}: peak RSS dense {mb(mem['dense'].peak_rss)} ({times(d)} of unpruned), "
                      f"sparse {mb(mem['sparse'].peak_rss)} ({times(s)}); weights in memory "
                      f"sparse {mb(mem['sparse'].weights_in_memory)} vs dense {mb(base.weights_in_memory)}.")
@@ -226,6 +232,26 @@ def measure_size(a: Analysis, threshold: float) -> Finding:
 
 
 # ------------------------------------------------------------------ 4–6. accuracy
+
+
+def not_measured_reason(a: Analysis) -> str:
+    """Why a run has no accuracy: untrained weights, or no test images made for its network."""
+    spec = a.spec
+    if str(a.results.get("weights", "")).startswith("random"):
+        return (f"not measured: the weights are {a.results['weights']}, untrained. Global magnitude pruning of "
+                "untrained weights spreads sparsity over the layers differently from trained ones (an initialisation "
+                "scales each layer by its fan-in), so the per-layer sparsities and speedups of this run are not those "
+                "of a trained model either.")
+    return (f"not measured: no test images made for {spec.arch} at {spec.input_size}×{spec.input_size}; give "
+            "--dataset imagefolder --data-dir DIR (one folder per class).")
+
+
+def _needs_accuracy(measure: Callable[[Analysis, float], Finding]) -> Callable[[Analysis, float], Finding]:
+    def checked(a: Analysis, threshold: float) -> Finding:
+        if not a.accuracy_measured:
+            return Finding([not_measured_reason(a)], "not measured")
+        return measure(a, threshold)
+    return checked
 
 
 def _dense_accuracy(a: Analysis) -> dict[str, float]:
@@ -322,13 +348,13 @@ RULES: tuple[Rule, ...] = (
     Rule(f"the accuracy table: pruning to 50/75/90 % keeps accuracy (report: {REPORT_ACCURACY_CIFAR10['unpruned']}% "
          f"unpruned, {REPORT_ACCURACY_CIFAR10['one_shot_90']}% at 90 % one-shot)",
          "kept = at most {threshold} pp below the unpruned model, same dataset, all test images",
-         T.accuracy_kept_pp, measure_accuracy),
+         T.accuracy_kept_pp, _needs_accuracy(measure_accuracy)),
     Rule("\"iterative vs one-shot\": the two schedules compared",
          "difference = exact McNemar test on paired per-image correctness, p < {threshold}", T.p_value,
-         measure_schedules),
+         _needs_accuracy(measure_schedules)),
     Rule("\"pruning improves generalisation\"",
          "improves = more test images right after pruning than before, exact McNemar p < {threshold}", T.p_value,
-         measure_generalisation),
+         _needs_accuracy(measure_generalisation)),
 )
 
 

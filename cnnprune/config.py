@@ -10,11 +10,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnprune.archs import ARCHS, DEFAULT_ARCH, get_arch, input_size_checked
 from cnnprune.errors import CnnpruneError
 from cnnprune.hparams import command_line, names, non_negative_int, opt, positive_int, positive_ints
 from cnnprune.schedules import MODELS
 
-DATASETS = ("fashion-mnist", "cifar10")
+DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
+TRAIN_DATASETS = ("fashion-mnist", "cifar10")  # the report's network at 32×32: training, fine-tuning, BN
+
+
+def default_batches(input_size: int) -> tuple[int, ...]:
+    """Batch sizes of a default run: (1, 32) at 32×32; (1, 16) at 224, where one batch-16 pass of
+    ResNet-50 takes ~0.6 s on 2 cores and keeps a default run near 20 minutes."""
+    return (1, 32) if input_size <= 64 else (1, 16)
 
 
 def _default_threads() -> int:
@@ -23,9 +31,17 @@ def _default_threads() -> int:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    dataset: str = opt("fashion-mnist", "dataset of the accuracy step", choices=DATASETS)
+    dataset: str = opt("fashion-mnist", "dataset of the accuracy step (imagefolder: a folder of class folders at the "
+                                        "arch's input size)", choices=DATASETS)
     data_dir: str | None = opt(None, "dataset folder (CIFAR-10: the cifar-10-batches-py folder)")
-    checkpoint: str | None = opt(None, "unpruned checkpoint (default: the embedded Fashion-MNIST model)")
+    arch: str = opt(DEFAULT_ARCH, "network: the report's resnet18-cifar or a torchvision classification model",
+                    choices=tuple(ARCHS))
+    checkpoint: str | None = opt(None, "unpruned checkpoint of --arch (default: the embedded Fashion-MNIST model)")
+    weights: str = opt("checkpoint", "'random': torchvision's initialisation seeded by --seed, no checkpoint "
+                                     "(accuracy is then not measured)", choices=("checkpoint", "random"))
+    seed: int = opt(0, "seed of --weights random", parse=non_negative_int)
+    input_size: int | None = opt(None, "input side in pixels (default: 32 for resnet18-cifar, else 224)",
+                                 parse=positive_int)
     artifacts: str = opt("artifacts", "folder for checkpoints and exports")
     reports: str = opt("reports", "folder for REPORT.md, results.json and plots")
     threads: int = opt(help="CPU threads for every engine", parse=positive_int, factory=_default_threads)
@@ -36,19 +52,27 @@ class PipelineConfig:
     memory_runs: int = opt(20, "inferences per memory measurement", parse=positive_int)
     finetune_epochs: int = opt(0, "also make iterative_90 with K epochs of fine-tuning per step (≈5·K training "
                                   "epochs)", parse=non_negative_int)
-    recalibrate_bn: int = opt(2000, "also make every pruned checkpoint with its BatchNorm statistics re-estimated from "
-                                    "N training images and measure its accuracy (0 = skip)", parse=non_negative_int)
+    recalibrate_bn: int | None = opt(None, "also make every pruned checkpoint with its BatchNorm statistics "
+                                           "re-estimated from N training images and measure its accuracy (0 = skip; "
+                                           "default: 2000 for resnet18-cifar, else 0)", parse=non_negative_int)
     compare_checkpoint: str | None = opt(None, "a second unpruned checkpoint (another training recipe) measured "
                                                "beside this run's: plain and BN-recalibrated top-1 of every pruned "
                                                "checkpoint (the report's recipe dependence)")
     cuda_bench: str | None = opt("auto", "pytest-benchmark JSON of a CUDA run (bash bench/cuda.sh) shown as the "
                                          "report's CUDA section; 'auto': REPORTS/cuda/cuda_bench.json when present; "
                                          "'none'")
-    batches: tuple[int, ...] = opt((1, 32), "comma-separated batch sizes", parse=positive_ints)
+    batches: tuple[int, ...] = opt((), "comma-separated batch sizes (default: 1,32 at 32×32, else 1,16)",
+                                   parse=positive_ints)
     models: tuple[str, ...] = opt(MODELS, "comma-separated models to measure (unpruned among them)", parse=names)
     fresh: bool = opt(False, "redo every step")
 
     def __post_init__(self) -> None:
+        get_arch(self.arch)
+        for name, value in self._arch_defaults().items():  # fields left unset take the arch's value
+            if getattr(self, name) in (None, ()):
+                object.__setattr__(self, name, value)
+        input_size_checked(self.input_size, "--input-size")
+        self._check_arch()
         bad = [m for m in self.models if m not in MODELS]
         if bad or "unpruned" not in self.models:
             raise CnnpruneError(f"--models must include unpruned and name only {', '.join(MODELS)}")
@@ -57,6 +81,33 @@ class PipelineConfig:
         if self.dataset == "cifar10" and not self.data_dir:
             raise CnnpruneError("--dataset cifar10 needs --data-dir pointing at a cifar-10-batches-py folder")
 
+    def _arch_defaults(self) -> dict:
+        size = get_arch(self.arch).input_size
+        return {"input_size": size, "batches": default_batches(self.input_size or size),
+                "recalibrate_bn": 2000 if self.arch == DEFAULT_ARCH else 0}
+
+    def _check_arch(self) -> None:
+        if self.weights == "random" and self.checkpoint:
+            raise CnnpruneError("--weights random and --checkpoint exclude each other: give one")
+        if self.arch != DEFAULT_ARCH and self.weights == "checkpoint" and not self.checkpoint:
+            raise CnnpruneError(f"--arch {self.arch} has no embedded checkpoint: pass --checkpoint F (a torchvision "
+                                f"{self.arch} state_dict) or --weights random")
+        if self.arch != DEFAULT_ARCH and (self.recalibrate_bn or self.finetune_epochs or self.compare_checkpoint):
+            raise CnnpruneError("--recalibrate-bn, --finetune-epochs and --compare-checkpoint need training data at "
+                                f"the arch's input size; today they run for {DEFAULT_ARCH} only")
+        if self.dataset == "imagefolder" and not self.data_dir:
+            raise CnnpruneError("--dataset imagefolder needs --data-dir pointing at a folder of class folders")
+
+    @property
+    def measures_accuracy(self) -> bool:
+        """Accuracy needs trained weights and test images the network was made for: the report's
+        datasets for resnet18-cifar, an image folder for any arch."""
+        if self.weights == "random":
+            return False
+        return self.dataset == "imagefolder" or (self.arch == DEFAULT_ARCH and self.input_size == 32)
+
     def reproduce(self) -> str:
-        """The ``run_bench.sh`` command line of this run: the options that differ from the defaults."""
-        return command_line(self, "bash run_bench.sh", skip=("fresh",))
+        """The ``run_bench.sh`` command line of this run: the options that differ from the defaults
+        (those the arch decides, where they have the arch's value, left out too)."""
+        arch_set = tuple(k for k, v in self._arch_defaults().items() if getattr(self, k) == v)
+        return command_line(self, "bash run_bench.sh", skip=("fresh", *arch_set))

@@ -295,12 +295,18 @@ def load_cifar10(split: str, data_dir: Path | None, download: bool = False) -> S
                  CIFAR10_MEAN, CIFAR10_STD, f"{folder} ({tag})")
 
 
-def load_split(dataset: str, split: str, data_dir: Path | None = None, download: bool = False) -> Split:
-    """Load ``split`` ("train" or "test") of ``dataset`` ("fashion-mnist" or "cifar10")."""
+def load_split(dataset: str, split: str, data_dir: Path | None = None, download: bool = False,
+               size: int = 224, num_classes: int | None = None) -> Split:
+    """Load ``split`` ("train" or "test") of ``dataset`` ("fashion-mnist", "cifar10", or
+    "imagefolder": read lazily at ``size`` pixels, ``num_classes`` class folders checked)."""
     if dataset == "fashion-mnist":
         return load_fashion_mnist(split, data_dir)
     if dataset == "cifar10":
         return load_cifar10(split, data_dir, download)
+    if dataset == "imagefolder":
+        from cnnprune.imagefolder import load_folder
+
+        return load_folder(data_dir, split, size, num_classes)  # type: ignore[return-value]
     raise CnnpruneError(f"--dataset {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
 
 

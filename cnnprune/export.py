@@ -80,6 +80,19 @@ def ort_session(model: str | Path | bytes, threads: int):
                                 providers=["CPUExecutionProvider"])
 
 
+def openvino_session(model: str | Path, threads: int):
+    """OpenVINO's CPU plugin on a dense ONNX file: a callable (N, 3, S, S) float32 array → logits.
+    fp32 is set explicitly: on CPUs with AVX-512 BF16 its default precision is bf16, a change of
+    arithmetic rather than of engine. Raises ImportError where OpenVINO is not installed."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                          "INFERENCE_NUM_THREADS": threads,
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    return lambda x: request.infer({0: np.asarray(x, dtype=np.float32)})[output]
+
+
 def check_onnx(path: Path, model: torch.nn.Module, inputs: torch.Tensor) -> float:
     """``onnx.checker`` + onnxruntime vs PyTorch; returns the max |logit difference| relative to the
     largest |logit| (the check a network's logit scale cannot fool)."""

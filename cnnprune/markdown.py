@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, METHOD_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow, MethodAccuracy
-from cnnprune.claims import THRESHOLDS, accuracy_kept, claims
+from cnnprune.archs import DEFAULT_ARCH
+from cnnprune.claims import THRESHOLDS, accuracy_kept, claims, not_measured_reason
 from cnnprune.fmt import mb, pct, times
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
-LATENCY_ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr")
+LATENCY_ENGINES = ("torch", "onnxruntime", "openvino", "sparse", "torch-csr")
 
 
 def _fallback_passes(used: str | None) -> str:
@@ -49,13 +50,9 @@ def how_measured(a: Analysis) -> list[str]:
          f"GPU: {m['gpu'] or 'none (CUDA cases skipped)'}"
          + (f"; the CUDA figures come from a separate run on {cuda_gpu} (section CUDA)." if r.get("cuda") else "."),
          f"- Software: Python {m['python']}, PyTorch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "
-         f"NumPy {m['numpy']}; {m['platform']}.",
-         f"- Model: the report's CIFAR ResNet18 (3×3 stride-1 conv1, maxpool kept, 11,173,962 parameters), "
-         f"checkpoint `{Path(r['source_checkpoint']['path']).name}` (sha256 "
-         f"`{r['source_checkpoint']['sha256'][:16]}…`).",
-         f"- Data: {r['dataset']}, accuracy on **all {r['test_images']:,} test images** "
-         f"(the report used CIFAR-10 and {REPORT_TEST_IMAGES:,} of its 10,000 test images; its numbers are quoted, "
-         "never mixed with ours)."]
+         f"NumPy {m['numpy']}" + (f", OpenVINO {m['openvino']} (fp32 precision hint)" if m.get("openvino") else "")
+         + f"; {m['platform']}.",
+         _model_line(a), _data_line(a)]
     rounds = sorted({row.rounds for row in a.latency})
     passes = max((row.passes for row in a.latency), default=1)
     L.append(f"- Latency: pytest-benchmark, one forward pass per round on a fixed random input, "
@@ -80,6 +77,28 @@ def how_measured(a: Analysis) -> list[str]:
              "sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the whole sparse net is "
              "at least 5 % faster); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
     return L
+
+
+def _model_line(a: Analysis) -> str:
+    r, spec = a.results, a.spec
+    source = (f"checkpoint `{Path(r['source_checkpoint']['path']).name}` (sha256 "
+              f"`{r['source_checkpoint']['sha256'][:16]}…`)")
+    if spec.is_default and spec.num_classes == 10:
+        return f"- Model: the report's CIFAR ResNet18 (3×3 stride-1 conv1, maxpool kept, 11,173,962 parameters), {source}."
+    weights = r.get("weights", "checkpoint")
+    return (f"- Model: {'the CIFAR ResNet18' if spec.arch == DEFAULT_ARCH else 'torchvision’s ' + spec.arch}, "
+            f"{spec.num_classes} classes, {spec.input_size}×{spec.input_size} input, "
+            f"{a.models['unpruned'].params_total:,} parameters; "
+            + (f"weights: {weights}, no checkpoint." if weights.startswith("random") else f"{source}."))
+
+
+def _data_line(a: Analysis) -> str:
+    r = a.results
+    if not a.accuracy_measured:
+        return f"- Data: accuracy {not_measured_reason(a)}"
+    return (f"- Data: {r['dataset']}, accuracy on **all {r['test_images']:,} test images** "
+            f"(the report used CIFAR-10 and {REPORT_TEST_IMAGES:,} of its 10,000 test images; its numbers are quoted, "
+            "never mixed with ours).")
 
 
 def claims_section(a: Analysis) -> list[str]:
@@ -123,7 +142,8 @@ def _latency_table(a: Analysis, device: str, batch: int) -> list[str]:
 
 
 LATENCY_NOTE = (
-    "Speedup vs best dense = the faster of PyTorch eager and onnxruntime on the same model, same run, same threads, "
+    "Speedup vs best dense = the fastest dense engine of the table (PyTorch eager, onnxruntime and, where installed, "
+    "OpenVINO) on the same model, same run, same threads, "
     "divided by the sparse engine's time (per pass, median over passes). FLOP limit = dense MACs / nonzero MACs, "
     "both counting the products with the zero border that dense engines compute. † = the sparse engine measured its "
     "sparse path slower than dense onnxruntime at this batch size and ran onnxruntime; (†) = in some passes; Wk = k "
@@ -172,6 +192,11 @@ def latency_section(a: Analysis) -> list[str]:
     L = ["## Latency\n"]
     for device, batch in sorted({(s.row.device, s.row.batch) for s in a.speedups}):
         L += _latency_table(a, device, batch)
+    if not any(s.row.engine == "sparse" for s in a.speedups):
+        from cnnprune.sparse import unsupported
+
+        L.append(f"Sparse engine: not run ({unsupported(a.spec) or 'not in this run'}); its columns are empty. "
+                 "The dense engines' pruned / unpruned ratios still answer whether pruning alone speeds them up.\n")
     return L + [LATENCY_NOTE] + goals_section(a)
 
 
@@ -272,6 +297,8 @@ def cuda_section(a: Analysis) -> list[str]:
 
 
 def accuracy_section(a: Analysis) -> list[str]:
+    if not a.accuracy_measured:
+        return ["## Accuracy\n", f"Accuracy {not_measured_reason(a)}\n"]
     L = ["## Accuracy and agreement between forms\n",
          f"| model | dense | onnx | sparse | max \\|logit diff\\| vs dense | top-1 agreement | "
          f"report (CIFAR-10, k/{REPORT_TEST_IMAGES}, quoted) |",
@@ -360,6 +387,10 @@ def recipe_section(a: Analysis) -> list[str]:
     return L
 
 
+def _sparse_weights(mem: dict) -> str:
+    return mb(mem["sparse"].weights_in_memory) if "sparse" in mem else "–"
+
+
 def size_section(a: Analysis) -> list[str]:
     L = ["## Size, parameters and memory\n",
          "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
@@ -372,9 +403,9 @@ def size_section(a: Analysis) -> list[str]:
         L.append(f"| {name} | {m.params_nonzero:,} / {m.params_total:,} | {mb(f['dense'])} | "
                  f"{mb(f.get('onnx'))} | {mb(f.get('csr'))} | {f.get('csr', 0) / f['dense']:.1%} | "
                  f"{m.nonzero_macs / 1e6:.1f} M of {m.dense_macs / 1e6:.1f} M | "
-                 + " / ".join(mb(mem[k].peak_rss) for k in forms) + " | "
-                 + " / ".join(mb(mem[k].added_by_load) for k in forms) + " | "
-                 f"{mb(mem['dense'].weights_in_memory)} / {mb(mem['sparse'].weights_in_memory)} |")
+                 + " / ".join(mb(mem[k].peak_rss) if k in mem else "–" for k in forms) + " | "
+                 + " / ".join(mb(mem[k].added_by_load) if k in mem else "–" for k in forms) + " | "
+                 f"{mb(mem['dense'].weights_in_memory)} / {_sparse_weights(mem)} |")
     L.append(f"\nPeak RSS at batch {a.memory_batch}. Parameters counted as every float tensor except BatchNorm "
              "running statistics. Weights in memory, sparse = what the engine holds after the inferences: its folded "
              "weights in CSR plus, for the batch size run, the operands of each layer's chosen mode (sparse: offsets "
@@ -393,7 +424,8 @@ def reproduce_section(a: Analysis, plot_names: list[str]) -> list[str]:
 
 
 def markdown(a: Analysis, plot_names: list[str]) -> str:
-    L = ["# Does pruning make this ResNet18 faster, smaller and lighter? Measured.\n",
+    title = "ResNet18" if a.spec.arch == DEFAULT_ARCH else a.spec.arch
+    L = [f"# Does pruning make this {title} faster, smaller and lighter? Measured.\n",
          f"Generated {a.results['generated']} by `bash run_bench.sh` (cnnprune). Every figure below is read from "
          "`results.json` of this run; every verdict is computed from those figures by the rule stated with it.\n"]
     L += how_measured(a) + claims_section(a) + latency_section(a) + cuda_section(a)

@@ -1,7 +1,7 @@
 """What the harness measures besides latency: counts, MACs, memory, accuracy and agreement.
 
 - counts: total and nonzero parameters (conv+linear and all tensors), per layer;
-- MACs: dense and nonzero multiply-accumulates per image (32×32 input), per layer and global;
+- MACs: dense and nonzero multiply-accumulates per image (the model's input size), per layer and global;
   their ratio is the theoretical speedup of unstructured sparsity (as ShrinkBench reports it):
   the FLOP limit no sparse kernel can beat;
 - memory: peak RSS (bytes) of a fresh process that loads one form and runs inferences, next to
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnprune.archs import ModelSpec
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.hparams import positive_int
 
@@ -41,12 +42,14 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def layer_macs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
-    """Per conv/linear layer: dense MACs, nonzero MACs, weights and nonzero weights, per image."""
-    from cnnprune.model import build_model, prunable_modules
+def layer_macs(state: dict[str, torch.Tensor], spec: ModelSpec | None = None) -> dict[str, dict[str, int]]:
+    """Per conv/linear layer: dense MACs, nonzero MACs, weights and nonzero weights, per image of
+    ``spec``'s input size (default: the report's model at 32×32). A grouped convolution's weight
+    already holds only the in-channels of its group, so weights × output pixels counts it right."""
+    from cnnprune.model import checked_model, prunable_modules
 
-    model = build_model()
-    model.load_state_dict(state)
+    spec = spec or ModelSpec()
+    model = checked_model(state, "the measured checkpoint", spec.arch)
     spatial: dict[str, int] = {}
     hooks = []
     for name, module in prunable_modules(model):
@@ -54,7 +57,7 @@ def layer_macs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
             spatial[name] = int(out.shape[2] * out.shape[3]) if out.ndim == 4 else 1
         hooks.append(module.register_forward_hook(hook))
     with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
+        model(torch.zeros(1, 3, spec.input_size, spec.input_size))
     for h in hooks:
         h.remove()
     out = {}
@@ -66,10 +69,10 @@ def layer_macs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
     return out
 
 
-def counts(state: dict[str, torch.Tensor]) -> dict:
+def counts(state: dict[str, torch.Tensor], spec: ModelSpec | None = None) -> dict:
     """Global parameter and MAC counts of a permanent state_dict (parameters = all float tensors
     except BatchNorm running statistics)."""
-    per_layer = layer_macs(state)
+    per_layer = layer_macs(state, spec)
     params = {k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k}
     total = sum(v.numel() for v in params.values())
     nonzero = sum(int((v != 0).sum()) for v in params.values())
@@ -104,13 +107,22 @@ def sparse_weight_bytes(module: nn.Module) -> int:
 # ---------------------------------------------------------------- loading forms
 
 
+def forms_of(spec: ModelSpec) -> tuple[str, ...]:
+    """The forms measured for ``spec``'s models: the sparse one where the sparse engine runs them."""
+    from cnnprune.sparse import unsupported
+
+    return FORMS if unsupported(spec) is None else tuple(f for f in FORMS if f != "sparse")
+
+
 def load_form(form: str, artifacts: Path, name: str, threads: int, dense_fallback: bool = True) -> object:
-    """A callable (N,3,32,32) float tensor → logits tensor for one exported form."""
+    """A callable (N, 3, S, S) float tensor → logits tensor for one exported form."""
+    from cnnprune.model import spec_of_folder
+
     torch.set_num_threads(threads)
     if form == "dense":
         from cnnprune.model import load_model
 
-        return load_model(artifacts / f"{name}.pth")
+        return load_model(artifacts / f"{name}.pth", spec_of_folder(artifacts).arch)
     if form == "onnx":
         from cnnprune.export import ort_session
 
@@ -138,9 +150,11 @@ def memory_child(form: str, artifacts: str, name: str, batch: int, runs: int, th
 
     base = rss()
     # the memory of the sparse path itself: without the in-memory dense onnxruntime fallback
+    from cnnprune.model import spec_of_folder
+
     model = load_form(form, Path(artifacts), name, threads, dense_fallback=False)
     loaded = rss()
-    x = torch.randn(batch, 3, 32, 32)
+    x = spec_of_folder(artifacts).example(batch)
     with torch.no_grad():
         for _ in range(runs):
             model(x)
@@ -176,9 +190,11 @@ def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: 
                    limit: int | None = None) -> dict:
     """Accuracy (fraction 0–1) of each form on the whole split and agreement with dense; the dense
     entry also keeps per-image correctness (1/0) for paired tests between models."""
+    from cnnprune.model import spec_of_folder
+
     results: dict = {}
     ref_pred = ref_logits = None
-    for form in FORMS:
+    for form in forms_of(spec_of_folder(artifacts)):
         model = load_form(form, artifacts, name, threads)
         preds, logits = [], []
         t0 = time.perf_counter()

@@ -59,9 +59,18 @@ def bench_command(config: PipelineConfig, out: Path, progress_file: Path) -> lis
            "-p", "no:cacheprovider", "--benchmark-autosave", f"--benchmark-json={out}",
            f"--bench-artifacts={Path(config.artifacts).resolve()}", f"--bench-threads={config.threads}",
            f"--bench-batches={','.join(map(str, config.batches))}", f"--bench-models={','.join(config.models)}",
-           "--bench-devices=cpu", "--bench-engines=torch,onnxruntime,sparse,torch-csr",
+           "--bench-devices=cpu", f"--bench-engines={','.join(cpu_engines())}",
            f"--bench-passes={config.passes}", f"--bench-progress={progress_file}"]
     return cmd + ([f"--bench-rounds={config.rounds}"] if config.rounds else [])
+
+
+def cpu_engines() -> tuple[str, ...]:
+    """The CPU engines of a run: OpenVINO joins the dense ones where it is installed
+    (``pip install 'cnnprune[openvino]'``); the sparse ones skip networks they cannot run."""
+    import importlib.util
+
+    dense = ("torch", "onnxruntime") + (("openvino",) if importlib.util.find_spec("openvino") else ())
+    return dense + ("sparse", "torch-csr")
 
 
 def _follow(proc: subprocess.Popen, progress_file: Path, start: Callable[..., None]) -> None:
@@ -114,11 +123,14 @@ def _per_model(ledger: Ledger, config: PipelineConfig, label: str, step: Callabl
     return Outcome.of(ledger.data, ledger)
 
 
-def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
-    from cnnprune.data import load_split
+def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> Outcome | None:
+    """Accuracy of every form; None (the report says "not measured") without trained weights and
+    test images made for the network (``PipelineConfig.measures_accuracy``)."""
     from cnnprune.measure import evaluate_forms
 
-    split = load_split(config.dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    if not config.measures_accuracy:
+        return None
+    split = _test_split(config)
     images = len(split) if not config.eval_limit else min(config.eval_limit, len(split))
     ledger = Ledger(work / "accuracy.json", "models", {"dataset": split.name, "test_images": images}, config.fresh)
     return _per_model(ledger, config, "accuracy", lambda name: Step(
@@ -127,22 +139,31 @@ def step_accuracy(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
 
 
 def step_memory(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
-    from cnnprune.measure import FORMS, measure_memory
+    from cnnprune.measure import forms_of, measure_memory
+    from cnnprune.model import spec_of_folder
 
+    forms = forms_of(spec_of_folder(config.artifacts))
     batch = max(config.batches)
     ledger = Ledger(work / "memory.json", "models", {"runs": config.memory_runs, "batch": batch}, config.fresh)
     return _per_model(ledger, config, "memory", lambda name: Step(
         f"memory {name}", (hashes[name], config.memory_runs, batch, config.threads), ENGINE_CODE),
         lambda name: {form: {str(batch): measure_memory(form, Path(config.artifacts), name, batch,
-                                                        config.memory_runs, config.threads)} for form in FORMS})
+                                                        config.memory_runs, config.threads)} for form in forms})
+
+
+def _test_split(config: PipelineConfig):
+    from cnnprune.model import spec_of_folder
+
+    return _read_test_split(config.dataset, config.data_dir, spec_of_folder(config.artifacts))
 
 
 @functools.lru_cache(maxsize=2)
-def _test_split(dataset: str, data_dir: str | None):
+def _read_test_split(dataset: str, data_dir: str | None, spec):
     """The test split, read once per run however many checkpoints are evaluated on it."""
     from cnnprune.data import load_split
 
-    return load_split(dataset, "test", Path(data_dir) if data_dir else None)
+    return load_split(dataset, "test", Path(data_dir) if data_dir else None, size=spec.input_size,
+                      num_classes=spec.num_classes)
 
 
 def _dense_correct(checkpoint: Path, config: PipelineConfig) -> dict:
@@ -150,26 +171,29 @@ def _dense_correct(checkpoint: Path, config: PipelineConfig) -> dict:
     from cnnprune.evaluate import accuracy, predictions
     from cnnprune.model import load_model
 
-    split = _test_split(config.dataset, config.data_dir)
-    pred = predictions(load_model(checkpoint), split, 500, config.eval_limit)
+    split = _test_split(config)
+    pred = predictions(load_model(checkpoint, config.arch), split, 500, config.eval_limit)
     return {"accuracy": accuracy(pred, split), "correct": (pred == split.labels[: len(pred)]).int().tolist()}
 
 
 def _semi_2_4(config: PipelineConfig, target: Path) -> dict:
     from cnnprune.measure import counts
-    from cnnprune.model import load_state_dict
+    from cnnprune.model import load_state_dict, spec_of_folder
     from cnnprune.prune import write_2_4
 
-    write_2_4(Path(config.artifacts) / "unpruned.pth", target)
-    c = counts(load_state_dict(target))
+    write_2_4(Path(config.artifacts) / "unpruned.pth", target, config.arch)
+    c = counts(load_state_dict(target), spec_of_folder(config.artifacts))
     return {"checkpoint": str(target), **_dense_correct(target, config), "sparsity": c["sparsity"],
             "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
             "flop_limit_speedup": c["flop_limit_speedup"]}
 
 
-def step_semi_2_4(config: PipelineConfig, work: Path, hashes: dict) -> Outcome:
+def step_semi_2_4(config: PipelineConfig, work: Path, hashes: dict) -> Outcome | None:
     """The unpruned model pruned 2:4 (beyond the report; the model of the CUDA 2:4 comparison):
-    ``ARTIFACTS/semi_2_4.pth``, its accuracy (dense fp32, CPU) and per-image correctness."""
+    ``ARTIFACTS/semi_2_4.pth``, its accuracy (dense fp32, CPU) and per-image correctness. Only
+    where accuracy is measured: without it the 2:4 model says nothing the CUDA section can use."""
+    if not config.measures_accuracy:
+        return None
     target = Path(config.artifacts) / "semi_2_4.pth"
     ledger = Ledger(work / "semi_2_4.json", "models", fresh=config.fresh)
     step = Step("semi_2_4", (hashes["unpruned"], config.dataset, config.data_dir, config.eval_limit),
@@ -274,7 +298,16 @@ def machine_info(threads: int) -> dict:
     return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": numpy.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "platform": platform.platform()}
+            "platform": platform.platform(), **_openvino_version()}
+
+
+def _openvino_version() -> dict:
+    import importlib.metadata
+
+    try:
+        return {"openvino": importlib.metadata.version("openvino")}
+    except importlib.metadata.PackageNotFoundError:
+        return {}
 
 
 class _Timer:
@@ -306,7 +339,7 @@ def run(config: PipelineConfig) -> Path:
     from cnnprune.analysis import analyse
     from cnnprune.export import ExportConfig, run_export
     from cnnprune.measure import counts
-    from cnnprune.model import load_state_dict, resolve_checkpoint
+    from cnnprune.model import load_state_dict, resolve_checkpoint, spec_of_folder
     from cnnprune.prune import PruneConfig, run_pruning
     from cnnprune.report import write_report
     from cnnprune.results import assemble_results
@@ -317,16 +350,19 @@ def run(config: PipelineConfig) -> Path:
     work = reports / "_work"
     work.mkdir(parents=True, exist_ok=True)
     timed = _Timer()
-    source = str(resolve_checkpoint(config.checkpoint))
-    manifest = timed("prune", lambda: run_pruning(PruneConfig(checkpoint=source, out=str(artifacts),
-                                                              fresh=config.fresh)))
+    source = str(resolve_checkpoint(config.checkpoint)) if config.weights == "checkpoint" else None
+    manifest = timed("prune", lambda: run_pruning(PruneConfig(
+        checkpoint=source, arch=config.arch, weights=config.weights, seed=config.seed, input_size=config.input_size,
+        out=str(artifacts), fresh=config.fresh)))
+    spec = spec_of_folder(artifacts)
     export = timed("export", lambda: run_export(ExportConfig(src=str(artifacts), out=str(artifacts), sparse=True,
                                                              fresh=config.fresh)))
     hashes = _artifact_hashes(artifacts)
     bench = timed("benchmark", lambda: step_bench(config, work, hashes))
     accuracy = timed("accuracy", lambda: step_accuracy(config, work, hashes))
     memory = timed("memory", lambda: step_memory(config, work, hashes))
-    model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth")) for n in config.models})
+    model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth"), spec)
+                                            for n in config.models})
     finetune = timed("finetune", lambda: step_finetune(config, source))
     recalibrated = timed("BN recalibration", lambda: step_recalibrated(config, work, source))
     compare = timed("recipe comparison", lambda: step_compare(config, work))

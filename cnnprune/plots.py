@@ -33,7 +33,7 @@ def latency_plots(a: Analysis, folder: Path) -> list[str]:
     for device, batch in sorted({(r.device, r.batch) for r in a.latency}):
         fig, ax = plt.subplots(figsize=(6, 4))
         seq = [m for m in ("unpruned", *ONE_SHOT) if m in a.models]
-        for engine in ("torch", "onnxruntime", "sparse", "torch-csr"):
+        for engine in ("torch", "onnxruntime", "openvino", "sparse", "torch-csr"):
             pts = [(a.models[m].sparsity, r.median_ms) for m in seq if (r := a.row(device, batch, m, engine))]
             if len(pts) > 1:
                 ax.plot(*zip(*pts), marker="o", label=ENGINE_LABELS[engine])
@@ -74,7 +74,9 @@ def cuda_plot(a: Analysis, folder: Path) -> list[str]:
 def accuracy_plot(a: Analysis, folder: Path) -> list[str]:
     """Measured top-1 against measured sparsity for each pruning method this run made (plain, BN-
     recalibrated, fine-tuned), beside the report's quoted figures at their target sparsities (each
-    point placed by its model's schedule, whatever subset was run)."""
+    point placed by its model's schedule, whatever subset was run). None where accuracy was not measured."""
+    if not a.accuracy_measured:
+        return []
     fig, ax = _pyplot().subplots(figsize=(6, 4))
     for schedule, label in ((ONE_SHOT, "one-shot"), (ITERATIVE, "iterative")):
         seq = [m for m in ("unpruned", *schedule) if m in a.models]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec, get_arch, input_size_checked
-from cnnprune.config import DATASETS
+from cnnprune.config import TRAIN_DATASETS
 from cnnprune.distributed import World, join
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file
@@ -198,7 +198,7 @@ class PruneConfig:
                                parse=non_negative_int)
     finetune_limit: int | None = opt(None, "fine-tune on the first N training images", parse=positive_int)
     data_dir: str | None = opt(None, "training data folder, for --finetune-epochs")
-    dataset: str = opt("fashion-mnist", "training data set, for --finetune-epochs", choices=DATASETS)
+    dataset: str = opt("fashion-mnist", "training data set, for --finetune-epochs", choices=TRAIN_DATASETS)
     only: tuple[str, ...] = opt((), "comma-separated subset of the checkpoints to make", parse=names)
     targets: tuple[float, ...] = opt((), "instead of the report's six: comma-separated sparsities in [0, 1), each "
                                          "made one-shot and iteratively", parse=fractions)
@@ -286,7 +286,8 @@ def run_pruning(config: PruneConfig, schedules: Sequence[Schedule] | None = None
     ledger = Ledger(out / "manifest.json", "checkpoints", fresh=config.fresh or world.size > 1, write=world.main, header={
         "source": str(source_path), "source_sha256": source_sha, "model": spec.record(),
         "weights": f"random (torchvision initialisation, seed {config.seed})" if config.weights == "random" else
-        "checkpoint", "finetune_epochs": config.finetune_epochs,
+        "checkpoint", **({"seed": config.seed} if config.weights == "random" else {}),
+        "finetune_epochs": config.finetune_epochs,
         "recalibrate_bn": config.recalibrate_bn, "pytorch": torch.__version__})
 
     def make(schedule: Schedule) -> dict:

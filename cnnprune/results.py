@@ -141,14 +141,15 @@ def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dic
                      memory: dict, counts: dict, finetune: dict | None, artifacts: Path,
                      step_seconds: dict, semi_2_4: dict | None = None, cuda_bench: dict | None = None,
                      recalibrated: dict | None = None, compare: dict | None = None) -> dict:
-    acc = accuracy["models"]
+    """``accuracy`` None: not measured (random weights, or no test images made for the network)."""
+    acc = accuracy["models"] if accuracy else {}
 
     def correct(name: str) -> list[int]:
         return acc[name]["dense"]["predictions"]
 
-    models = {n: _model_entry(n, counts=counts[n], export=export, accuracy=acc[n], memory=memory["models"][n],
-                              manifest=manifest, paired=None if n == "unpruned" else mcnemar(correct("unpruned"),
-                                                                                             correct(n)))
+    models = {n: _model_entry(n, counts=counts[n], export=export, accuracy=acc.get(n, {}), memory=memory["models"][n],
+                              manifest=manifest, paired=None if n == "unpruned" or not acc else mcnemar(
+                                  correct("unpruned"), correct(n)))
               for n in counts}
     pairwise = {one.split("_")[-1]: mcnemar(correct(one), correct(it))
                 for one, it in zip(ONE_SHOT, ITERATIVE) if one in acc and it in acc}
@@ -158,18 +159,20 @@ def assemble_results(*, config: dict, machine: dict, manifest: dict, export: dic
         "machine": machine,
         "benchmark_machine_info": bench.get("machine_info", {}).get("cnnprune", {}),
         "source_checkpoint": {"path": manifest["source"], "sha256": manifest["source_sha256"]},
-        "dataset": accuracy["dataset"],
-        "test_images": accuracy["test_images"],
+        "model": manifest.get("model"),
+        "weights": manifest.get("weights", "checkpoint"),
+        "dataset": accuracy["dataset"] if accuracy else None,
+        "test_images": accuracy["test_images"] if accuracy else 0,
         "models": models,
         "memory_runs": memory["runs"],
         "latency": latency_rows(bench),
         "mask_agreement_one_shot_vs_iterative": mask_agreement(artifacts) if all(
             m in models for m in ONE_SHOT + ITERATIVE) else {},
         "one_shot_vs_iterative": pairwise,
-        "finetune": _versus(finetune, correct("unpruned")),
-        "recalibrated_bn": recalibrated_summary(recalibrated, correct("unpruned")),
-        "recipes": recipes_summary(Path(manifest["source"]), compare),
-        "semi_2_4": _versus(semi_2_4, correct("unpruned")),
+        "finetune": _versus(finetune, correct("unpruned")) if acc else None,
+        "recalibrated_bn": recalibrated_summary(recalibrated, correct("unpruned")) if acc else None,
+        "recipes": recipes_summary(Path(manifest["source"]), compare) if acc else None,
+        "semi_2_4": _versus(semi_2_4, correct("unpruned")) if acc else None,
         "cuda": cuda_summary(cuda_bench),
         "report_accuracy_cifar10": REPORT_ACCURACY_CIFAR10,
         "report_test_images": REPORT_TEST_IMAGES,

@@ -37,27 +37,38 @@ import torch
 from torch import nn
 
 from cnnprune import csr
+from cnnprune.archs import DEFAULT_ARCH, ModelSpec
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import fold_resnet
 from cnnprune.gemm import GEMM_LAYOUTS, SEMI_BACKENDS, TorchGemmResNet
-from cnnprune.model import build_model, check_state_dict, load_state_dict
+from cnnprune.model import checked_model, load_state_dict
 from cnnprune.native import NativeSparseResNet
 
 ENGINES = ("native", "torch-csr", "torch-2:4", "torch-gemm")
 
 
+def unsupported(spec: ModelSpec) -> str | None:
+    """Why these engines cannot run ``spec``'s models (None: they can). Their plan is the
+    report's network's (``fold_resnet``: fixed stages, a 32×32 input); any class count works."""
+    if spec.arch != DEFAULT_ARCH or spec.input_size != 32:
+        return f"the sparse engines run {DEFAULT_ARCH} at 32×32 only today, not {spec.arch} at {spec.input_size}×" \
+               f"{spec.input_size}"
+    return None
+
+
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint."""
+    """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint of the CIFAR
+    ResNet18 (any class count)."""
     path = Path(path)
     state = csr.load_state(path) if path.name.endswith(".csr.pt") else load_state_dict(path)
-    check_state_dict(build_model(), state, str(path))
+    checked_model(state, str(path))
     return state
 
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
          calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
          backend: str = "cusparselt", winograd: bool = True, layer_mode: str | None = None) -> nn.Module:
-    """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, 10), eval mode.
+    """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, classes), eval mode.
 
     ``engine``: ``native`` (C kernels, CPU, per-layer choice of sparse kernel, Winograd or
     dense), ``torch-csr`` (``torch.sparse``; CPU or CUDA), ``torch-2:4`` (semi-structured sparse
@@ -97,9 +108,6 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
-        dense = None
-        if dense_fallback:
-            dense = build_model()
-            dense.load_state_dict(state)
+        dense = checked_model(state, str(path)) if dense_fallback else None
         return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)

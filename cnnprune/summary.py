@@ -14,7 +14,8 @@ def summary_table(results: dict | Analysis):
     a = results if isinstance(results, Analysis) else analyse(results)
     rows = {(s.row.model, s.row.batch): s for s in a.speedups if s.row.device == "cpu" and s.row.engine == "sparse"}
     batches = sorted({b for _, b in rows})
-    table = Table(title=f"cnnprune: {a.results['dataset']}, {a.results['machine']['threads']} threads",
+    data = a.results["dataset"] or "accuracy not measured"
+    table = Table(title=f"cnnprune: {a.spec.arch}, {data}, {a.results['machine']['threads']} threads",
                   caption="b<N>: cnnprune sparse median ms at batch N (× its speed vs the best dense engine)",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("model", no_wrap=True)
@@ -23,7 +24,8 @@ def summary_table(results: dict | Analysis):
     for b in batches:
         table.add_column(f"b{b}", justify="right", no_wrap=True)
     for name, m in a.models.items():
-        cells = [f"{m.sparsity:.1%}", f"{m.accuracy['dense']:.2%}", f"{m.files.get('csr', 0) / m.files['dense']:.1%}"]
+        top1 = f"{m.accuracy['dense']:.2%}" if "dense" in m.accuracy else "–"
+        cells = [f"{m.sparsity:.1%}", top1, f"{m.files.get('csr', 0) / m.files['dense']:.1%}"]
         for b in batches:
             s = rows.get((name, b))
             ratio = s.vs_best_dense.median if s and s.vs_best_dense else None

@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnprune.data import DATASETS, Split, load_split, random_crop_flip
+from cnnprune.archs import ARCHS, DEFAULT_ARCH
+from cnnprune.config import TRAIN_DATASETS
+from cnnprune.data import Split, load_split, random_crop_flip
 from cnnprune.distributed import World, join, unwrap
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import safe_torch_load, save_torch, write_bytes, write_json, write_text
@@ -34,7 +36,9 @@ SCHEDULES = ("one-cycle", "cosine")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = opt("fashion-mnist", "training data set", choices=DATASETS)
+    dataset: str = opt("fashion-mnist", "training data set", choices=TRAIN_DATASETS)
+    arch: str = opt(DEFAULT_ARCH, "network, trained at the data's 32×32 (the report's resnet18-cifar, or a "
+                                  "torchvision model)", choices=tuple(ARCHS))
     data_dir: str | None = opt(None, "dataset folder (default: Debian's Fashion-MNIST folder)")
     epochs: int = opt(10, "training epochs", parse=positive_int)
     batch_size: int = opt(128, "images per optimizer step", parse=positive_int)
@@ -141,7 +145,7 @@ def _setup(config: TrainConfig) -> _Run:
     if config.train_limit:
         train_split = train_split.subset(config.train_limit)
     torch.manual_seed(config.seed)
-    model = build_model().to(device).to(memory_format=torch.channels_last)
+    model = build_model(10, config.arch).to(device).to(memory_format=torch.channels_last)
     steps = world.steps(len(train_split), config.batch_size)
     optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay, config.decay_norms), lr=config.max_lr,
                                 momentum=config.momentum, nesterov=True)
@@ -153,7 +157,8 @@ def _setup(config: TrainConfig) -> _Run:
 
 def _resume(run: _Run, state_path: Path, config: TrainConfig) -> None:
     state = safe_torch_load(state_path, "training state")
-    if state.get("config") != asdict(config):
+    # a record written before an option existed holds that option's default
+    if not isinstance(state.get("config"), dict) or from_record(TrainConfig, state["config"]) != config:
         raise CnnpruneError(f"{state_path} was written with other settings; use the same options "
                             "to resume, or a new --out")
     run.model.load_state_dict(state["model"])
@@ -256,6 +261,9 @@ def package_default(run_dir: Path, command: str, target: Path | None = None) -> 
     from cnnprune.model import default_checkpoint, load_model
 
     source = run_dir / "model_fp16.pth"
+    trained = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    if trained.get("arch", DEFAULT_ARCH) != DEFAULT_ARCH:
+        raise CnnpruneError(f"{run_dir} trained {trained['arch']}; the embedded default is {DEFAULT_ARCH}")
     if not source.is_file():
         raise CnnpruneError(f"{source} does not exist; finish the training run first")
     target = target or default_checkpoint()

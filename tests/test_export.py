@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from cnnprune.model import load_model
@@ -73,3 +74,14 @@ def test_export_without_manifest_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "manifest.json" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_openvino_runs_the_onnx_file_like_onnxruntime(artifacts: Path) -> None:
+    pytest.importorskip("openvino")
+    from cnnprune.export import openvino_session, ort_session
+
+    x = torch.randn(2, 3, 32, 32).numpy()
+    want = ort_session(artifacts / "one_shot_90.onnx", 1).run(None, {"input": x})[0]
+    got = openvino_session(artifacts / "one_shot_90.onnx", 1)(x)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert (got.argmax(1) == want.argmax(1)).all()

@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec
+from cnnprune.config import default_batches
+from cnnprune.model import spec_of_folder
 from cnnprune.schedules import MODELS
 
-__all__ = ["artifacts", "cudnn_autotune", "model_counts", "pytest_addoption", "pytest_benchmark_update_machine_info",
+__all__ = ["artifacts", "cudnn_autotune", "model_counts", "model_spec", "pytest_addoption", "pytest_benchmark_update_machine_info",
            "pytest_collection_finish", "pytest_collection_modifyitems", "pytest_configure", "pytest_generate_tests",
            "pytest_runtest_logstart", "semi_2_4", "threads"]
 
-ENGINES = ("torch", "onnxruntime", "sparse", "torch-csr", "cuda-graph")
+ENGINES = ("torch", "onnxruntime", "openvino", "sparse", "torch-csr", "cuda-graph")
 FP16_ENGINES = ("fp16-cudnn", "fp16-gemm", "fp16-2:4", "fp16-2:4-cutlass")
 
 
@@ -32,8 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("cnnprune")
     g.addoption("--bench-artifacts", default="artifacts", help="folder with the exports (made if missing)")
     g.addoption("--bench-checkpoint", default=None, help="unpruned checkpoint to prune if artifacts are missing")
+    g.addoption("--bench-arch", default=None, help="network of the artifacts (default: what their manifest records, "
+                                                   "else resnet18-cifar); without --bench-checkpoint a network other "
+                                                   "than resnet18-cifar gets torchvision's random weights (seed 0)")
     g.addoption("--bench-threads", type=int, default=None, help="CPU threads for every engine (default: torch's)")
-    g.addoption("--bench-batches", default="1,32", help="comma-separated batch sizes")
+    g.addoption("--bench-batches", default=None, help="comma-separated batch sizes (default: 1,32 at 32×32, else 1,16)")
     g.addoption("--bench-models", default=",".join(MODELS), help="comma-separated models")
     g.addoption("--bench-engines", default=",".join(ENGINES), help="comma-separated engines")
     g.addoption("--bench-devices", default="cpu,cuda", help="comma-separated devices")
@@ -78,7 +84,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         metafunc.parametrize("engine", _csv(opt("--bench-engines")))
     if "batch" in metafunc.fixturenames:
-        metafunc.parametrize("batch", [int(b) for b in _csv(opt("--bench-batches"))], ids=lambda b: f"b{b}")
+        batches = [int(b) for b in _csv(opt("--bench-batches"))] if opt("--bench-batches") else \
+            list(default_batches(_spec(metafunc.config).input_size))
+        metafunc.parametrize("batch", batches, ids=lambda b: f"b{b}")
     if "fp16_engine" in metafunc.fixturenames:
         metafunc.parametrize("fp16_engine", FP16_ENGINES)
     if "device" in metafunc.fixturenames:
@@ -121,9 +129,23 @@ def threads(pytestconfig: pytest.Config) -> int:
     return n
 
 
+def _spec(config: pytest.Config) -> ModelSpec:
+    """The artifacts' model as their manifest records it, checked against ``--bench-arch``."""
+    folder = Path(config.getoption("--bench-artifacts"))
+    arch = config.getoption("--bench-arch")
+    if not (folder / "manifest.json").is_file():
+        return ModelSpec(arch, 1000, ARCHS[arch].input_size) if arch and arch != DEFAULT_ARCH else ModelSpec()
+    spec = spec_of_folder(folder)
+    if arch and arch != spec.arch:
+        raise pytest.UsageError(f"--bench-artifacts {folder} holds {spec.arch}, not {arch}: give another folder, "
+                                f"or prune {arch} into it first (python -m cnnprune.prune --arch {arch} --out DIR)")
+    return spec
+
+
 @pytest.fixture(scope="session")
 def artifacts(pytestconfig: pytest.Config) -> Path:
-    """The exports, made (prune + export --sparse) if missing or stale."""
+    """The exports, made (prune + export --sparse) if missing or stale, with the settings their
+    manifest records (the network, and random weights with their seed)."""
     import json
 
     from cnnprune.export import ExportConfig, run_export
@@ -131,12 +153,23 @@ def artifacts(pytestconfig: pytest.Config) -> Path:
 
     folder = Path(pytestconfig.getoption("--bench-artifacts"))
     checkpoint = pytestconfig.getoption("--bench-checkpoint")
+    arch = pytestconfig.getoption("--bench-arch") or DEFAULT_ARCH
     manifest = folder / "manifest.json"
-    if checkpoint is None and manifest.is_file():
-        checkpoint = json.loads(manifest.read_text()).get("source")
-    run_pruning(PruneConfig(checkpoint=checkpoint, out=str(folder)), progress=False)
+    record = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    spec = _spec(pytestconfig)
+    random = record.get("weights", "").startswith("random") or (not record and checkpoint is None and arch != DEFAULT_ARCH)
+    if checkpoint is None and record and not random:
+        checkpoint = record.get("source")
+    run_pruning(PruneConfig(checkpoint=None if random else checkpoint, arch=spec.arch, input_size=spec.input_size,
+                            weights="random" if random else "checkpoint", seed=record.get("seed", 0) if random else 0,
+                            num_classes=spec.num_classes if random else None, out=str(folder)), progress=False)
     run_export(ExportConfig(src=str(folder), out=str(folder), sparse=True), progress=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def model_spec(artifacts: Path) -> ModelSpec:
+    return spec_of_folder(artifacts)
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +183,7 @@ def semi_2_4(artifacts: Path) -> Path:
     """The unpruned model pruned 2:4 (``cnnprune.prune.write_2_4``), beside the other exports."""
     from cnnprune.prune import write_2_4
 
-    return write_2_4(artifacts / "unpruned.pth", artifacts / "semi_2_4.pth")
+    return write_2_4(artifacts / "unpruned.pth", artifacts / "semi_2_4.pth", spec_of_folder(artifacts).arch)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -18,16 +18,19 @@ import pytest
 import torch
 
 from cnnprune import sparse
+from cnnprune.archs import ModelSpec
 from cnnprune.errors import CnnpruneError
 from cnnprune.measure import counts
 from cnnprune.model import load_state_dict
 
 
-def _load(engine: str, device: str, artifacts: Path, name: str, threads: int):
+def _load(engine: str, device: str, artifacts: Path, name: str, threads: int, spec: ModelSpec):
+    if engine in ("sparse", "torch-csr") and sparse.unsupported(spec):
+        pytest.skip(sparse.unsupported(spec))
     if engine == "torch":
         from cnnprune.model import load_model
 
-        model = load_model(artifacts / f"{name}.pth").to(device)
+        model = load_model(artifacts / f"{name}.pth", spec.arch).to(device)
         return model, artifacts / f"{name}.pth"
     if engine == "onnxruntime":
         if device != "cpu":
@@ -48,8 +51,21 @@ def _load(engine: str, device: str, artifacts: Path, name: str, threads: int):
             pytest.skip("CUDA graphs are CUDA-only")
         from cnnprune.model import load_model
 
-        return load_model(artifacts / f"{name}.pth").to(device), artifacts / f"{name}.pth"
+        return load_model(artifacts / f"{name}.pth", spec.arch).to(device), artifacts / f"{name}.pth"
+    if engine == "openvino":
+        return _openvino(artifacts / f"{name}.onnx", threads, device), artifacts / f"{name}.onnx"
     raise pytest.UsageError(f"unknown engine {engine}")
+
+
+def _openvino(onnx_path: Path, threads: int, device: str):
+    if device != "cpu":
+        pytest.skip("OpenVINO is timed on the CPU only")
+    from cnnprune.export import openvino_session
+
+    try:
+        return openvino_session(onnx_path, threads)
+    except ImportError:
+        pytest.skip("OpenVINO is not installed (pip install 'cnnprune[openvino]')")
 
 
 def _timed_call(model, x: torch.Tensor, device: str):
@@ -67,11 +83,12 @@ def _timed_call(model, x: torch.Tensor, device: str):
 
 
 def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engine: str, batch: int,
-                 device: str, bench_pass: int, model_counts: dict, pytestconfig: pytest.Config) -> None:
+                 device: str, bench_pass: int, model_counts: dict, model_spec: ModelSpec,
+                 pytestconfig: pytest.Config) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
-    model, path = _load(engine, device, artifacts, model_name, threads)
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    model, path = _load(engine, device, artifacts, model_name, threads, model_spec)
+    x = model_spec.example(batch).to(device)
     if engine == "cuda-graph":
         from cnnprune.cuda import graphed
 
@@ -79,12 +96,13 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
     call = _timed_call(model, x, device)
     call()  # first call: plans, calibrates, allocates (not timed)
     if model_name not in model_counts:
-        model_counts[model_name] = counts(load_state_dict(artifacts / f"{model_name}.pth"))
+        model_counts[model_name] = counts(load_state_dict(artifacts / f"{model_name}.pth"), model_spec)
     c = model_counts[model_name]
     rounds = pytestconfig.getoption("--bench-rounds") or (20 if batch == 1 else 4)
     benchmark.group = f"{device} batch {batch}"
     benchmark.extra_info.update({
         "model": model_name, "engine": engine, "batch": batch, "device": device, "threads": threads, "pass": bench_pass,
+        "arch": model_spec.arch, "input_size": model_spec.input_size,
         "sparsity": c["sparsity"], "params_nonzero": c["params_nonzero"], "params_total": c["params_total"],
         "dense_macs_per_image": c["dense_macs"], "nonzero_macs_per_image": c["nonzero_macs"],
         "flop_limit_speedup": c["flop_limit_speedup"], "file_bytes": path.stat().st_size,
