@@ -49,7 +49,8 @@ class PipelineConfig:
     passes: int = opt(3, "passes over the benchmark matrix (speedups are the median of per-pass ratios)",
                       parse=positive_int)
     eval_limit: int | None = opt(None, "evaluate on the first N test images only (smoke runs)", parse=positive_int)
-    memory_runs: int = opt(20, "inferences per memory measurement", parse=positive_int)
+    memory_runs: int | None = opt(None, "inferences per memory measurement (default: 20 at 32×32, 5 above: the peak "
+                                        "is reached in the first, and at 224 each costs seconds)", parse=positive_int)
     finetune_epochs: int = opt(0, "also make iterative_90 with K epochs of fine-tuning per step (≈5·K training "
                                   "epochs)", parse=non_negative_int)
     recalibrate_bn: int | None = opt(None, "also make every pruned checkpoint with its BatchNorm statistics "
@@ -83,7 +84,9 @@ class PipelineConfig:
 
     def _arch_defaults(self) -> dict:
         size = get_arch(self.arch).input_size
+        small = (self.input_size or size) <= 64
         return {"input_size": size, "batches": default_batches(self.input_size or size),
+                "memory_runs": 20 if small else 5,
                 "recalibrate_bn": 2000 if self.arch == DEFAULT_ARCH else 0}
 
     def _check_arch(self) -> None:

@@ -413,10 +413,16 @@ def size_section(a: Analysis) -> list[str]:
     return L
 
 
+def _bench_line(a: Analysis) -> str:
+    if a.spec.is_default:
+        return "pytest bench --benchmark-autosave"
+    return f"pytest bench --bench-arch {a.spec.arch} --bench-artifacts {a.config.artifacts} --benchmark-autosave"
+
+
 def reproduce_section(a: Analysis, plot_names: list[str]) -> list[str]:
     steps = a.results["step_seconds"]
     L = ["## Plots\n", *[f"![{p}]({p})" for p in plot_names], "", "## Reproduce\n",
-         f"```\n{a.config.reproduce()}   # this report\npytest bench --benchmark-autosave   # the timings alone\n```\n",
+         f"```\n{a.config.reproduce()}   # this report\n{_bench_line(a)}   # the timings alone\n```\n",
          "Cost of each step on this machine, in seconds (\"reused\": a valid result of an earlier run with "
          "the same inputs was kept; the figure is what computing it cost then): "
          + ", ".join(f"{k} {v:.0f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in steps.items()) + ".\n"]

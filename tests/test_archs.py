@@ -134,10 +134,10 @@ def test_pipeline_defaults_follow_the_arch() -> None:
     from cnnprune.config import PipelineConfig
 
     default = PipelineConfig()
-    assert (default.input_size, default.batches, default.recalibrate_bn) == (32, (1, 32), 2000)
+    assert (default.input_size, default.batches, default.recalibrate_bn, default.memory_runs) == (32, (1, 32), 2000, 20)
     assert default.reproduce() == "bash run_bench.sh" and default.measures_accuracy
     r50 = PipelineConfig(arch="resnet50", weights="random")
-    assert (r50.input_size, r50.batches, r50.recalibrate_bn) == (224, (1, 16), 0)
+    assert (r50.input_size, r50.batches, r50.recalibrate_bn, r50.memory_runs) == (224, (1, 16), 0, 5)
     assert r50.reproduce() == "bash run_bench.sh --arch resnet50 --weights random"
     assert not r50.measures_accuracy
     small = PipelineConfig(arch="mobilenet_v2", weights="random", input_size=32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnprune.pipeline import PipelineConfig, run
+from cnnprune.pipeline import PipelineConfig, cpu_engines, run
 
 
 def test_pipeline_end_to_end_and_resume(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
@@ -19,7 +19,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, checkpoint: Path, monkey
     results = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert results["test_images"] == 40
     engines = {r["engine"] for r in results["latency"]}
-    assert engines == {"torch", "onnxruntime", "sparse", "torch-csr"}
+    assert engines == set(cpu_engines())  # OpenVINO among them where installed
     assert 0.45 < results["semi_2_4"]["sparsity"] < 0.5 and results["cuda"] is None
     recal = results["recalibrated_bn"]
     assert recal["images"] == 2000 and set(recal["models"]) == {"one_shot_90"}
