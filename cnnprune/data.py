@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnprune.batches import batch_spans
 from cnnprune.config import DATASETS
 from cnnprune.errors import CnnpruneError
 
@@ -87,11 +88,7 @@ class Split:
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised (inputs, labels) batches in order; the last batch may be short (nothing dropped)."""
-        if batch_size < 1:
-            raise CnnpruneError(f"--batch-size must be ≥ 1, got {batch_size}")
-        n = len(self) if limit is None else min(limit, len(self))
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
+        for start, stop in batch_spans(len(self), batch_size, limit):
             yield self.normalize(self.images[start:stop]), self.labels[start:stop]
 
     def subset(self, n: int) -> Split:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cnnprune.batches import batch_spans
 from cnnprune.errors import CnnpruneError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,11 +55,7 @@ class FolderSplit:
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs (N, 3, S, S) float32, labels) in order; the last batch may be short."""
-        if batch_size < 1:
-            raise CnnpruneError(f"--batch-size must be ≥ 1, got {batch_size}")
-        n = len(self) if limit is None else min(limit, len(self))
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
+        for start, stop in batch_spans(len(self), batch_size, limit):
             yield torch.stack([self._image(p) for p in self.paths[start:stop]]), self.labels[start:stop]
 
 
