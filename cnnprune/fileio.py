@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 from cnnprune.errors import CnnpruneError
 
 
@@ -58,6 +56,8 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     buffer = io.BytesIO()
+    import torch  # here, not at the top: the torch-free runtime writes and reads files with this module
+
     torch.save(obj, buffer)
     write_bytes(path, buffer.getvalue())
 
@@ -85,6 +85,8 @@ def require_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Pat
 def safe_torch_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` with one-line errors for missing, corrupt or unsafe files."""
     p = require_file(path, what)
+    import torch
+
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file

@@ -1,29 +1,44 @@
 """BatchNorm folded into the convolutions of the CIFAR ResNet18: what every sparse engine executes.
 
 w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε), so exact zeros stay zeros and the pruning's sparsity
-is kept; the network becomes a stem, eight residual blocks and the classifier.
+is kept; the network becomes a stem, eight residual blocks and the classifier. Numpy only (no
+torch): the torch-free runtime (:mod:`cnnprune.runtime`) folds with it too.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 BN_EPS = 1e-5
+# the network's shape as data: (output channels, residual blocks) per stage; the first block of
+# every stage but the first halves the map (stride 2) and gets a 1x1 downsample
+STAGES = ((64, 2), (128, 2), (256, 2), (512, 2))
+STEM = ("conv1", "bn1", 64, 3)  # conv, its BatchNorm, output channels, kernel size (stride 1, padding 1)
+MAX_CLASSES = 1 << 20
+INPUT_SIZE = 32  # pixels: the CIFAR input the plan is made for
+
+
+@dataclass
+class Csr:
+    """A (Cout, Cin·k·k) weight matrix in CSR with int32 indices (8 bytes per nonzero)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
 
 
 @dataclass
 class FoldedConv:
     """A convolution with its BatchNorm folded in: y = conv(x, weight) + bias. ``weight`` is
-    dense (Cout, Cin, k, k) float32, or, after ``compact()``, the (Cout, Cin·k·k) matrix in CSR
-    with int32 indices (8 bytes per nonzero): how the native engine keeps it between plans."""
+    dense (Cout, Cin, k, k) float32, or, after ``compact()``, a ``Csr`` matrix: how the native
+    engine keeps it between plans."""
 
     name: str
-    weight: torch.Tensor
-    bias: torch.Tensor  # (Cout,)
+    weight: np.ndarray | Csr
+    bias: np.ndarray  # (Cout,)
     stride: int
     padding: int
     shape: tuple[int, int, int, int] = ()
@@ -32,23 +47,25 @@ class FoldedConv:
         if not self.shape:
             self.shape = tuple(self.weight.shape)
 
-    def dense(self) -> torch.Tensor:
-        if self.weight.layout == torch.strided:
+    def dense(self) -> np.ndarray:
+        if isinstance(self.weight, np.ndarray):
             return self.weight
-        return self.weight.to_dense().view(self.shape)
+        m = np.zeros((self.shape[0], int(np.prod(self.shape[1:]))), dtype=np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.weight.indptr))
+        m[rows, self.weight.indices] = self.weight.values
+        return m.reshape(self.shape)
 
     def compact(self) -> FoldedConv:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": storage only here
-            m = self.dense().reshape(self.shape[0], -1).to_sparse_csr()
-            csr = torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(), m.shape,
-                                          check_invariants=False)
+        m = self.dense().reshape(self.shape[0], -1)
+        rows, cols = np.nonzero(m)
+        indptr = np.zeros(self.shape[0] + 1, dtype=np.int32)
+        indptr[1:] = np.cumsum(np.bincount(rows, minlength=self.shape[0]))
+        csr = Csr(indptr, cols.astype(np.int32), m[rows, cols])
         return FoldedConv(self.name, csr, self.bias, self.stride, self.padding, self.shape)
 
     @property
     def nnz(self) -> int:
-        return int(self.weight.values().numel() if self.weight.layout == torch.sparse_csr
-                   else torch.count_nonzero(self.weight))
+        return int(self.weight.values.size if isinstance(self.weight, Csr) else np.count_nonzero(self.weight))
 
     @property
     def density(self) -> float:
@@ -57,16 +74,8 @@ class FoldedConv:
     def weight_bytes(self) -> int:
         """Bytes of the weight as held (dense, or CSR values and indices) and the bias."""
         w = self.weight
-        held = [w] if w.layout == torch.strided else [w.values(), w.crow_indices(), w.col_indices()]
-        return sum(t.numel() * t.element_size() for t in held + [self.bias])
-
-
-def fold_bn(state: dict[str, torch.Tensor], conv: str, bn: str, stride: int, padding: int) -> FoldedConv:
-    """w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε): exact zeros stay zeros, so sparsity is kept."""
-    scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + BN_EPS)
-    weight = state[f"{conv}.weight"] * scale.view(-1, 1, 1, 1)
-    bias = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
-    return FoldedConv(conv, weight.contiguous(), bias.contiguous(), stride, padding)
+        held = [w] if isinstance(w, np.ndarray) else [w.values, w.indptr, w.indices]
+        return sum(a.nbytes for a in held + [self.bias])
 
 
 @dataclass
@@ -82,14 +91,71 @@ class FoldedResNet:
 
     stem: FoldedConv
     blocks: list[Block]
-    fc_weight: torch.Tensor
-    fc_bias: torch.Tensor
+    fc_weight: np.ndarray
+    fc_bias: np.ndarray
 
     def convs(self) -> list[FoldedConv]:
         out = [self.stem]
         for b in self.blocks:
             out += [b.conv1, b.conv2] + ([b.downsample] if b.downsample else [])
         return out
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution of the network and its BatchNorm (state_dict prefixes)."""
+
+    conv: str
+    bn: str
+    cout: int
+    cin: int
+    k: int
+    stride: int
+    padding: int
+
+
+def block_specs() -> Iterator[tuple[ConvSpec, ConvSpec, ConvSpec | None]]:
+    """Every residual block's conv1, conv2 and downsample (None where the block has none)."""
+    cin = STEM[2]
+    for layer, (width, blocks) in enumerate(STAGES, 1):
+        for index in range(blocks):
+            p = f"layer{layer}.{index}"
+            stride = 2 if layer > 1 and index == 0 else 1
+            down = ConvSpec(f"{p}.downsample.0", f"{p}.downsample.1", width, cin, 1, stride, 0) \
+                if stride != 1 or cin != width else None
+            yield (ConvSpec(f"{p}.conv1", f"{p}.bn1", width, cin, 3, stride, 1),
+                   ConvSpec(f"{p}.conv2", f"{p}.bn2", width, width, 3, 1, 1), down)
+            cin = width
+
+
+def stem_spec() -> ConvSpec:
+    conv, bn, cout, k = STEM
+    return ConvSpec(conv, bn, cout, 3, k, 1, 1)
+
+
+def state_shapes(classes: int) -> dict[str, tuple[int, ...]]:
+    """The state_dict of the CIFAR ResNet18 with ``classes`` outputs: every key and its shape.
+    Files are checked against it before anything is allocated from the shapes they declare."""
+    specs = [stem_spec()] + [s for block in block_specs() for s in block if s is not None]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for s in specs:
+        shapes[f"{s.conv}.weight"] = (s.cout, s.cin, s.k, s.k)
+        shapes.update({f"{s.bn}.{part}": (s.cout,) for part in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{s.bn}.num_batches_tracked"] = ()
+    shapes["fc.weight"] = (classes, STAGES[-1][0])
+    shapes["fc.bias"] = (classes,)
+    return shapes
+
+
+def fold_bn(state: Mapping[str, np.ndarray], s: ConvSpec) -> FoldedConv:
+    """w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε) in float32: exact zeros stay zeros, so sparsity is kept."""
+    def get(key: str) -> np.ndarray:
+        return np.asarray(state[key], dtype=np.float32)
+
+    scale = get(f"{s.bn}.weight") / np.sqrt(get(f"{s.bn}.running_var") + np.float32(BN_EPS))
+    weight = get(f"{s.conv}.weight") * scale.reshape(-1, 1, 1, 1)
+    bias = get(f"{s.bn}.bias") - get(f"{s.bn}.running_mean") * scale
+    return FoldedConv(s.conv, np.ascontiguousarray(weight), np.ascontiguousarray(bias), s.stride, s.padding)
 
 
 def compact_net(net: FoldedResNet) -> FoldedResNet:
@@ -99,15 +165,11 @@ def compact_net(net: FoldedResNet) -> FoldedResNet:
     return FoldedResNet(net.stem.compact(), blocks, net.fc_weight, net.fc_bias)
 
 
-def fold_resnet(state: dict[str, torch.Tensor]) -> FoldedResNet:
-    blocks = []
-    for layer in range(1, 5):
-        for index in range(2):
-            p = f"layer{layer}.{index}"
-            stride = 2 if layer > 1 and index == 0 else 1
-            ds = fold_bn(state, f"{p}.downsample.0", f"{p}.downsample.1", stride, 0) \
-                if f"{p}.downsample.0.weight" in state else None
-            blocks.append(Block(fold_bn(state, f"{p}.conv1", f"{p}.bn1", stride, 1),
-                                fold_bn(state, f"{p}.conv2", f"{p}.bn2", 1, 1), ds))
-    return FoldedResNet(fold_bn(state, "conv1", "bn1", 1, 1), blocks,
-                        state["fc.weight"].contiguous(), state["fc.bias"].contiguous())
+def fold_resnet(state: Mapping[str, np.ndarray]) -> FoldedResNet:
+    """The folded network of a CIFAR ResNet18 state_dict (numpy arrays, or anything
+    ``numpy.asarray`` reads: CPU tensors)."""
+    blocks = [Block(fold_bn(state, c1), fold_bn(state, c2), fold_bn(state, d) if d else None)
+              for c1, c2, d in block_specs()]
+    return FoldedResNet(fold_bn(state, stem_spec()), blocks,
+                        np.ascontiguousarray(state["fc.weight"], dtype=np.float32),
+                        np.ascontiguousarray(state["fc.bias"], dtype=np.float32))

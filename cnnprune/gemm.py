@@ -64,7 +64,7 @@ class TorchGemmResNet(nn.Module):
         self.mats: dict[str, torch.Tensor] = {}
         self.formats: dict[str, str] = {}
         for c in net.convs():
-            m = c.weight.reshape(c.weight.shape[0], -1).to(device=device, dtype=dtype)
+            m = torch.from_numpy(c.dense()).reshape(c.shape[0], -1).to(device=device, dtype=dtype)
             fmt = layout
             if layout == "csr":
                 m = m.to_sparse_csr()
@@ -77,14 +77,14 @@ class TorchGemmResNet(nn.Module):
                 packed = semi_structured(m, backend) if m.shape[1] % 4 == 0 else None
                 fmt, m = ("2:4", packed) if packed is not None else ("dense", m)
             self.mats[c.name], self.formats[c.name] = m, fmt
-        self.biases = {c.name: c.bias.to(device=device, dtype=dtype) for c in net.convs()}
-        self.fc_w = net.fc_weight.to(device=device, dtype=dtype)
-        self.fc_b = net.fc_bias.to(device=device, dtype=dtype)
+        self.biases = {c.name: torch.from_numpy(c.bias).to(device=device, dtype=dtype) for c in net.convs()}
+        self.fc_w = torch.from_numpy(net.fc_weight).to(device=device, dtype=dtype)
+        self.fc_b = torch.from_numpy(net.fc_bias).to(device=device, dtype=dtype)
         self.eval()
 
     def _conv(self, c: FoldedConv, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        cols, ho, wo = im2col(x, c.weight.shape[2], c.stride, c.padding)
+        cols, ho, wo = im2col(x, c.shape[2], c.stride, c.padding)
         mat, bias = self.mats[c.name], self.biases[c.name][:, None]
         if self.formats[c.name] == "csr":
             y = torch.sparse.mm(mat, cols) + bias

@@ -120,17 +120,26 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
+def _source_folder() -> Path:
+    return Path(str(resources.files("cnnprune") / "csrc"))
+
+
+@lru_cache(maxsize=1)
+def library_key() -> str:
+    """What the built library depends on: its sources, the flags and this CPU (16 hex digits)."""
+    code = b"".join((_source_folder() / name).read_bytes() for name in SOURCES)
+    return hashlib.sha256(code + " ".join(CFLAGS).encode() + _cpu_tag().encode()).hexdigest()[:16]
+
+
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL:
     """The compiled kernel library (built on first use); one-line error if it cannot be built."""
-    folder = Path(str(resources.files("cnnprune") / "csrc"))
-    code = b"".join((folder / name).read_bytes() for name in SOURCES)
+    folder = _source_folder()
     cc = compiler()
     if cc is None:
         raise CnnpruneError("the sparse CPU engine needs a C compiler with OpenMP (gcc); "
                             "install one (apt-get install gcc) or use a dense engine")
-    key = hashlib.sha256(code + " ".join(CFLAGS).encode() + _cpu_tag().encode()).hexdigest()[:16]
-    target = cache_dir() / f"kernels-{key}.so"
+    target = cache_dir() / f"kernels-{library_key()}.so"
     sources = [str(folder / name) for name in SOURCES if name.endswith(".c")]
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

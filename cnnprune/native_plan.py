@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
 from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
@@ -44,7 +42,7 @@ class ConvPlan:
     bias: np.ndarray | None = None
     u: np.ndarray | None = None
     fused: bool = False
-    dense_weight: torch.Tensor | None = None
+    dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -80,7 +78,7 @@ _WG_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
 def winograd_weights(conv: FoldedConv) -> np.ndarray:
     """U = G g G^T of every (output, input) channel pair, computed in float64 and packed as
     ``csrc/winograd.c`` reads it: [36 transform points][Cout/4][Cin][4 output channels]."""
-    w = conv.dense().double().numpy()
+    w = conv.dense().astype(np.float64)
     cout, cin = w.shape[:2]
     if cout % 4:
         raise CnnpruneError(f"layer {conv.name}: Winograd needs a multiple of 4 output channels, got {cout}")
@@ -99,7 +97,7 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the nonzeros are
     streamed from memory in every pass, for only 4-16 multiply-adds each at batch 1, so 6
     instead of 8 bytes per nonzero is time saved."""
-    w = conv.dense().numpy()
+    w = conv.dense()
     cout, cin, kh, kw = w.shape
     co, ci, ky, kx = np.nonzero(w)
     ngroups = -(-cin // group)
@@ -176,22 +174,6 @@ class BufferPool:
 def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None) -> np.ndarray:
     shape = (c, h + 2, w + 2, n)
     return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
-
-
-def to_nchw(buf: np.ndarray) -> torch.Tensor:
-    """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW tensor (a copy)."""
-    return torch.from_numpy(buf[:, 1:-1, 1:-1, :]).permute(3, 0, 1, 2).contiguous()
-
-
-def from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
-    buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
-
-
-def ort_session_of(model: nn.Module, threads: int):
-    """In-memory onnxruntime session of the dense model, same thread count (the fallback)."""
-    from cnnprune.export import onnx_bytes, ort_session
-
-    return ort_session(onnx_bytes(model), threads)
 
 
 def paired_ms(a: Callable[[], object], b: Callable[[], object], rounds: int = 1, block_ms: float = 100.0,

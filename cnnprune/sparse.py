@@ -39,10 +39,12 @@ from torch import nn
 from cnnprune import csr
 from cnnprune.archs import DEFAULT_ARCH, ModelSpec
 from cnnprune.errors import CnnpruneError
+from cnnprune.fileio import sha256_file
 from cnnprune.fold import fold_resnet
 from cnnprune.gemm import GEMM_LAYOUTS, SEMI_BACKENDS, TorchGemmResNet
 from cnnprune.model import checked_model, load_state_dict
 from cnnprune.native import NativeSparseResNet
+from cnnprune.plancache import PlanCache
 
 ENGINES = ("native", "torch-csr", "torch-2:4", "torch-gemm")
 
@@ -67,7 +69,8 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
          calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
-         backend: str = "cusparselt", winograd: bool = True, layer_mode: str | None = None) -> nn.Module:
+         backend: str = "cusparselt", winograd: bool = True, layer_mode: str | None = None,
+         plan_cache: bool = False) -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, classes), eval mode.
 
     ``engine``: ``native`` (C kernels, CPU, per-layer choice of sparse kernel, Winograd or
@@ -81,7 +84,9 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     where it wins, so the result is never slower than dense. Without calibration every layer
     runs sparse. ``winograd``: let calibration pick Winograd F(4x4, 3x3) (a dense algorithm
     with 4x fewer multiplies; fp32 rounding error about 10x a direct convolution's) where it is faster; False keeps the
-    sparse kernel and dense oneDNN only. ``layer_mode`` ("sparse" or "winograd"): run every
+    sparse kernel and dense oneDNN only. ``plan_cache``: reuse (and keep) calibration results on
+    disk for this file, machine and settings (``cnnprune.plancache``): instant second loads; off by
+    default so that a benchmark times against fresh calibration. ``layer_mode`` ("sparse" or "winograd"): run every
     layer that can this way, no per-layer timing (tests, A/B measurements). ``dtype`` (im2col
     engines): compute precision, default float32, float16 for ``torch-2:4``; ``backend``
     (``torch-2:4``): ``cusparselt`` or ``cutlass``.
@@ -104,10 +109,11 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
             raise CnnpruneError("PyTorch's CUTLASS 2:4 kernels run on compute capability 8.x (Ampere) only; "
                                 "use backend='cusparselt' on this GPU")
     state = read_state(path)
-    net = fold_resnet(state)
+    net = fold_resnet({k: v.numpy() for k, v in state.items()})
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
         dense = checked_model(state, str(path)) if dense_fallback else None
-        return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode)
+        cache = PlanCache(sha256_file(path)) if plan_cache else None
+        return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode, cache)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)

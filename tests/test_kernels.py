@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import Step, conv_pool_step, conv_step, library, split_step, winograd_steps
-from cnnprune.native_plan import from_nchw, padded, sparse_operands, to_nchw, winograd_eligible, winograd_weights
+from cnnprune.native import from_nchw, to_nchw
+from cnnprune.native_plan import padded, sparse_operands, winograd_eligible, winograd_weights
 
 
 def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
@@ -42,7 +43,7 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     if conv.stride == 2:
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
         steps.append(split_step(src, base))
-    steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, chan, off, val, conv.bias.numpy(), dst, resbuf, relu,
+    steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, relu,
                            (k, conv.stride, conv.padding, h, w)))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     return to_nchw(dst)
@@ -54,11 +55,11 @@ def random_conv(cin: int, cout: int, k: int, stride: int, density: float, seed: 
     weight[torch.rand(weight.shape, generator=g) >= density] = 0
     weight[0] = 0  # output channels with no nonzero at all, first and last
     weight[-1] = 0
-    return FoldedConv("c", weight, torch.randn(cout, generator=g), stride, 1 if k == 3 else 0)
+    return FoldedConv("c", weight.numpy(), torch.randn(cout, generator=g).numpy(), stride, 1 if k == 3 else 0)
 
 
 def reference(conv: FoldedConv, x: torch.Tensor, res: torch.Tensor | None, relu: bool) -> torch.Tensor:
-    y = F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
+    y = F.conv2d(x, torch.from_numpy(conv.weight), torch.from_numpy(conv.bias), stride=conv.stride, padding=conv.padding)
     if res is not None:
         y = y + res
     return y.relu() if relu else y
@@ -93,7 +94,7 @@ def test_group_offsets_cover_every_nonzero_once() -> None:
     conv = random_conv(10, 6, 3, 1, 0.5, seed=3)
     ptr, chan, ngroups, off, val = sparse_operands(conv, 8, 8, 2, group=4)
     assert ngroups == 3 and len(ptr) == 3 * 6 * 9 + 1  # a segment per (group, channel, kernel column, row)
-    w = conv.weight.numpy()
+    w = conv.weight
     assert ptr[0] == 0 and ptr[-1] == len(val) == int((w != 0).sum())
     assert (np.diff(ptr) >= 0).all()
     assert chan.tolist() == [0, *np.cumsum((w != 0).reshape(6, -1).sum(1)).tolist()]
@@ -139,7 +140,7 @@ def run_winograd(conv: FoldedConv, x: torch.Tensor, threads: int, fused: bool, r
     src, dst, resbuf = padded_from(x), padded(cout, h, w, n), padded_from(res)
     # scratch full of NaN: a product of an unwritten padding column must never reach the output
     scratch = None if fused else np.full(lib.winograd_scratch_floats(cin, h, w, n), np.nan, dtype=np.float32)
-    u, bias = winograd_weights(conv), conv.bias.numpy()
+    u, bias = winograd_weights(conv), conv.bias
     steps = winograd_steps(src, scratch, u, bias, dst, resbuf, relu)
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
     assert_zero_border(dst)
@@ -160,7 +161,7 @@ def test_winograd_matches_conv2d(n: int, hw: int, fused: bool) -> None:
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(n))
     res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n + 1))
     for r, relu in ((None, True), (res, True), (res, False)):
-        want = reference(conv.__class__(conv.name, conv.weight.double(), conv.bias.double(), 1, 1), x.double(),
+        want = reference(conv.__class__(conv.name, conv.weight.astype(np.float64), conv.bias.astype(np.float64), 1, 1), x.double(),
                          None if r is None else r.double(), relu)
         for threads in (1, 2):
             got = run_winograd(conv, x, threads, fused, r, relu)
@@ -174,7 +175,7 @@ def test_winograd_weights_are_g_g_gt_packed_by_four_output_channels() -> None:
     g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
     co, ci = 5, 3
-    want = g @ conv.weight[co, ci].double().numpy() @ g.T
+    want = g @ conv.weight[co, ci].astype(np.float64) @ g.T
     assert np.allclose(u[:, co // 4, ci, co % 4].reshape(6, 6), want, rtol=1e-6, atol=1e-7)
     with pytest.raises(Exception, match="multiple of 4"):
         winograd_weights(random_conv(6, 6, 3, 1, 0.7, seed=1))
@@ -182,7 +183,7 @@ def test_winograd_weights_are_g_g_gt_packed_by_four_output_channels() -> None:
 
 def test_winograd_covers_only_3x3_stride_1_maps_that_tile_by_4() -> None:
     def conv(cin: int, k: int, stride: int) -> FoldedConv:
-        return FoldedConv("c", torch.ones(8, cin, k, k), torch.zeros(8), stride, 1 if k == 3 else 0)
+        return FoldedConv("c", np.ones((8, cin, k, k), np.float32), np.zeros(8, np.float32), stride, 1 if k == 3 else 0)
 
     assert winograd_eligible(conv(64, 3, 1), 16, 16) and winograd_eligible(conv(64, 3, 1), 4, 4)
     assert not winograd_eligible(conv(64, 3, 2), 16, 16), "stride 2"
@@ -209,7 +210,7 @@ def run_conv_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int) -
     cout = conv.weight.shape[0]
     src, dst = padded_from(x), padded(cout, h // 2, w // 2, n)
     ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group)
-    step = conv_pool_step(src, h, w, cout, ngroups, ptr, chan, off, val, conv.bias.numpy(), dst, (3, 1, 1, h, w))
+    step = conv_pool_step(src, h, w, cout, ngroups, ptr, chan, off, val, conv.bias, dst, (3, 1, 1, h, w))
     lib.run_steps((Step * 1)(step), 1, threads)
     assert_zero_border(dst)
     return to_nchw(dst)

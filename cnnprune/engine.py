@@ -1,0 +1,319 @@
+"""The native CPU engine without torch: the folded ResNet18 run by the C kernels (``csrc/``),
+each layer in the mode calibration found fastest at each batch size, on numpy arrays.
+
+Two hosts run it: :mod:`cnnprune.native` (an ``nn.Module`` that adds PyTorch's dense oneDNN
+convolution as a third per-layer mode and the whole-network onnxruntime fallback) and
+:mod:`cnnprune.runtime` (numpy and the kernels only). What a host adds comes in as callables
+(``dense_conv``, ``fallback``), so this module imports neither torch nor onnxruntime. The
+scheme itself (sparse direct convolution, Winograd, per-layer calibration) is described in
+:mod:`cnnprune.sparse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from cnnprune.buffers import Arena
+from cnnprune.errors import CnnpruneError
+from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
+from cnnprune.native_plan import (
+    FUSED_PANELS_PER_THREAD,
+    MODES,
+    BufferPool,
+    ConvPlan,
+    best_ms,
+    group_size,
+    padded,
+    paired_ms,
+    sparse_operands,
+    winograd_eligible,
+    winograd_weights,
+)
+from cnnprune.plancache import PlanCache
+
+# (plan, src, dst, residual or None, relu) -> a call that runs that convolution densely
+DenseConv = Callable[[ConvPlan, np.ndarray, np.ndarray, "np.ndarray | None", bool], Callable[[], object]]
+
+
+def _address(a) -> int:
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()
+
+
+class NativeEngine:
+    """The folded network executed by the C kernels; logits (N, classes) for (N, 3, 32, 32) float32."""
+
+    def __init__(self, net: FoldedResNet, threads: int, calibrate: bool = True, winograd: bool = True,
+                 layer_mode: str | None = None, dense_conv: DenseConv | None = None,
+                 fallback: Callable[[np.ndarray], np.ndarray] | None = None, fallback_name: str = "dense",
+                 cache: PlanCache | None = None) -> None:
+        from cnnprune.kernels import library
+
+        if layer_mode not in (None, "sparse", "winograd"):
+            raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd' or None (timed per layer)")
+        self.lib = library()
+        self.net = compact_net(net)
+        self.threads = threads
+        self.calibrate = calibrate
+        self.winograd = winograd or layer_mode == "winograd"
+        self.layer_mode = layer_mode
+        self.dense_conv = dense_conv
+        self.fallback = fallback if calibrate else None
+        self.fallback_name = fallback_name
+        self.cache = cache
+        self._plans: dict[int, dict] = {}
+        self._u: dict[str, np.ndarray] = {}
+
+    def modes(self) -> tuple[str, ...]:
+        """The ways a layer may run here (a plan cached with other modes is not reused)."""
+        return tuple(m for m in MODES if m == "sparse" or (m == "winograd" and self.winograd)
+                     or (m == "dense" and self.dense_conv is not None))
+
+    def _setting(self, n: int) -> str:
+        """What a cached plan must have been made under, besides the model and the machine."""
+        fallback = self.fallback_name if self.fallback is not None else ""
+        return f"batch={n}|threads={self.threads}|modes={','.join(self.modes())}|fallback={fallback}"
+
+    def held_weight_bytes(self) -> int:
+        """Bytes of weights held now: the folded weights as kept between plans (CSR), biases, fc,
+        and per planned batch size the operands of the chosen modes (sparse offsets and values,
+        Winograd's transformed weights, dense weights of dense layers)."""
+        arrays: dict[int, int] = {}
+        for plan in self._plans.values():
+            for p in plan["convs"].values():
+                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight):
+                    if a is not None:
+                        arrays[_address(a)] = a.nbytes
+        net = self.net
+        return sum(c.weight_bytes() for c in net.convs()) + net.fc_weight.nbytes + net.fc_bias.nbytes + sum(arrays.values())
+
+    def _winograd_u(self, conv: FoldedConv) -> np.ndarray:
+        """Transformed weights of a layer, computed once for every batch size that uses them."""
+        if conv.name not in self._u:
+            self._u[conv.name] = winograd_weights(conv)
+        return self._u[conv.name]
+
+    # -- planning
+    def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
+        plans: dict[str, ConvPlan] = {}
+
+        def add(conv: FoldedConv, hin: int, win: int) -> tuple[int, int]:
+            ho, wo = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1, \
+                     (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
+            p = ConvPlan(conv, hin, win, ho, wo)
+            group = group_size(self.lib, conv, wo * n, ho, n)
+            p.ptr, p.chan, p.ngroups, p.off, p.val = sparse_operands(conv, hin, win, n, group)
+            p.bias = conv.bias.astype(np.float32)
+            if self.winograd and winograd_eligible(conv, hin, win):
+                p.u = self._winograd_u(conv)
+                p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
+            plans[conv.name] = p
+            return ho, wo
+
+        h, w = add(self.net.stem, INPUT_SIZE, INPUT_SIZE)
+        h, w = h // 2, w // 2  # the 3x3 stride-2 max pool
+        for b in self.net.blocks:
+            if b.downsample is not None:
+                add(b.downsample, h, w)
+            h, w = add(b.conv1, h, w)
+            add(b.conv2, h, w)
+        return plans
+
+    def _plan(self, n: int) -> dict:
+        if n in self._plans:
+            return self._plans[n]
+        plans = self._layer_plans(n)
+        plan = {"convs": plans}
+        self._plans[n] = plan
+        cached = self.cache.get(self._setting(n)) if self.cache is not None and self.calibrate and self.layer_mode is None else None
+        if self.layer_mode is not None:
+            for p in plans.values():
+                p.mode = "winograd" if self.layer_mode == "winograd" and p.u is not None else "sparse"
+        elif cached is not None and cached.fits(plans, self.modes()):
+            cached.apply(plan)
+        elif self.calibrate:
+            self._choose_layers(n, plan)
+        for p in plans.values():
+            p.release()
+        used = {p.conv.name for q in self._plans.values() for p in q["convs"].values() if p.mode == "winograd"}
+        self._u = {k: v for k, v in self._u.items() if k in used}
+        return plan
+
+    def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
+        """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
+        the shape allows, the host's dense convolution incl. layout conversion), best of
+        ``repeats``, and keep the fastest."""
+        for p in plan["convs"].values():
+            cout, cin = p.conv.shape[:2]
+            arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
+            src = padded(cin, p.hin, p.win, n, arena)
+            src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
+            dst = padded(cout, p.ho, p.wo, n, arena)
+            phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
+            scratch = arena.zeros((self._scratch_floats(p, n),)) if p.u is not None and not p.fused else None
+            runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), [])}
+            if self.dense_conv is not None:
+                runs["dense"] = self.dense_conv(p, src, dst, None, True)
+            if p.u is not None:
+                runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, None, True, None, scratch), [])
+            p.ms = {mode: best_ms(fn, repeats) for mode, fn in runs.items()}
+            p.mode = min(p.ms, key=p.ms.get)
+            del runs, src, dst, phase, scratch
+
+    def _scratch_floats(self, p: ConvPlan, n: int) -> int:
+        """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""
+        return int(self.lib.winograd_scratch_floats(p.conv.shape[1], p.hin, p.win, n))
+
+    def _choose_engine(self, n: int, plan: dict, rounds: int = 1, margin: float = 0.05) -> None:
+        """Whole network: keep the sparse program only if it beats the host's dense fallback at
+        this batch by at least ``margin`` (fraction): this decision is what keeps lightly pruned
+        models from running slower than dense, so a near tie, which the next minutes of a noisy
+        machine may turn either way, goes to dense. Medians over blocks in A B B A order."""
+        if "engine" in plan:  # from the plan cache
+            return
+        plan["engine"] = "sparse"
+        if self.fallback is None:
+            return
+        x = np.random.default_rng(0).standard_normal((n, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+        plan["sparse_ms"], plan["dense_ms"] = paired_ms(lambda: self._run_sparse(x), lambda: self.fallback(x), rounds)
+        if plan["sparse_ms"] > (1 - margin) * plan["dense_ms"]:
+            plan["engine"] = self.fallback_name
+
+    def engine_for(self, batch_size: int) -> dict:
+        """What runs at this batch size ("sparse" or the dense fallback) and the timings (ms)."""
+        plan = self._program(batch_size)
+        return {"engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms")}
+
+    def layer_choice(self, batch_size: int) -> dict[str, dict]:
+        """Per layer: how it runs at this batch size ("sparse", "winograd" or "dense"), its
+        density (fraction 0-1 of nonzero weights) and the calibration timings (ms) of each
+        mode tried (``sparse_ms``, ``winograd_ms``, ``dense_ms``; nan where not timed)."""
+        plan = self._plan(batch_size)
+        return {name: {"engine": p.mode, "density": p.conv.density,
+                       **{f"{mode}_ms": p.ms.get(mode, float("nan")) for mode in MODES}}
+                for name, p in plan["convs"].items()}
+
+    # -- execution
+    def _conv_steps(self, p: ConvPlan, mode: str, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None,
+                    relu: bool, phase: np.ndarray | None, scratch: np.ndarray | None, split: bool = True) -> list:
+        """One convolution as native steps, sparse or Winograd (raw addresses: the plan keeps
+        the arrays). Sparse stride 2 reads phase planes, made here unless ``split`` is False
+        (already made for this input)."""
+        from cnnprune.kernels import conv_step, split_step, winograd_steps
+
+        if mode == "winograd":
+            return winograd_steps(src, None if p.fused else scratch, p.u, p.bias, dst, res, relu)
+        steps = []
+        if p.conv.stride == 2 and split:
+            steps.append(split_step(src, phase))
+        base = phase if p.conv.stride == 2 else src
+        steps.append(conv_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias,
+                               dst, res, relu, p.geometry))
+        return steps
+
+    def _native(self, steps: list, keep: list) -> Callable[[], object]:
+        """Run consecutive native steps in one call (one parallel region); ``keep`` holds their arrays."""
+        from cnnprune.kernels import Step
+
+        array = (Step * len(steps))(*steps)
+        lib, t = self.lib, self.threads
+        return lambda array=array, keep=keep: lib.run_steps(array, len(array), t)
+
+    def _program(self, n: int) -> dict:
+        """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``,
+        each reused once its last reader has run: ``BufferPool``) and the forward pass: runs of
+        native steps, each one call, with the layers that run dense (the host's) between them."""
+        from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step, conv_pool_step
+
+        plan = self._plan(n)
+        if "program" in plan:
+            return plan
+        convs = plan["convs"]
+        arena = Arena()
+        pool = BufferPool(arena)
+        s = INPUT_SIZE
+        xbuf = arena.zeros((n, 3, s, s))
+        inp = padded(3, s, s, n, arena)
+        stem = convs[self.net.stem.name]
+        a = pool.padded(64, stem.ho, stem.wo, n) if stem.mode != "sparse" else None  # the fused stem needs none
+        cur = pool.padded(64, stem.ho // 2, stem.wo // 2, n)
+        keep = [xbuf, inp, a, cur]
+        items: list = [Step(kind=PACK, src=xbuf.ctypes.data, N=n, C=3, H=s, W=s, dst=inp.ctypes.data)]
+
+        sizes = [self._scratch_floats(p, n) for p in convs.values() if p.mode == "winograd" and not p.fused]
+        scratch = arena.zeros((max(sizes),)) if sizes else None
+        keep.append(scratch)
+
+        def conv(p: ConvPlan, src, dst, res, relu, phase, split=True) -> None:
+            if p.mode == "dense":
+                items.append(self.dense_conv(p, src, dst, res, relu))
+            else:
+                items.extend(self._conv_steps(p, p.mode, src, dst, res, relu, phase, scratch, split))
+
+        if stem.mode == "sparse":  # with the pool, in one step: its 32x32 output never goes to memory
+            items.append(conv_pool_step(inp, stem.ho, stem.wo, 64, stem.ngroups, stem.ptr, stem.chan, stem.off, stem.val,
+                                        stem.bias, cur, stem.geometry))
+        else:
+            conv(stem, inp, a, None, True, None)
+            items.append(Step(kind=MAXPOOL, src=a.ctypes.data, C=64, H=stem.ho, W=stem.wo, N=n, dst=cur.ctypes.data))
+            pool.give(a)
+        for b in self.net.blocks:
+            p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
+            cout, cin = b.conv1.shape[:2]
+            phase = pool.phase(cin, cur.shape[1] // 2, cur.shape[2] // 2, n) if b.conv1.stride == 2 else None
+            mid = pool.padded(cout, p1.ho, p1.wo, n)
+            conv(p1, cur, mid, None, True, phase)
+            identity = cur
+            if b.downsample is not None:
+                pd = convs[b.downsample.name]
+                identity = pool.padded(cout, pd.ho, pd.wo, n)
+                # the phase planes of ``cur`` were just made by conv1: reuse them
+                conv(pd, cur, identity, None, False, phase, split=p1.mode != "sparse")
+            out = pool.padded(cout, p2.ho, p2.wo, n)
+            conv(p2, mid, out, identity, True, None)
+            keep += [phase, mid, identity, out]
+            pool.give(phase, mid, cur, identity)
+            cur = out
+        pooled = arena.zeros((n, cur.shape[0]))
+        keep.append(pooled)
+        items.append(Step(kind=AVGPOOL, src=cur.ctypes.data, C=cur.shape[0], H=cur.shape[1] - 2, W=cur.shape[2] - 2,
+                          N=n, dst=pooled.ctypes.data))
+        plan.update(program=self._group(items, keep), xbuf=xbuf, pooled=pooled)
+        self._choose_engine(n, plan)
+        if self.cache is not None and self.calibrate and self.layer_mode is None:
+            self.cache.put(self._setting(n), plan)
+        return plan
+
+    def _group(self, items: list, keep: list) -> list[Callable[[], object]]:
+        """Consecutive native steps as one call each, host calls between them."""
+        from cnnprune.kernels import Step
+
+        program, run = [], []
+        for item in items + [None]:
+            if isinstance(item, Step):
+                run.append(item)
+                continue
+            if run:
+                program.append(self._native(run, keep))
+                run = []
+            if item is not None:
+                program.append(item)
+        return program
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, classes) float32 for input (N, 3, 32, 32). Not re-entrant: buffers are
+        reused per batch size."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE) or x.shape[0] < 1:
+            raise CnnpruneError(f"input must be (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) with N ≥ 1, got {tuple(x.shape)}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._program(x.shape[0])["engine"] != "sparse":
+            return self.fallback(x)
+        return self._run_sparse(x)
+
+    def _run_sparse(self, x: np.ndarray) -> np.ndarray:
+        prog = self._plans[x.shape[0]]
+        prog["xbuf"][...] = x
+        for part in prog["program"]:
+            part()
+        return prog["pooled"] @ self.net.fc_weight.T + self.net.fc_bias
