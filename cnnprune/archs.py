@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from cnnprune.errors import CnnpruneError
+from cnnprune.fold import ARCH
 
-DEFAULT_ARCH = "resnet18-cifar"
+DEFAULT_ARCH = ARCH  # the report's network: what cnnprune.fold folds
 
 
 @dataclass(frozen=True)

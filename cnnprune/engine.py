@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnprune.buffers import Arena
+from cnnprune.buffers import Arena, release_free_memory
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
 from cnnprune.native_plan import (
@@ -47,7 +47,7 @@ class NativeEngine:
     def __init__(self, net: FoldedResNet, threads: int, calibrate: bool = True, winograd: bool = True,
                  layer_mode: str | None = None, dense_conv: DenseConv | None = None,
                  fallback: Callable[[np.ndarray], np.ndarray] | None = None, fallback_name: str = "dense",
-                 cache: PlanCache | None = None) -> None:
+                 cache: PlanCache | None = None, recalibrate: bool = False) -> None:
         from cnnprune.kernels import library
 
         if layer_mode not in (None, "sparse", "winograd"):
@@ -62,6 +62,7 @@ class NativeEngine:
         self.fallback = fallback if calibrate else None
         self.fallback_name = fallback_name
         self.cache = cache
+        self.recalibrate = recalibrate  # time afresh and replace the cached plan
         self._plans: dict[int, dict] = {}
         self._u: dict[str, np.ndarray] = {}
 
@@ -88,25 +89,17 @@ class NativeEngine:
         net = self.net
         return sum(c.weight_bytes() for c in net.convs()) + net.fc_weight.nbytes + net.fc_bias.nbytes + sum(arrays.values())
 
-    def _winograd_u(self, conv: FoldedConv) -> np.ndarray:
-        """Transformed weights of a layer, computed once for every batch size that uses them."""
-        if conv.name not in self._u:
-            self._u[conv.name] = winograd_weights(conv)
-        return self._u[conv.name]
-
     # -- planning
     def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
+        """Every convolution's geometry at this batch size (operands come with its mode)."""
         plans: dict[str, ConvPlan] = {}
 
         def add(conv: FoldedConv, hin: int, win: int) -> tuple[int, int]:
             ho, wo = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
-            p = ConvPlan(conv, hin, win, ho, wo)
-            group = group_size(self.lib, conv, wo * n, ho, n)
-            p.ptr, p.chan, p.ngroups, p.off, p.val = sparse_operands(conv, hin, win, n, group)
-            p.bias = conv.bias.astype(np.float32)
-            if self.winograd and winograd_eligible(conv, hin, win):
-                p.u = self._winograd_u(conv)
+            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32))
+            p.winograd_ok = self.winograd and winograd_eligible(conv, hin, win)
+            if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
             plans[conv.name] = p
             return ho, wo
@@ -120,30 +113,48 @@ class NativeEngine:
             add(b.conv2, h, w)
         return plans
 
+    def _operands(self, p: ConvPlan, n: int, mode: str) -> None:
+        """Make what ``mode`` runs on, once: sparse offsets and values, or Winograd's weights
+        (the host's dense mode makes its own)."""
+        if mode == "sparse" and p.val is None:
+            group = group_size(self.lib, p.conv, p.wo * n, p.ho, n)
+            p.ptr, p.chan, p.ngroups, p.off, p.val = sparse_operands(p.conv, p.hin, p.win, n, group)
+        elif mode == "winograd" and p.u is None:
+            if p.conv.name not in self._u:
+                self._u[p.conv.name] = winograd_weights(p.conv)
+            p.u = self._u[p.conv.name]
+
+    def _drop_unused_u(self) -> None:
+        """Winograd weights are shared by the batch sizes that use them; keep no others."""
+        used = {p.conv.name for q in self._plans.values() for p in q["convs"].values() if p.mode == "winograd"}
+        self._u = {k: v for k, v in self._u.items() if k in used}
+
     def _plan(self, n: int) -> dict:
         if n in self._plans:
             return self._plans[n]
         plans = self._layer_plans(n)
         plan = {"convs": plans}
         self._plans[n] = plan
-        cached = self.cache.get(self._setting(n)) if self.cache is not None and self.calibrate and self.layer_mode is None else None
+        reuse = self.cache is not None and self.calibrate and self.layer_mode is None and not self.recalibrate
+        cached = self.cache.get(self._setting(n)) if reuse else None
         if self.layer_mode is not None:
             for p in plans.values():
-                p.mode = "winograd" if self.layer_mode == "winograd" and p.u is not None else "sparse"
+                p.mode = "winograd" if self.layer_mode == "winograd" and p.winograd_ok else "sparse"
         elif cached is not None and cached.fits(plans, self.modes()):
             cached.apply(plan)
         elif self.calibrate:
             self._choose_layers(n, plan)
         for p in plans.values():
+            self._operands(p, n, p.mode)
             p.release()
-        used = {p.conv.name for q in self._plans.values() for p in q["convs"].values() if p.mode == "winograd"}
-        self._u = {k: v for k, v in self._u.items() if k in used}
+        self._drop_unused_u()
         return plan
 
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
         """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
         the shape allows, the host's dense convolution incl. layout conversion), best of
-        ``repeats``, and keep the fastest."""
+        ``repeats``, and keep the fastest; the operands of the others are dropped at once, so
+        calibration never holds every layer's Winograd weights together."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
@@ -151,15 +162,19 @@ class NativeEngine:
             src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
             dst = padded(cout, p.ho, p.wo, n, arena)
             phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
-            scratch = arena.zeros((self._scratch_floats(p, n),)) if p.u is not None and not p.fused else None
+            scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
+            self._operands(p, n, "sparse")
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), [])}
             if self.dense_conv is not None:
                 runs["dense"] = self.dense_conv(p, src, dst, None, True)
-            if p.u is not None:
+            if p.winograd_ok:
+                self._operands(p, n, "winograd")
                 runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, None, True, None, scratch), [])
             p.ms = {mode: best_ms(fn, repeats) for mode, fn in runs.items()}
             p.mode = min(p.ms, key=p.ms.get)
             del runs, src, dst, phase, scratch
+            p.release()
+            self._drop_unused_u()
 
     def _scratch_floats(self, p: ConvPlan, n: int) -> int:
         """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""
@@ -283,6 +298,7 @@ class NativeEngine:
         self._choose_engine(n, plan)
         if self.cache is not None and self.calibrate and self.layer_mode is None:
             self.cache.put(self._setting(n), plan)
+        release_free_memory()
         return plan
 
     def _group(self, items: list, keep: list) -> list[Callable[[], object]]:

@@ -8,7 +8,8 @@ architecture, classes and input size the manifest records:
   checked with ``onnx.checker`` and compared with PyTorch in onnxruntime (within 1e-4 of the
   largest logit);
 - ``NAME.csr.pt`` with ``--sparse``: the lossless compact sparse form (see ``cnnprune.csr``),
-  checked to decode bit for bit.
+  checked to decode bit for bit; beside it ``NAME.csr.safetensors``, the same layouts in
+  safetensors (``cnnprune.csrfile``), which the torch-free ``cnnprune.runtime`` reads.
 
 Sizes (bytes) and the checks' results go into ``export.json``; files still matching the
 recorded checksums are not redone unless ``--fresh``.
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnprune import csr
+from cnnprune import csr, csrfile
 from cnnprune.archs import ModelSpec
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_bytes
@@ -42,7 +43,7 @@ ONNX_TOLERANCE = 1e-4  # of the largest |logit|: relative, so it holds for any n
 class ExportConfig:
     src: str = opt("artifacts", "folder with manifest.json", flag="--in")
     out: str | None = opt(None, "output folder (default: same as --in)")
-    sparse: bool = opt(False, "also write NAME.csr.pt (compact lossless CSR)")
+    sparse: bool = opt(False, "also write NAME.csr.pt and NAME.csr.safetensors (compact lossless CSR; the second without torch)")
     onnx: bool = opt(True, "skip the ONNX export", flag="--no-onnx", negate=True)
     fresh: bool = opt(False, "redo every export")
 
@@ -155,7 +156,18 @@ def export_one(name: str, source: Path, config: ExportConfig, spec: ModelSpec) -
                                  "sha256": sha256_file(csr_path), "layouts": csr.layout_summary(csr_path),
                                  "bit_exact": True}
         entry["csr_over_dense"] = entry["files"]["csr"]["bytes"] / entry["files"]["dense"]["bytes"]
+        entry["files"]["csr_safetensors"] = export_safetensors(state, out / f"{name}{csrfile.SUFFIX}", spec)
     return entry
+
+
+def export_safetensors(state: dict[str, torch.Tensor], path: Path, spec: ModelSpec) -> dict:
+    """Write the torch-free twin of ``.csr.pt`` (:mod:`cnnprune.csrfile`) and check it decodes bit for bit."""
+    arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
+    csrfile.save_state(arrays, path, spec.record())
+    decoded = csrfile.load_state(path)
+    if decoded.keys() != arrays.keys() or not all(decoded[k].tobytes() == v.tobytes() for k, v in arrays.items()):
+        raise CnnpruneError(f"{path} does not decode to the checkpoint bit for bit; this is a cnnprune bug")
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path), "bit_exact": True}
 
 
 def _forms(config: ExportConfig) -> tuple[str, ...]:
@@ -164,9 +176,9 @@ def _forms(config: ExportConfig) -> tuple[str, ...]:
 
 def _export_step(name: str, source: Path, config: ExportConfig, spec: ModelSpec) -> Step:
     """An export is current while its checkpoint (sha256), model spec and forms are unchanged."""
-    suffix = {"dense": ".pth", "onnx": ".onnx", "csr": ".csr.pt"}
+    suffixes = {"dense": (".pth",), "onnx": (".onnx",), "csr": (".csr.pt", csrfile.SUFFIX)}
     return Step(f"export {name}", (sha256_file(source), spec.record(), _forms(config), ONNX_OPSET),
-                outputs=tuple(config.target / f"{name}{suffix[f]}" for f in _forms(config)))
+                outputs=tuple(config.target / f"{name}{s}" for f in _forms(config) for s in suffixes[f]))
 
 
 def run_export(config: ExportConfig, progress: bool = True) -> dict:

@@ -41,6 +41,7 @@ class ConvPlan:
     val: np.ndarray | None = None
     bias: np.ndarray | None = None
     u: np.ndarray | None = None
+    winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     fused: bool = False
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)
@@ -75,15 +76,22 @@ _WG_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
 
-def winograd_weights(conv: FoldedConv) -> np.ndarray:
+def winograd_weights(conv: FoldedConv, block: int = 32) -> np.ndarray:
     """U = G g G^T of every (output, input) channel pair, computed in float64 and packed as
     ``csrc/winograd.c`` reads it: [36 transform points][Cout/4][Cin][4 output channels]."""
-    w = conv.dense().astype(np.float64)
+    w = conv.dense()
     cout, cin = w.shape[:2]
     if cout % 4:
         raise CnnpruneError(f"layer {conv.name}: Winograd needs a multiple of 4 output channels, got {cout}")
-    u = np.einsum("ik,ockl,jl->ocij", _WG_G, w, _WG_G).reshape(cout // 4, 4, cin, 36)
-    return np.ascontiguousarray(u.transpose(3, 0, 2, 1), dtype=np.float32)
+    u = np.empty((36, cout // 4, cin, 4), dtype=np.float32)
+    # G g G^T as two GEMMs over all channel pairs at once (einsum took ~50 ms a layer: 0.4 s a
+    # load), 32 output channels at a time: float64 temporaries of a whole 256-channel layer
+    # were 30 MB, more than the runtime's activations at batch 32
+    for o in range(0, cout, block):
+        g = w[o:o + block].astype(np.float64)
+        t = np.tensordot(np.tensordot(g, _WG_G, axes=([2], [1])), _WG_G, axes=([2], [1]))  # (o, c, 6, 6)
+        u[:, o // 4:(o + len(g)) // 4] = t.reshape(len(g) // 4, 4, cin, 36).transpose(3, 0, 2, 1)
+    return u
 
 
 def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
@@ -97,9 +105,8 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the nonzeros are
     streamed from memory in every pass, for only 4-16 multiply-adds each at batch 1, so 6
     instead of 8 bytes per nonzero is time saved."""
-    w = conv.dense()
-    cout, cin, kh, kw = w.shape
-    co, ci, ky, kx = np.nonzero(w)
+    cout, cin, kh, kw = conv.shape
+    co, ci, ky, kx, values = conv.coo()
     ngroups = -(-cin // group)
     segment = (((ci // group) * cout + co) * kw + kx) * kh + ky
     order = np.argsort(segment, kind="stable")
@@ -123,7 +130,7 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
     narrow = narrow and top < 2**16
     return ptr, chan, ngroups, off.astype(np.uint16 if narrow else np.int32), \
-        np.ascontiguousarray(w[co, ci, ky, kx], dtype=np.float32)
+        np.ascontiguousarray(values[order], dtype=np.float32)
 
 
 def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
