@@ -111,7 +111,9 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
     body = memoryview(data)[8 + n:]
     entries = {name: _entry(path, name, e, len(body)) for name, e in header.items()}
     spans = sorted((b, e) for _, _, b, e in entries.values())
-    if [b for b, _ in spans] != [0] + [e for _, e in spans[:-1]] or (spans and spans[-1][1] != len(body)):
+    starts, ends = [b for b, _ in spans], [e for _, e in spans]
+    holes = (starts != [0] + ends[:-1] or ends[-1] != len(body)) if ends else len(body) != 0
+    if holes:
         raise _fail(path, "the tensors' bytes overlap, leave holes or do not fill the data")
     tensors = {name: np.frombuffer(body[b:e], dtype=dtype).reshape(shape)
                for name, (dtype, shape, b, e) in entries.items()}
