@@ -33,6 +33,11 @@ from cnnprune.native_plan import (
 )
 from cnnprune.plancache import PlanCache
 
+# Calibration keeps the sparse kernel unless another mode is faster by more than this fraction:
+# Winograd holds 4x the layer's dense weight bytes and oneDNN a dense copy, and differences this
+# small flip from one calibration to the next on a shared machine (9 MB of Winograd weights for a
+# 17 %-dense layer3 convolution were the runtime's largest single cost at batch 32)
+SPARSE_TIE = 0.1
 # (plan, src, dst, residual or None, relu) -> a call that runs that convolution densely
 DenseConv = Callable[[ConvPlan, np.ndarray, np.ndarray, "np.ndarray | None", bool], Callable[[], object]]
 
@@ -153,7 +158,7 @@ class NativeEngine:
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
         """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
         the shape allows, the host's dense convolution incl. layout conversion), best of
-        ``repeats``, and keep the fastest; the operands of the others are dropped at once, so
+        ``repeats``, and keep the fastest (near ties: sparse, ``SPARSE_TIE``); the operands of the others are dropped at once, so
         calibration never holds every layer's Winograd weights together."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
@@ -172,6 +177,8 @@ class NativeEngine:
                 runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, None, True, None, scratch), [])
             p.ms = {mode: best_ms(fn, repeats) for mode, fn in runs.items()}
             p.mode = min(p.ms, key=p.ms.get)
+            if p.ms["sparse"] <= (1 + SPARSE_TIE) * p.ms[p.mode]:
+                p.mode = "sparse"
             del runs, src, dst, phase, scratch
             p.release()
             self._drop_unused_u()
@@ -239,7 +246,7 @@ class NativeEngine:
         """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``,
         each reused once its last reader has run: ``BufferPool``) and the forward pass: runs of
         native steps, each one call, with the layers that run dense (the host's) between them."""
-        from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step, conv_pool_step
+        from cnnprune.kernels import AVGPOOL, LINEAR, MAXPOOL, PACK, Step, conv_pool_step
 
         plan = self._plan(n)
         if "program" in plan:
@@ -291,10 +298,14 @@ class NativeEngine:
             pool.give(phase, mid, cur, identity)
             cur = out
         pooled = arena.zeros((n, cur.shape[0]))
-        keep.append(pooled)
+        fc_w, fc_b = self.net.fc_weight, self.net.fc_bias
+        logits = arena.zeros((n, fc_w.shape[0]))
+        keep += [pooled, logits, fc_w, fc_b]
         items.append(Step(kind=AVGPOOL, src=cur.ctypes.data, C=cur.shape[0], H=cur.shape[1] - 2, W=cur.shape[2] - 2,
                           N=n, dst=pooled.ctypes.data))
-        plan.update(program=self._group(items, keep), xbuf=xbuf, pooled=pooled)
+        items.append(Step(kind=LINEAR, src=pooled.ctypes.data, N=n, C=fc_w.shape[1], Cout=fc_w.shape[0],
+                          val=fc_w.ctypes.data, bias=fc_b.ctypes.data, dst=logits.ctypes.data))
+        plan.update(program=self._group(items, keep), xbuf=xbuf, logits=logits)
         self._choose_engine(n, plan)
         if self.cache is not None and self.calibrate and self.layer_mode is None:
             self.cache.put(self._setting(n), plan)
@@ -332,4 +343,4 @@ class NativeEngine:
         prog["xbuf"][...] = x
         for part in prog["program"]:
             part()
-        return prog["pooled"] @ self.net.fc_weight.T + self.net.fc_bias
+        return prog["logits"].copy()  # the buffer is the next call's

@@ -33,6 +33,7 @@ from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_bytes
 from cnnprune.hparams import add_args, from_args, opt
 from cnnprune.model import checked_model, load_state_dict, spec_of_folder
+from cnnprune.sessions import openvino_session, ort_session  # noqa: F401 - callers import them from here too
 from cnnprune.steps import Ledger, Progress, Step
 
 ONNX_OPSET = 17
@@ -67,31 +68,6 @@ def onnx_bytes(model: torch.nn.Module, input_size: int = 32) -> bytes:
             raise CnnpruneError(f"ONNX export at {input_size}×{input_size} failed ({first}); try the arch's "
                                 "default --input-size, or --no-onnx") from None
     return buffer.getvalue()
-
-
-def ort_session(model: str | Path | bytes, threads: int):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (one inter-op thread), the
-    setting every engine is compared under."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def openvino_session(model: str | Path, threads: int):
-    """OpenVINO's CPU plugin on a dense ONNX file: a callable (N, 3, S, S) float32 array → logits.
-    fp32 is set explicitly: on CPUs with AVX-512 BF16 its default precision is bf16, a change of
-    arithmetic rather than of engine. Raises ImportError where OpenVINO is not installed."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                          "INFERENCE_NUM_THREADS": threads,
-                                                          "PERFORMANCE_HINT": "LATENCY"})
-    request, output = compiled.create_infer_request(), compiled.output(0)
-    return lambda x: request.infer({0: np.asarray(x, dtype=np.float32)})[output]
 
 
 def check_onnx(path: Path, model: torch.nn.Module, inputs: torch.Tensor) -> float:

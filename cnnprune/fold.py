@@ -34,8 +34,8 @@ class Csr:
 @dataclass
 class FoldedConv:
     """A convolution with its BatchNorm folded in: y = conv(x, weight) + bias. ``weight`` is
-    dense (Cout, Cin, k, k) float32, or, after ``compact()``, a ``Csr`` matrix: how the native
-    engine keeps it between plans."""
+    dense (Cout, Cin, k, k) float32, or, after ``compact()``, a ``Csr`` matrix where that is
+    smaller: how the native engine keeps it between plans."""
 
     name: str
     weight: np.ndarray | Csr
@@ -57,7 +57,9 @@ class FoldedConv:
         return m.reshape(self.shape)
 
     def compact(self) -> FoldedConv:
-        if isinstance(self.weight, Csr):
+        """The same convolution with its weight in CSR, where that is smaller than dense (8 bytes
+        per nonzero against 4 per weight: below half density)."""
+        if isinstance(self.weight, Csr) or 8 * self.nnz + 4 * (self.shape[0] + 1) >= self.weight.nbytes:
             return self
         m = self.dense().reshape(self.shape[0], -1)
         rows, cols = np.nonzero(m)

@@ -34,7 +34,7 @@ _SIGNATURES = {
 
 SOURCES = ("sparse_conv.c", "winograd.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL = range(9)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR = range(10)
 
 
 class Step(ctypes.Structure):

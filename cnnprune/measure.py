@@ -4,8 +4,9 @@
 - MACs: dense and nonzero multiply-accumulates per image (the model's input size), per layer and global;
   their ratio is the theoretical speedup of unstructured sparsity (as ShrinkBench reports it):
   the FLOP limit no sparse kernel can beat;
-- memory: peak RSS (bytes) of a fresh process that loads one form and runs inferences, next to
-  the same process's RSS before loading, plus the bytes the weights take in memory;
+- memory: peak RSS (bytes) of a fresh process that serves one form with the least it needs
+  (:mod:`cnnprune.memprobe`) and runs inferences, next to the same process's RSS before loading,
+  plus the bytes the weights take in memory;
 - accuracy of every form on the whole test split, and agreement between forms (identical
   top-1 and max |logit difference| against PyTorch dense).
 """
@@ -13,20 +14,16 @@
 from __future__ import annotations
 
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cnnprune.archs import ModelSpec
-from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
-from cnnprune.hparams import positive_int
+from cnnprune.errors import CnnpruneError
 
 FORMS = ("dense", "onnx", "sparse")
 
@@ -138,52 +135,27 @@ def load_form(form: str, artifacts: Path, name: str, threads: int, dense_fallbac
     raise CnnpruneError(f"form {form!r} is unknown; choose one of {', '.join(FORMS)}")
 
 
-def memory_child(form: str, artifacts: str, name: str, batch: int, runs: int, threads: int) -> dict:
-    """Run inside a fresh process: RSS before loading, after, and peak after ``runs`` inferences."""
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    import onnxruntime  # noqa: F401 - import every engine first so the baseline is comparable
-
-    from cnnprune import sparse  # noqa: F401
-
-    base = rss()
-    # the memory of the sparse path itself: without the in-memory dense onnxruntime fallback
-    from cnnprune.model import spec_of_folder
-
-    model = load_form(form, Path(artifacts), name, threads, dense_fallback=False)
-    loaded = rss()
-    x = spec_of_folder(artifacts).example(batch)
-    with torch.no_grad():
-        for _ in range(runs):
-            model(x)
-    peak = _vm_hwm()
-    held = (sparse_weight_bytes(model) if form == "sparse" else
-            weight_bytes(model) if isinstance(model, nn.Module) else None)
-    return {"rss_before_load": base, "rss_after_load": loaded, "peak_rss": peak,
-            "weights_in_memory": held}
-
-
-def _vm_hwm() -> int:
-    """Peak resident set (bytes) of this process image. ``ru_maxrss`` would not do: Linux keeps it
-    across exec, so a child would report its parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def measure_memory(form: str, artifacts: Path, name: str, batch: int, runs: int, threads: int) -> dict:
-    """Peak RSS (bytes) of a fresh Python process that loads ``form`` and runs ``runs`` inferences."""
-    cmd = [sys.executable, "-m", "cnnprune.measure", "memory-child", "--form", form,
-           "--artifacts", str(artifacts), "--name", name, "--batch", str(batch), "--runs", str(runs),
-           "--threads", str(threads)]
+    """Peak RSS (bytes) of a fresh Python process that serves ``form`` with the least it needs
+    (:mod:`cnnprune.memprobe`: torch alone, onnxruntime alone, or the torch-free runtime) and
+    runs ``runs`` inferences; for ONNX, the weights held are its initializers' bytes."""
+    cmd = [sys.executable, "-m", "cnnprune.memprobe", "--form", form, "--artifacts", str(artifacts), "--name", name,
+           "--batch", str(batch), "--runs", str(runs), "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CnnpruneError(f"memory measurement of {name} ({form}) failed: {proc.stderr.strip()[-300:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    if form == "onnx":
+        record["weights_in_memory"] = onnx_initializer_bytes(artifacts / f"{name}.onnx")
+    return record
+
+
+def onnx_initializer_bytes(path: Path) -> int:
+    """Bytes of an ONNX graph's weights (its initializers), as onnxruntime holds them."""
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
 
 def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: int = 250,
@@ -214,24 +186,3 @@ def evaluate_forms(artifacts: Path, name: str, split, threads: int, batch_size: 
             entry["max_abs_logit_diff_vs_dense"] = float((logit - ref_logits).abs().max())
         results[form] = entry
     return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = CliParser(prog="python -m cnnprune.measure", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    child = sub.add_parser("memory-child", help="internal: one memory measurement in this process")
-    child.add_argument("--form", choices=FORMS, required=True)
-    child.add_argument("--artifacts", required=True)
-    child.add_argument("--name", required=True)
-    child.add_argument("--batch", type=positive_int, default=1)
-    child.add_argument("--runs", type=positive_int, default=20)
-    child.add_argument("--threads", type=positive_int, default=1)
-    add_debug_flag(child)
-    args = parser.parse_args(argv)
-    if args.cmd == "memory-child":
-        print(json.dumps(memory_child(args.form, args.artifacts, args.name, args.batch, args.runs, args.threads)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

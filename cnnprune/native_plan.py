@@ -76,7 +76,7 @@ _WG_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
 
-def winograd_weights(conv: FoldedConv, block: int = 32) -> np.ndarray:
+def winograd_weights(conv: FoldedConv, block: int | None = None) -> np.ndarray:
     """U = G g G^T of every (output, input) channel pair, computed in float64 and packed as
     ``csrc/winograd.c`` reads it: [36 transform points][Cout/4][Cin][4 output channels]."""
     w = conv.dense()
@@ -84,9 +84,13 @@ def winograd_weights(conv: FoldedConv, block: int = 32) -> np.ndarray:
     if cout % 4:
         raise CnnpruneError(f"layer {conv.name}: Winograd needs a multiple of 4 output channels, got {cout}")
     u = np.empty((36, cout // 4, cin, 4), dtype=np.float32)
-    # G g G^T as two GEMMs over all channel pairs at once (einsum took ~50 ms a layer: 0.4 s a
-    # load), 32 output channels at a time: float64 temporaries of a whole 256-channel layer
-    # were 30 MB, more than the runtime's activations at batch 32
+    # G g G^T as two GEMMs over many channel pairs at once (einsum took ~50 ms a layer: 0.4 s a
+    # load), a few output channels at a time: float64 temporaries of a whole 256-channel layer
+    # were 30 MB, more than the runtime's activations at batch 32; and GEMMs this small (at
+    # most ~110 k multiply-adds) stay on one thread in numpy's OpenBLAS, whose threads would
+    # otherwise spin on both cores for a while and slow the next layer's calibration timings
+    # several fold
+    block = block or max(4, 1024 // cin // 4 * 4)
     for o in range(0, cout, block):
         g = w[o:o + block].astype(np.float64)
         t = np.tensordot(np.tensordot(g, _WG_G, axes=([2], [1])), _WG_G, axes=([2], [1]))  # (o, c, 6, 6)

@@ -22,7 +22,7 @@ from pathlib import Path
 from cnnprune.fileio import write_json
 from cnnprune.native_plan import MODES
 
-VERSION = 1
+VERSION = 2  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE)
 
 
 @dataclass

@@ -20,6 +20,7 @@ Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
   shows the same engine on the unpruned model beside the pruned ones to keep the two apart.
   Per layer and per batch size it times the sparse kernel, Winograd (where the shape allows)
   and PyTorch's dense convolution (oneDNN) on the same shape, once, and keeps the fastest
+  (near ties, within 10 %: the sparse kernel, ``engine.SPARSE_TIE``)
   (``layer_choice``); unless the whole network beats dense onnxruntime at that batch size by
   at least 5 % (lightly pruned models), it runs onnxruntime instead (``engine_for``), so it
   is never slower than dense.

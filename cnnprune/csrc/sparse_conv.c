@@ -426,6 +426,20 @@ static void avgpool_body(const float *src, int C, int H, int W, int N, float *ds
         }
 }
 
+/* The classifier: dst (N, Cout) = src (N, C) x w^T (w: Cout x C, row-major) + bias. In C rather
+ * than numpy so that every thread of a forward pass is one of the nthreads given (numpy's BLAS
+ * starts its own threads, which keep spinning after a product). */
+static void linear_body(const float *src, int N, int C, int Cout, const float *w, const float *bias, float *dst) {
+    #pragma omp for schedule(static)
+    for (int64_t i = 0; i < (int64_t)N * Cout; i++) {
+        const int n = (int)(i / Cout), k = (int)(i % Cout);
+        const float *x = src + (int64_t)n * C, *wk = w + (int64_t)k * C;
+        float s = 0.f;
+        for (int c = 0; c < C; c++) s += x[c] * wk[c];
+        dst[i] = s + bias[k];
+    }
+}
+
 /* NCHW input -> padded (C, H+2, W+2, N); the border of dst must already be zero. */
 static void pack_input_body(const float *src, int N, int C, int H, int W, float *dst) {
     const int64_t drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
@@ -456,6 +470,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
             break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_LINEAR: linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst); break;
         case STEP_WG_INPUT: winograd_input_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_WG_CONV:
             winograd_conv_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->val, s->bias, s->dst, s->res, s->relu);
