@@ -69,13 +69,15 @@ def how_measured(a: Analysis) -> list[str]:
                  "medians differ by up to " + ", ".join(f"{times(v)} at batch {b} ({d})"
                                                         for (d, b), v in sorted(a.noise.items()))
                  + " in this run. Ratios closer to 1 than that are not resolved by this run.")
-    L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that imports every engine, loads one form and "
-             f"runs {r['memory_runs']} inferences at batch {max(a.config.batches)}; the sparse form is measured "
-             "without its in-memory dense fallback. Weights in memory are the bytes of the loaded tensors.")
+    L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that serves one form with the least it needs "
+             f"and runs {r['memory_runs']} inferences at batch {max(a.config.batches)}: dense = PyTorch alone, onnx = "
+             "onnxruntime alone, sparse = `cnnprune.runtime` alone (numpy and the native kernels; neither torch nor "
+             "onnxruntime imported). Weights in memory are the bytes of the loaded weights (ONNX: its initializers).")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
              "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer choice of "
              "sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the whole sparse net is "
-             "at least 5 % faster); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
+             "at least 5 % faster; in the memory step the same plan and kernels in `cnnprune.runtime`, without oneDNN "
+             "or the fallback); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
     return L
 
 
@@ -394,8 +396,8 @@ def _sparse_weights(mem: dict) -> str:
 def size_section(a: Analysis) -> list[str]:
     L = ["## Size, parameters and memory\n",
          "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
-         "peak RSS dense / onnx / sparse | RSS added by loading dense / onnx / sparse | weights in memory "
-         "dense / sparse |",
+         "peak RSS torch / onnxruntime / runtime | RSS added by loading torch / onnxruntime / runtime | weights in "
+         "memory dense / sparse |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     forms = ("dense", "onnx", "sparse")
     for name, m in a.models.items():
@@ -406,7 +408,8 @@ def size_section(a: Analysis) -> list[str]:
                  + " / ".join(mb(mem[k].peak_rss) if k in mem else "–" for k in forms) + " | "
                  + " / ".join(mb(mem[k].added_by_load) if k in mem else "–" for k in forms) + " | "
                  f"{mb(mem['dense'].weights_in_memory)} / {_sparse_weights(mem)} |")
-    L.append(f"\nPeak RSS at batch {a.memory_batch}. Parameters counted as every float tensor except BatchNorm "
+    L.append(f"\nPeak RSS at batch {a.memory_batch}, each form in its own smallest process (dense .pth in PyTorch, "
+             ".onnx in onnxruntime, .csr.safetensors in `cnnprune.runtime`). Parameters counted as every float tensor except BatchNorm "
              "running statistics. Weights in memory, sparse = what the engine holds after the inferences: its folded "
              "weights in CSR plus, for the batch size run, the operands of each layer's chosen mode (sparse: offsets "
              "and values; Winograd: transformed weights, 4× the layer's dense size).\n")

@@ -30,6 +30,7 @@ from cnnprune.steps import Ledger, Progress, Step
 # The code that produces the measured figures: a change to the engine invalidates earlier
 # timings, accuracies and memory; a change to the benchmark files, only the timings.
 ENGINE_CODE = ("sparse.py", "fold.py", "engine.py", "plancache.py", "native.py", "native_plan.py", "gemm.py", "kernels.py", "buffers.py",
+               "layouts.py", "csrfile.py", "memprobe.py", "sessions.py", "runtime/__init__.py",
                "measure.py", "csrc/sparse_conv.c", "csrc/winograd.c", "csrc/kernels.h")
 BENCH_CODE = ENGINE_CODE + ("bench/conftest.py", "bench/test_latency.py")
 
