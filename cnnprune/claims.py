@@ -353,8 +353,8 @@ RULES: tuple[Rule, ...] = (
          "ratio clears the bar); for the cnnprune engine also against itself running the unpruned model, since "
          "its Winograd layers speed that up too", T.significant_speedup, measure_speed),
     Rule("pruning gives \"less resource usage\"",
-         "less = peak RSS of a fresh process (load + {runs} inferences at batch {batch}) at most {threshold:.0%} of "
-         "the unpruned dense model's", T.less_memory, measure_resources),
+         "less = peak RSS of a fresh process serving one form alone (load + {runs} inferences at batch {batch}) at "
+         "most {threshold:.0%} of the unpruned model's smallest dense process", T.less_memory, measure_resources),
     Rule("pruning gives \"a much lighter model\"",
          "much lighter = file at most {threshold:.0%} of the unpruned dense .pth; a dense file of a pruned model "
          "stores its zeros", T.much_lighter, measure_size),
