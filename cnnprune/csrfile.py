@@ -34,6 +34,7 @@ import numpy as np
 from cnnprune import layouts
 from cnnprune.errors import CnnpruneError
 from cnnprune.fileio import atomic_write, require_file
+from cnnprune.fold import Coo
 from cnnprune.layouts import Encoded
 
 FORMAT = "cnnprune-csr"
@@ -171,14 +172,16 @@ class CsrFile:
             if tuple(shapes[k]) != tuple(shape):
                 raise CnnpruneError(f"{self.path}: {k} has shape {list(shapes[k])}, the architecture's is {list(shape)}")
 
-    def lazy_state(self) -> Mapping[str, np.ndarray]:
+    def lazy_state(self, coo: bool = False) -> Mapping[str, np.ndarray]:
         """The state_dict decoding each tensor when it is read (call ``check`` first): a reader
-        that folds layer by layer holds one dense layer at a time, not the whole network."""
-        return _LazyState(self)
+        that folds layer by layer holds one layer at a time, not the whole network; ``coo``:
+        encoded weights come as ``fold.Coo`` (their entries, never made dense)."""
+        return _LazyState(self, coo)
 
-    def decode(self, key: str) -> np.ndarray:
+    def decode(self, key: str, coo: bool = False) -> np.ndarray | Coo:
         if key in self.encoded:
-            return layouts.decode(self.encoded[key], f"{self.path.name}:{key}")
+            enc, name = self.encoded[key], f"{self.path.name}:{key}"
+            return Coo(enc.shape, *layouts.decode_coo(enc, name)) if coo else layouts.decode(enc, name)
         return self.plain[key].copy()
 
     def state(self) -> dict[str, np.ndarray]:
@@ -187,13 +190,13 @@ class CsrFile:
 
 
 class _LazyState(Mapping):
-    def __init__(self, f: CsrFile) -> None:
-        self.f = f
+    def __init__(self, f: CsrFile, coo: bool) -> None:
+        self.f, self.coo = f, coo
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def __getitem__(self, key: str) -> np.ndarray | Coo:
         if key not in self.f.encoded and key not in self.f.plain:
             raise KeyError(key)
-        return self.f.decode(key)
+        return self.f.decode(key, self.coo)
 
     def __iter__(self):
         return iter(self.f.shapes())

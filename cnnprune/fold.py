@@ -32,6 +32,26 @@ class Csr:
 
 
 @dataclass
+class Coo:
+    """A weight given as its stored entries (``layouts.decode_coo``): the rows and columns of its
+    (Cout, Cin·k·k) matrix view, row-major, and their values. Folding it makes no dense copy."""
+
+    shape: tuple[int, ...]
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+
+    def dense(self) -> np.ndarray:
+        m = np.zeros((self.shape[0], int(np.prod(self.shape[1:]))), dtype=self.values.dtype)
+        m[self.rows, self.cols] = self.values
+        return m.reshape(self.shape)
+
+
+def _array(a: np.ndarray | Coo) -> np.ndarray:
+    return np.ascontiguousarray(a.dense() if isinstance(a, Coo) else a, dtype=np.float32)
+
+
+@dataclass
 class FoldedConv:
     """A convolution with its BatchNorm folded in: y = conv(x, weight) + bias. ``weight`` is
     dense (Cout, Cin, k, k) float32, or, after ``compact()``, a ``Csr`` matrix where that is
@@ -165,15 +185,25 @@ def state_shapes(classes: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def fold_bn(state: Mapping[str, np.ndarray], s: ConvSpec) -> FoldedConv:
-    """w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε) in float32: exact zeros stay zeros, so sparsity is kept."""
+def fold_bn(state: Mapping[str, np.ndarray | Coo], s: ConvSpec) -> FoldedConv:
+    """w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε) in float32: exact zeros stay zeros, so sparsity is
+    kept. A ``Coo`` weight is folded entry by entry into CSR (dense where CSR is not smaller)."""
     def get(key: str) -> np.ndarray:
-        return np.asarray(state[key], dtype=np.float32)
+        return _array(state[key])
 
     scale = get(f"{s.bn}.weight") / np.sqrt(get(f"{s.bn}.running_var") + np.float32(BN_EPS))
+    bias = np.ascontiguousarray(get(f"{s.bn}.bias") - get(f"{s.bn}.running_mean") * scale)
+    w = state[f"{s.conv}.weight"]
+    if isinstance(w, Coo):
+        shape = tuple(w.shape)
+        indptr = np.zeros(shape[0] + 1, dtype=np.int32)
+        indptr[1:] = np.cumsum(np.bincount(w.rows, minlength=shape[0]))
+        csr = Csr(indptr, w.cols.astype(np.int32), w.values.astype(np.float32) * scale[w.rows])
+        conv = FoldedConv(s.conv, csr, bias, s.stride, s.padding, shape)
+        return conv if 8 * conv.nnz + 4 * (shape[0] + 1) < 4 * int(np.prod(shape)) else \
+            FoldedConv(s.conv, conv.dense(), bias, s.stride, s.padding)
     weight = get(f"{s.conv}.weight") * scale.reshape(-1, 1, 1, 1)
-    bias = get(f"{s.bn}.bias") - get(f"{s.bn}.running_mean") * scale
-    return FoldedConv(s.conv, np.ascontiguousarray(weight), np.ascontiguousarray(bias), s.stride, s.padding)
+    return FoldedConv(s.conv, np.ascontiguousarray(weight), bias, s.stride, s.padding)
 
 
 def compact_net(net: FoldedResNet) -> FoldedResNet:
@@ -194,5 +224,4 @@ def fold_resnet(state: Mapping[str, np.ndarray], compact: bool = False) -> Folde
 
     blocks = [Block(fold(c1), fold(c2), fold(d) if d else None) for c1, c2, d in block_specs()]
     return FoldedResNet(fold(stem_spec()), blocks,
-                        np.ascontiguousarray(state["fc.weight"], dtype=np.float32),
-                        np.ascontiguousarray(state["fc.bias"], dtype=np.float32))
+                        _array(state["fc.weight"]), _array(state["fc.bias"]))

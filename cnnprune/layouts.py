@@ -130,27 +130,29 @@ def check_parts(enc: Encoded, name: str) -> None:
             raise fail(name, f"{part} are not a 1-D uint8 array")
 
 
-def decode(enc: Encoded, name: str = "weight") -> np.ndarray:
-    """The dense array, bit for bit; every index is validated against the shape first."""
+def decode_coo(enc: Encoded, name: str = "weight") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, column and value of every stored entry of the weight's matrix view (rows = dim 0),
+    row-major, validated against the shape (no index outside it, no position twice) without
+    allocating the dense matrix: readers that keep weights sparse never make it."""
     check_parts(enc, name)
     shape, values = enc.shape, enc.arrays["values"]
+    numel = int(np.prod(shape, dtype=object))
+    rows = shape[0]
+    cols_n = numel // rows if rows else 0
     if enc.layout == "dense":
         if values.shape != shape:
             raise fail(name, f"dense values of shape {list(values.shape)} for shape {list(shape)}")
-        return values.copy()
-    numel = int(np.prod(shape))
-    rows = shape[0]
-    cols_n = numel // rows if rows else 0
+        m = values.reshape(rows, cols_n)
+        r, c = np.nonzero(m)
+        return r, c, m[r, c]
     if enc.layout == "bitmask":
         mask = enc.arrays["mask"]
         if len(mask) != -(-numel // 8):
             raise fail(name, f"mask of {len(mask)} bytes for {numel} weights")
-        bits = np.unpackbits(mask, count=numel).astype(bool)
-        if int(bits.sum()) != values.size:
+        where = np.flatnonzero(np.unpackbits(mask, count=numel))
+        if where.size != values.size:
             raise fail(name, "mask and values disagree")
-        out = np.zeros(numel, dtype=values.dtype)
-        out[bits] = values
-        return out.reshape(shape)
+        return where // cols_n, where % cols_n, values
     crow = enc.arrays["crow_indices"].astype(np.int64)
     if crow.size != rows + 1 or int(crow[0]) != 0 or int(crow[-1]) != values.size or bool((np.diff(crow) < 0).any()):
         raise fail(name, "crow_indices are inconsistent")
@@ -159,11 +161,22 @@ def decode(enc: Encoded, name: str = "weight") -> np.ndarray:
         enc.arrays["col_deltas"], row_of, values.size, name)
     if cols.size != values.size or (cols.size and (int(cols.min()) < 0 or int(cols.max()) >= cols_n)):
         raise fail(name, "column indices out of range")
-    out = np.zeros((rows, cols_n), dtype=values.dtype)
-    out[row_of, cols] = values
-    if int(np.count_nonzero(out)) != int(np.count_nonzero(values)):
-        raise fail(name, "duplicate column indices")
-    return out.reshape(shape)
+    if cols.size > 1 and bool(((np.diff(cols) <= 0) & (row_of[1:] == row_of[:-1])).any()):
+        raise fail(name, "duplicate or unsorted column indices")
+    return row_of, cols, values
+
+
+def decode(enc: Encoded, name: str = "weight") -> np.ndarray:
+    """The dense array, bit for bit; every index is validated against the shape first."""
+    check_parts(enc, name)
+    if enc.layout == "dense":
+        if enc.arrays["values"].shape != enc.shape:
+            raise fail(name, f"dense values of shape {list(enc.arrays['values'].shape)} for shape {list(enc.shape)}")
+        return enc.arrays["values"].copy()
+    rows, cols, values = decode_coo(enc, name)
+    out = np.zeros((enc.shape[0], int(np.prod(enc.shape[1:], dtype=object))), dtype=values.dtype)
+    out[rows, cols] = values
+    return out.reshape(enc.shape)
 
 
 def _delta_columns(stream: np.ndarray, row_of: np.ndarray, nvalues: int, name: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 from cnnprune.fileio import write_json
 from cnnprune.native_plan import MODES
 
-VERSION = 2  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE)
+VERSION = 3  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms
 
 
 @dataclass

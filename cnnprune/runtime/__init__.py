@@ -98,7 +98,7 @@ def load(path: str | os.PathLike[str], threads: int | None = None, calibrate: bo
     f = csrfile.read(path)
     expected = _architecture(f)
     f.check(expected)
-    net = fold_resnet(f.lazy_state(), compact=True)
+    net = fold_resnet(f.lazy_state(coo=True), compact=True)
     del f  # the file's bytes: the folded CSR weights are all the engine keeps
     plans = PlanCache(sha256_file(path)) if cache and calibrate else None
     release_free_memory()
