@@ -90,6 +90,27 @@ def classes_in(arch: str, state: dict[str, torch.Tensor], source: str) -> int:
     return int(weight.shape[0])
 
 
+def check_weights_source(arch: str, weights: str, checkpoint: str | None, needs_training_data: tuple[str, ...] = ()) -> None:
+    """The rules every command shares on where a network's weights come from (one-line errors):
+    random weights or a checkpoint, not both; only the report's network has an embedded
+    checkpoint; the options in ``needs_training_data`` (flags) train or recalibrate, which needs
+    training images at the network's input size: the report's network only, today."""
+    if weights == "random" and checkpoint:
+        raise CnnpruneError("--weights random and --checkpoint exclude each other: give one")
+    if arch != DEFAULT_ARCH and weights == "checkpoint" and not checkpoint:
+        raise CnnpruneError(f"--arch {arch} has no embedded checkpoint: pass --checkpoint F (a torchvision "
+                            f"{arch} state_dict) or --weights random [--seed S]")
+    if arch != DEFAULT_ARCH and needs_training_data:
+        raise CnnpruneError(f"{', '.join(needs_training_data)} need training data at {arch}'s input size; today "
+                            f"they run for {DEFAULT_ARCH} only")
+
+
+def random_classes(arch: str) -> int:
+    """The class count of seeded random weights when none is given: CIFAR's 10 for the report's
+    network, ImageNet's 1000 for torchvision's."""
+    return 10 if arch == DEFAULT_ARCH else 1000
+
+
 def input_size_checked(size: int, source: str) -> int:
     """Input sides below 32 px collapse the deeper stages of every listed network to nothing."""
     if not 32 <= size <= 1024:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnprune.archs import ARCHS, DEFAULT_ARCH, get_arch, input_size_checked
+from cnnprune.archs import ARCHS, DEFAULT_ARCH, check_weights_source, get_arch, input_size_checked
 from cnnprune.errors import CnnpruneError
 from cnnprune.hparams import command_line, names, non_negative_int, opt, positive_int, positive_ints
 from cnnprune.schedules import MODELS
@@ -90,14 +90,10 @@ class PipelineConfig:
                 "recalibrate_bn": 2000 if self.arch == DEFAULT_ARCH else 0}
 
     def _check_arch(self) -> None:
-        if self.weights == "random" and self.checkpoint:
-            raise CnnpruneError("--weights random and --checkpoint exclude each other: give one")
-        if self.arch != DEFAULT_ARCH and self.weights == "checkpoint" and not self.checkpoint:
-            raise CnnpruneError(f"--arch {self.arch} has no embedded checkpoint: pass --checkpoint F (a torchvision "
-                                f"{self.arch} state_dict) or --weights random")
-        if self.arch != DEFAULT_ARCH and (self.recalibrate_bn or self.finetune_epochs or self.compare_checkpoint):
-            raise CnnpruneError("--recalibrate-bn, --finetune-epochs and --compare-checkpoint need training data at "
-                                f"the arch's input size; today they run for {DEFAULT_ARCH} only")
+        needs = tuple(flag for flag, used in (("--recalibrate-bn", self.recalibrate_bn),
+                                              ("--finetune-epochs", self.finetune_epochs),
+                                              ("--compare-checkpoint", self.compare_checkpoint)) if used)
+        check_weights_source(self.arch, self.weights, self.checkpoint, needs)
         if self.dataset == "imagefolder" and not self.data_dir:
             raise CnnpruneError("--dataset imagefolder needs --data-dir pointing at a folder of class folders")
 

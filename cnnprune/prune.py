@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec, get_arch, input_size_checked
+from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec, check_weights_source, get_arch, input_size_checked, random_classes
 from cnnprune.config import TRAIN_DATASETS
 from cnnprune.distributed import World, join
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
@@ -211,18 +211,13 @@ class PruneConfig:
         get_arch(self.arch)
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise CnnpruneError(f"--checkpoint {self.checkpoint} does not exist or is not a file")
-        if self.weights == "random" and self.checkpoint is not None:
-            raise CnnpruneError("--weights random and --checkpoint exclude each other: give one")
-        if self.arch != DEFAULT_ARCH and self.weights == "checkpoint" and self.checkpoint is None:
-            raise CnnpruneError(f"--arch {self.arch} has no embedded checkpoint: pass --checkpoint F (a torchvision "
-                                f"{self.arch} state_dict) or --weights random --seed S")
+        needs = tuple(flag for flag, used in (("--finetune-epochs", self.finetune_epochs),
+                                              ("--recalibrate-bn", self.recalibrate_bn)) if used)
+        check_weights_source(self.arch, self.weights, self.checkpoint, needs)
         if self.num_classes is not None and self.weights != "random":
             raise CnnpruneError("--num-classes applies to --weights random only; a checkpoint's classes come from it")
         if self.input_size is not None:
             input_size_checked(self.input_size, "--input-size")
-        if self.arch != DEFAULT_ARCH and (self.finetune_epochs or self.recalibrate_bn):
-            raise CnnpruneError(f"--finetune-epochs and --recalibrate-bn need training data at {self.arch}'s input "
-                                f"size; today they run for {DEFAULT_ARCH} only")
         known = [s.name for s in self._all_schedules()]
         unknown = [n for n in self.only if n not in known]
         if unknown:
@@ -320,7 +315,7 @@ def _source(config: PruneConfig, out: Path) -> tuple[Path, dict[str, torch.Tenso
         path = resolve_checkpoint(config.checkpoint)
         return path, load_state_dict(path)
     torch.manual_seed(config.seed)
-    classes = config.num_classes or (10 if config.arch == DEFAULT_ARCH else 1000)
+    classes = config.num_classes or random_classes(config.arch)
     state = {k: v.detach().clone() for k, v in build_model(classes, config.arch).state_dict().items()}
     path = out / RANDOM_SOURCE
     if not (path.is_file() and _same_state(load_state_dict(path), state)):

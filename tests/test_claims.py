@@ -23,7 +23,7 @@ def test_the_table_names_every_threshold_once() -> None:
     values = set(dataclasses.asdict(THRESHOLDS).values())
     assert all(rule.threshold in values for rule in RULES)
     texts = [c.rule for c in claims(analyse(synthetic()))]
-    assert "at least 1.2× faster" in texts[0] and "at most 90% of the unpruned dense" in texts[1]
+    assert "at least 1.2× faster" in texts[0] and "at most 90% of the unpruned model's smallest dense process" in texts[1]
     assert "at most 50% of the unpruned dense .pth" in texts[2] and "at most 1.0 pp below" in texts[3]
     assert texts[4].endswith("p < 0.05") and texts[5].endswith("p < 0.05")
     assert "load + 5 inferences at batch 32" in texts[1], "the rule text names the run's own settings"

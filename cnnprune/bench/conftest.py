@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec
+from cnnprune.archs import ARCHS, DEFAULT_ARCH, ModelSpec, random_classes
 from cnnprune.config import default_batches
 from cnnprune.model import spec_of_folder
 from cnnprune.schedules import MODELS
@@ -134,7 +134,7 @@ def _spec(config: pytest.Config) -> ModelSpec:
     folder = Path(config.getoption("--bench-artifacts"))
     arch = config.getoption("--bench-arch")
     if not (folder / "manifest.json").is_file():
-        return ModelSpec(arch, 1000, ARCHS[arch].input_size) if arch and arch != DEFAULT_ARCH else ModelSpec()
+        return ModelSpec(arch, random_classes(arch), ARCHS[arch].input_size) if arch and arch != DEFAULT_ARCH else ModelSpec()
     spec = spec_of_folder(folder)
     if arch and arch != spec.arch:
         raise pytest.UsageError(f"--bench-artifacts {folder} holds {spec.arch}, not {arch}: give another folder, "
@@ -145,7 +145,8 @@ def _spec(config: pytest.Config) -> ModelSpec:
 @pytest.fixture(scope="session")
 def artifacts(pytestconfig: pytest.Config) -> Path:
     """The exports, made (prune + export --sparse) if missing or stale, with the settings their
-    manifest records (the network, and random weights with their seed)."""
+    manifest records (the network, and random weights with their seed unless ``--bench-checkpoint``
+    names weights)."""
     import json
 
     from cnnprune.export import ExportConfig, run_export
@@ -157,7 +158,8 @@ def artifacts(pytestconfig: pytest.Config) -> Path:
     manifest = folder / "manifest.json"
     record = json.loads(manifest.read_text()) if manifest.is_file() else {}
     spec = _spec(pytestconfig)
-    random = record.get("weights", "").startswith("random") or (not record and checkpoint is None and arch != DEFAULT_ARCH)
+    # an explicit --bench-checkpoint wins over random weights a manifest records: the folder is re-pruned from it
+    random = checkpoint is None and (record.get("weights", "").startswith("random") or (not record and arch != DEFAULT_ARCH))
     if checkpoint is None and record and not random:
         checkpoint = record.get("source")
     run_pruning(PruneConfig(checkpoint=None if random else checkpoint, arch=spec.arch, input_size=spec.input_size,
