@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from cnnprune.archs import ModelSpec
 from cnnprune.errors import CnnpruneError
@@ -85,22 +84,6 @@ def counts(state: dict[str, torch.Tensor], spec: ModelSpec | None = None) -> dic
             "per_layer": per_layer}
 
 
-def weight_bytes(module: nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers (dense forms)."""
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-
-
-def sparse_weight_bytes(module: nn.Module) -> int:
-    """Bytes of the weights a native sparse module holds after its inferences: its CSR weights
-    and the operands of every planned batch size (``held_weight_bytes``); Winograd layers hold
-    their transformed weights, 4x the dense size of the layer."""
-    from cnnprune.native import NativeSparseResNet
-
-    if not isinstance(module, NativeSparseResNet):
-        return weight_bytes(module)
-    return module.held_weight_bytes()
-
-
 # ---------------------------------------------------------------- loading forms
 
 
@@ -111,7 +94,7 @@ def forms_of(spec: ModelSpec) -> tuple[str, ...]:
     return FORMS if unsupported(spec) is None else tuple(f for f in FORMS if f != "sparse")
 
 
-def load_form(form: str, artifacts: Path, name: str, threads: int, dense_fallback: bool = True) -> object:
+def load_form(form: str, artifacts: Path, name: str, threads: int) -> object:
     """A callable (N, 3, S, S) float tensor → logits tensor for one exported form."""
     from cnnprune.model import spec_of_folder
 
@@ -131,7 +114,7 @@ def load_form(form: str, artifacts: Path, name: str, threads: int, dense_fallbac
     if form == "sparse":
         from cnnprune import sparse
 
-        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads, dense_fallback=dense_fallback)
+        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads)
     raise CnnpruneError(f"form {form!r} is unknown; choose one of {', '.join(FORMS)}")
 
 

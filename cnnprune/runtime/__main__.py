@@ -17,18 +17,7 @@ import numpy as np
 
 from cnnprune.errors import CliParser, add_debug_flag, run_cli
 from cnnprune.fold import INPUT_SIZE
-
-
-def peak_rss() -> int:
-    """Peak resident set of this process (bytes), from /proc (0 where there is none)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from cnnprune.memprobe import peak_rss
 
 
 def positive(text: str) -> int:
