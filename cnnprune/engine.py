@@ -58,7 +58,8 @@ class NativeEngine:
         if layer_mode not in (None, "sparse", "winograd"):
             raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd' or None (timed per layer)")
         self.lib = library()
-        self.net = compact_net(net)
+        self.net = compact_net(net) if net is not None else None  # None: a subclass plans from a graph
+        self.input_shape = (3, INPUT_SIZE, INPUT_SIZE)  # (C, H, W) of one input image
         self.threads = threads
         self.calibrate = calibrate
         self.winograd = winograd or layer_mode == "winograd"
@@ -197,7 +198,7 @@ class NativeEngine:
         plan["engine"] = "sparse"
         if self.fallback is None:
             return
-        x = np.random.default_rng(0).standard_normal((n, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+        x = np.random.default_rng(0).standard_normal((n, *self.input_shape), dtype=np.float32)
         plan["sparse_ms"], plan["dense_ms"] = paired_ms(lambda: self._run_sparse(x), lambda: self.fallback(x), rounds)
         if plan["sparse_ms"] > (1 - margin) * plan["dense_ms"]:
             plan["engine"] = self.fallback_name
@@ -329,10 +330,11 @@ class NativeEngine:
         return program
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits (N, classes) float32 for input (N, 3, 32, 32). Not re-entrant: buffers are
+        """Logits (N, classes) float32 for input (N, *input_shape). Not re-entrant: buffers are
         reused per batch size."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE) or x.shape[0] < 1:
-            raise CnnpruneError(f"input must be (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) with N ≥ 1, got {tuple(x.shape)}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape) or x.shape[0] < 1:
+            c, h, w = self.input_shape
+            raise CnnpruneError(f"input must be (N, {c}, {h}, {w}) with N ≥ 1, got {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self._program(x.shape[0])["engine"] != "sparse":
             return self.fallback(x)

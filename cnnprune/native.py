@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnprune.engine import NativeEngine
+from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedResNet
+from cnnprune.graph import Graph
+from cnnprune.graph_engine import GraphEngine
 from cnnprune.native_plan import ConvPlan
 from cnnprune.plancache import PlanCache
 
@@ -27,11 +30,11 @@ def from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
     buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
 
 
-def ort_session_of(model: nn.Module, threads: int):
+def ort_session_of(model: nn.Module, threads: int, input_size: int = 32):
     """In-memory onnxruntime session of the dense model, same thread count (the fallback)."""
     from cnnprune.export import onnx_bytes, ort_session
 
-    return ort_session(onnx_bytes(model), threads)
+    return ort_session(onnx_bytes(model, input_size), threads)
 
 
 def dense_conv(threads: int):
@@ -49,7 +52,9 @@ def dense_conv(threads: int):
                 y = F.conv2d(to_nchw(src), p.dense_weight, bias, stride=p.conv.stride, padding=p.conv.padding)
                 if res is not None:
                     y += to_nchw(res)
-                if relu:
+                if relu == 2:
+                    y.clamp_(0, 6)
+                elif relu:
                     y.relu_()
                 from_nchw(y, dst)
             finally:
@@ -62,17 +67,20 @@ def dense_conv(threads: int):
 class NativeSparseResNet(nn.Module):
     """The folded network executed by the C kernels (``engine``); see :mod:`cnnprune.sparse`."""
 
-    def __init__(self, net: FoldedResNet, threads: int | None = None, calibrate: bool = True,
+    def __init__(self, net: FoldedResNet | Graph, threads: int | None = None, calibrate: bool = True,
                  dense_fallback: nn.Module | None = None, winograd: bool = True, layer_mode: str | None = None,
                  cache: PlanCache | None = None) -> None:
         super().__init__()
         threads = threads or torch.get_num_threads()
         fallback = None
+        size = net.input_shape[1] if isinstance(net, Graph) else 32
         if dense_fallback is not None and calibrate:
-            session = ort_session_of(dense_fallback, threads)
+            session = ort_session_of(dense_fallback, threads, size)
             fallback = lambda x: session.run(None, {"input": x})[0]  # noqa: E731
-        self.engine = NativeEngine(net, threads, calibrate, winograd, layer_mode, dense_conv(threads), fallback,
-                                   "onnxruntime", cache)
+        options = dict(calibrate=calibrate, winograd=winograd, layer_mode=layer_mode, dense_conv=dense_conv(threads),
+                       fallback=fallback, fallback_name="onnxruntime", cache=cache)
+        self.engine = GraphEngine(net, threads, **options) if isinstance(net, Graph) else \
+            NativeEngine(net, threads, **options)
         self.threads = threads
         self.eval()
 
@@ -89,11 +97,15 @@ class NativeSparseResNet(nn.Module):
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
         return self.engine.layer_choice(batch_size)
 
+    def plan_summary(self, batch_size: int = 1) -> list[dict]:
+        """Per op: where it runs at this batch size and why (models planned from a graph)."""
+        if not isinstance(self.engine, GraphEngine):
+            raise CnnpruneError("plan_summary is for models planned from their graph; use layer_choice")
+        return self.engine.plan_summary(batch_size)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) for input (N, 3, 32, 32). Not re-entrant: buffers are reused per batch size."""
-        from cnnprune.errors import CnnpruneError
-
         if x.device.type != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' on CUDA")
         return torch.from_numpy(self.engine.run(x.detach().float().contiguous().numpy()))

@@ -1,0 +1,311 @@
+"""Any traceable CNN as the native engine's plan: the model's ``torch.fx`` graph, BatchNorm
+folded, activations and residual adds fused into the convolution before them, each node
+mapped to a native operation or kept as a PyTorch one.
+
+What runs natively (``GraphOp.kind``):
+
+- ``conv``: a convolution (groups 1, dilation 1, square kernel, padding at most 1 — the padded
+  layout's one-pixel border —, stride 1, or stride 2 on an even map), with the BatchNorm after
+  it folded in, and fused after it: ReLU or ReLU6, or a residual add (then optionally ReLU),
+  when it is their only input of that kind. It then runs as the engine's per-layer choice of
+  sparse kernel, Winograd or dense oneDNN (:mod:`cnnprune.engine`).
+- ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative native map (the zero
+  border stands for -inf only where every value is ≥ 0).
+- ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)``) of a native map.
+
+Everything else — the 7×7 stem (padding 3), depthwise and grouped convolutions, other pooling,
+flatten, linear layers, concatenation, attention, layer norms — is a ``torch`` op: it runs in
+PyTorch between native segments, on tensors converted from and to the native layout, so the
+plan is always correct; ``why`` says what kept it there (``plan_summary``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from cnnprune.errors import CnnpruneError
+from cnnprune.fold import BN_EPS, FoldedConv
+
+ACTS = {"none": 0, "relu": 1, "relu6": 2}  # the kernels' activation codes (step_t.relu)
+
+
+@dataclass
+class GraphOp:
+    """One operation of the plan, in execution order. ``inputs``: the values it reads (names of
+    fx nodes); ``output``: the value it writes; ``shape``: that value's shape for batch 1
+    (C, H, W for maps); ``nonneg``: every output value is ≥ 0 (after ReLU)."""
+
+    kind: str
+    name: str
+    inputs: list[str]
+    output: str
+    shape: tuple[int, ...]
+    conv: FoldedConv | None = None
+    act: str = "none"
+    residual: str | None = None
+    fn: Callable[..., object] | None = None
+    why: str = ""
+    nonneg: bool = False
+    fused: list[str] = field(default_factory=list)
+    in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
+
+
+@dataclass
+class Graph:
+    """A model's plan: its ops in order, the input value and the output value."""
+
+    ops: list[GraphOp]
+    input: str
+    output: str
+    input_shape: tuple[int, int, int]
+
+    def convs(self) -> list[FoldedConv]:
+        return [op.conv for op in self.ops if op.kind == "conv"]
+
+
+def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
+    return node.op == "call_module" and isinstance(modules[node.target], kinds)
+
+
+def activation(node: fx.Node, modules: dict) -> str | None:
+    """"relu" or "relu6" where ``node`` is that activation (module, function or method), else None."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if type(m) is nn.ReLU:
+            return "relu"
+        if type(m) is nn.ReLU6:
+            return "relu6"
+        if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
+            return "relu6"
+        return None
+    if node.op == "call_function" and node.target in (F.relu, torch.relu) and len(node.args) == 1:
+        return "relu"
+    if node.op == "call_function" and node.target is F.relu6 and len(node.args) == 1:
+        return "relu6"
+    if node.op == "call_method" and node.target == "relu" and len(node.args) == 1:
+        return "relu"
+    return None
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
+            and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args))
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def fold_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> FoldedConv:
+    """The convolution with ``bn`` (eval statistics) folded in, float32 numpy, zeros kept."""
+    w = conv.weight.detach().float().numpy()
+    bias = conv.bias.detach().float().numpy() if conv.bias is not None else np.zeros(w.shape[0], np.float32)
+    if bn is not None:
+        eps = np.float32(bn.eps if bn.eps is not None else BN_EPS)
+        scale = bn.weight.detach().float().numpy() / np.sqrt(bn.running_var.detach().float().numpy() + eps)
+        bias = bn.bias.detach().float().numpy() + (bias - bn.running_mean.detach().float().numpy()) * scale
+        w = w * scale.reshape(-1, 1, 1, 1)
+    return FoldedConv(name, np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(bias, dtype=np.float32),
+                      conv.stride[0], conv.padding[0] if isinstance(conv.padding, tuple) else -1)
+
+
+def conv_why(conv: nn.Conv2d, hin: int, win: int) -> str:
+    """Why the native kernels cannot run this convolution ("" where they can)."""
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    if conv.groups != 1:
+        return "depthwise" if conv.groups == conv.in_channels else f"grouped ({conv.groups} groups)"
+    if isinstance(p, str) or conv.padding_mode != "zeros" or conv.dilation != (1, 1):
+        return "padding mode or dilation"
+    if k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
+        return "non-square kernel, stride or padding"
+    if p[0] > 1:
+        return f"padding {p[0]} (the native layout has a 1-pixel border)"
+    if s[0] not in (1, 2):
+        return f"stride {s[0]}"
+    if s[0] == 2 and (hin % 2 or win % 2):
+        return "stride 2 on an odd map"
+    return ""
+
+
+def _torch_fn(node: fx.Node, modules: dict) -> Callable[..., object]:
+    """A callable evaluating ``node`` on its input values, passed in ``node.all_input_nodes`` order."""
+    order = list(node.all_input_nodes)
+
+    def call(*values):
+        env = dict(zip(order, values))
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+        if node.op == "call_module":
+            return modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        raise CnnpruneError(f"graph node {node.name}: op {node.op} cannot run")
+    return call
+
+
+def _folded_torch(conv: FoldedConv, module: nn.Conv2d, act: str) -> Callable[..., torch.Tensor]:
+    """A convolution the kernels cannot run, BatchNorm folded, in PyTorch: x [, residual] -> y."""
+    w, b = torch.from_numpy(conv.weight), torch.from_numpy(conv.bias)
+
+    def call(x: torch.Tensor, res: torch.Tensor | None = None) -> torch.Tensor:
+        y = F.conv2d(x, w, b, module.stride, module.padding, module.dilation, module.groups)
+        if res is not None:
+            y += res
+        return y.relu_() if act == "relu" else y.clamp_(0, 6) if act == "relu6" else y
+    return call
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape[1:]) if meta is not None and hasattr(meta, "shape") else ()
+
+
+class _Builder:
+    """The walk over the traced graph that makes a :class:`Graph` (``trace``)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.ops: list[GraphOp] = []
+        self.pending: dict[fx.Node, GraphOp] = {}  # fused ops, emitted where their last node was
+        self.absorbed: set[fx.Node] = set()
+        self.alias: dict[fx.Node, fx.Node] = {}
+        self.native: set[str] = set()  # values that native ops write
+        self.nonneg: set[str] = set()
+        self.by_name = {n.name: n for n in gm.graph.nodes}
+
+    def value(self, node: fx.Node) -> str:
+        while node in self.alias:
+            node = self.alias[node]
+        return node.name
+
+    def conv(self, node: fx.Node) -> None:
+        module = self.modules[node.target]
+        tail, bn = node, None
+        user = _only_user(node)
+        if user is not None and _is_module(user, self.modules, nn.BatchNorm2d) and not self.modules[user.target].training:
+            tail, bn = user, self.modules[user.target]
+        act, residual, fused = "none", None, [tail]
+        user = _only_user(tail)
+        if user is not None and activation(user, self.modules):
+            act, fused = activation(user, self.modules), fused + [user]
+        elif user is not None and _is_add(user) and user not in self.absorbed and _shape(user) == _shape(tail):
+            other = user.args[1] if user.args[0] is tail else user.args[0]
+            residual, fused = (other, fused + [user]) if other is not tail else (None, fused)
+            after = _only_user(user)
+            if residual is not None and after is not None and activation(after, self.modules) == "relu":
+                act, fused = "relu", fused + [after]
+        self.absorbed.update(fused)
+        hin, win = _shape(node.args[0])[1:3]
+        why = conv_why(module, hin, win)
+        folded = fold_conv(node.target, module, bn)
+        last = fused[-1]
+        op = GraphOp("conv" if not why else "torch", node.target, [self.value(node.args[0])], last.name, _shape(last),
+                     conv=folded, act=act, why=why, nonneg=act != "none",
+                     fused=[n.name for n in fused if n is not node], in_shape=_shape(node.args[0]))
+        if residual is not None:
+            op.residual = residual.name  # resolved when emitted
+            op.inputs.append(residual.name)
+        if why:
+            op.fn = _folded_torch(folded, module, act)
+        self.pending[last] = op
+        if last is node:
+            self.emit(node)
+
+    def emit(self, node: fx.Node) -> None:
+        op = self.pending.pop(node)
+        op.inputs = [self.value_of_name(v) for v in op.inputs]
+        if op.residual is not None:
+            op.residual = op.inputs[-1]
+        self.ops.append(op)
+        if op.kind != "torch":
+            self.native.add(op.output)
+        if op.nonneg:
+            self.nonneg.add(op.output)
+
+    def value_of_name(self, name: str) -> str:
+        return self.value(self.by_name[name])
+
+    def _getter(self, target: str) -> Callable[[], object]:
+        def fetch():
+            obj = self.gm
+            for part in target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        return fetch
+
+    def other(self, node: fx.Node) -> None:
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        ins = [self.value(n) for n in node.all_input_nodes]
+        if isinstance(module, nn.Dropout):  # eval mode: the identity
+            self.alias[node] = node.args[0]
+            return
+        shape = _shape(node)
+        if isinstance(module, nn.MaxPool2d) and ins[0] in self.native:
+            k, s, p = module.kernel_size, module.stride, module.padding
+            c, h, w = _shape(node.args[0])
+            if (k, s, p) in ((3, 2, 1), ((3, 3), (2, 2), (1, 1))) and module.dilation in (1, (1, 1)) \
+                    and not module.ceil_mode and h % 2 == 0 and w % 2 == 0 and ins[0] in self.nonneg:
+                self._add(GraphOp("maxpool", node.name, ins, node.name, shape, nonneg=True))
+                return
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)) and ins[0] in self.native:
+            self._add(GraphOp("avgpool", node.name, ins, node.name, shape))
+            return
+        what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
+        why = f"no native kernel for {what}" + (" (its input comes from PyTorch)" if ins and ins[0] not in self.native
+                                                 and isinstance(module, (nn.MaxPool2d, nn.AdaptiveAvgPool2d)) else "")
+        self._add(GraphOp("torch", node.name, ins, node.name, shape, fn=_torch_fn(node, self.modules), why=why,
+                          nonneg=activation(node, self.modules) is not None))
+
+    def _add(self, op: GraphOp) -> None:
+        self.ops.append(op)
+        if op.kind != "torch":
+            self.native.add(op.output)
+        if op.nonneg:
+            self.nonneg.add(op.output)
+
+    def build(self, input_shape: tuple[int, int, int]) -> Graph:
+        inp = out = None
+        for node in self.gm.graph.nodes:
+            if node in self.pending:
+                self.emit(node)
+            elif node in self.absorbed:
+                continue
+            elif node.op == "placeholder":
+                if inp is not None:
+                    raise CnnpruneError("the native engine runs models with one input")
+                inp = node.name
+            elif node.op == "output":
+                out = node.args[0]
+            elif _is_module(node, self.modules, nn.Conv2d):
+                self.conv(node)
+            elif node.op == "get_attr":
+                self._add(GraphOp("torch", node.name, [], node.name, (), fn=self._getter(node.target), why="constant"))
+            else:
+                self.other(node)
+        if not isinstance(out, fx.Node):
+            raise CnnpruneError("the native engine runs models with one tensor output")
+        return Graph(self.ops, inp, self.value(out), input_shape)
+
+
+def trace(model: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
+    """The plan of ``model`` (eval mode) for inputs (N, *input_shape); one-line error if it cannot be traced."""
+    model = model.eval()
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # torch.fx raises many kinds, all meaning the same to the user
+        raise CnnpruneError(f"the native engine could not trace {type(model).__name__} with torch.fx: "
+                            f"{str(e).splitlines()[0][:160]}") from None
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    return _Builder(gm).build(input_shape)

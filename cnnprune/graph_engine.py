@@ -1,0 +1,214 @@
+"""The native engine for any traced CNN (:mod:`cnnprune.graph`): the same per-layer choice of
+sparse kernel, Winograd and dense oneDNN as for the report's ResNet18
+(:class:`cnnprune.engine.NativeEngine`, whose calibration, operands and whole-network fallback it
+reuses), with the forward pass built from the graph's op list instead of a fixed walk.
+
+Values live where their producer writes them: native ops write padded (C, H+2, W+2, N) buffers
+(global pooling an (N, C) array), PyTorch ops tensors. A value is converted once, where a
+consumer of the other kind first needs it (``to_nchw`` / ``from_nchw``); padded buffers go back
+to the pool after their last reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from cnnprune.buffers import Arena, release_free_memory
+from cnnprune.engine import NativeEngine
+from cnnprune.graph import ACTS, Graph, GraphOp
+from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, winograd_eligible
+
+
+class GraphEngine(NativeEngine):
+    """A :class:`Graph` executed by the C kernels between PyTorch ops; logits for (N, *input_shape)."""
+
+    def __init__(self, graph: Graph, threads: int, **kwargs) -> None:
+        super().__init__(None, threads, **kwargs)
+        self.graph = graph
+        self.input_shape = graph.input_shape
+        for op in graph.ops:
+            if op.kind == "conv":
+                op.conv = op.conv.compact()
+
+    def held_weight_bytes(self) -> int:
+        """Folded weights as kept between plans and the operands of every planned batch size."""
+        arrays: dict[int, int] = {}
+        for plan in self._plans.values():
+            for p in plan["convs"].values():
+                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight):
+                    if a is not None:
+                        arrays[a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()] = a.nbytes
+        return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + sum(arrays.values())
+
+    def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
+        plans: dict[str, ConvPlan] = {}
+        for op in self.graph.ops:
+            if op.kind != "conv":
+                continue
+            _, hin, win = op.in_shape
+            _, ho, wo = op.shape
+            p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias)
+            p.winograd_ok = self.winograd and op.act != "relu6" and winograd_eligible(op.conv, hin, win)
+            if p.winograd_ok:
+                p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
+            plans[op.output] = p
+        return plans
+
+    def _program(self, n: int) -> dict:
+        plan = self._plan(n)
+        if "program" not in plan:
+            _Program(self, plan, n).build()
+            self._choose_engine(n, plan)
+            if self.cache is not None and self.calibrate and self.layer_mode is None:
+                self.cache.put(self._setting(n), plan)
+            release_free_memory()
+        return plan
+
+    def _run_sparse(self, x: np.ndarray) -> np.ndarray:
+        prog = self._plans[x.shape[0]]
+        prog["xbuf"][...] = x
+        for part in prog["program"]:
+            part()
+        return np.array(prog["output"](), dtype=np.float32)  # a copy: the buffers are the next call's
+
+    def plan_summary(self, batch_size: int = 1) -> list[dict]:
+        """Per op of the graph, in order: its name, kind, where it runs at this batch size
+        (``sparse``, ``winograd`` or ``dense`` for native convolutions, ``native`` for pooling,
+        ``pytorch``; ``onnxruntime`` for every op where the whole network falls back), why it
+        is not native, and the nodes fused into it."""
+        plan = self._program(batch_size)
+        whole = plan["engine"]
+        rows = []
+        for op in self.graph.ops:
+            where = "pytorch" if op.kind == "torch" else plan["convs"][op.output].mode if op.kind == "conv" else "native"
+            rows.append({"op": op.name, "kind": op.kind, "runs": where if whole == "sparse" else whole,
+                         "why": op.why, "fused": ", ".join(op.fused)})
+        return rows
+
+
+class _Program:
+    """The forward pass of one batch size: buffers, conversions and steps (``GraphEngine._program``)."""
+
+    def __init__(self, engine: GraphEngine, plan: dict, n: int) -> None:
+        self.e, self.plan, self.n = engine, plan, n
+        self.arena = Arena()
+        self.pool = BufferPool(self.arena)
+        self.items: list = []
+        self.keep: list = []
+        self.pads: dict[str, np.ndarray] = {}
+        self.tensors: dict[str, Callable[[], torch.Tensor]] = {}  # value -> how to get it as a tensor
+        self.rt: dict[str, object] = {}  # values PyTorch ops make, per call
+        self.shapes = {op.output: op.shape for op in engine.graph.ops}
+        self.last = self._last_reads()
+
+    def _last_reads(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for i, op in enumerate(self.e.graph.ops):
+            for v in op.inputs:
+                last[v] = i
+        last[self.e.graph.output] = len(self.e.graph.ops)
+        return last
+
+    def padded(self, v: str) -> np.ndarray:
+        """``v`` in the padded layout, converted from its tensor where it has none yet."""
+        if v in self.pads:
+            return self.pads[v]
+        from cnnprune.kernels import PACK, Step
+        from cnnprune.native import from_nchw
+
+        c, h, w = self.shapes.get(v, self.e.input_shape)
+        buf = self.pads[v] = self.pool.padded(c, h, w, self.n)
+        if v == self.e.graph.input:
+            x = self.plan["xbuf"]
+            self.items.append(Step(kind=PACK, src=x.ctypes.data, N=self.n, C=c, H=h, W=w, dst=buf.ctypes.data))
+        else:
+            get = self.tensor(v)
+            self.items.append(lambda: from_nchw(get(), buf))
+        return buf
+
+    def tensor(self, v: str) -> Callable[[], torch.Tensor]:
+        """A getter of ``v`` as a tensor (NCHW), converting from its padded buffer where needed."""
+        if v in self.tensors:
+            return self.tensors[v]
+        if v in self.pads:
+            from cnnprune.native import to_nchw
+
+            buf, rt = self.pads[v], self.rt
+            self.items.append(lambda: rt.__setitem__(v, to_nchw(buf)))
+        self.tensors[v] = lambda rt=self.rt: rt[v]
+        return self.tensors[v]
+
+    def build(self) -> None:
+        xbuf = self.plan["xbuf"] = self.arena.zeros((self.n, *self.e.input_shape))
+        x = torch.from_numpy(xbuf)
+        self.tensors[self.e.graph.input] = lambda: x
+        self.keep.append(xbuf)
+        convs = self.plan["convs"]
+        sizes = [self.e._scratch_floats(p, self.n) for p in convs.values() if p.mode == "winograd" and not p.fused]
+        self.scratch = self.arena.zeros((max(sizes),)) if sizes else None
+        self.keep.append(self.scratch)
+        for i, op in enumerate(self.e.graph.ops):
+            getattr(self, f"_{op.kind}")(op)
+            for v in op.inputs:
+                if self.last.get(v) == i and v in self.pads:
+                    self.pool.give(self.pads[v])
+        self.plan["output"] = self._output()
+        self.plan["program"] = self.e._group(self.items, self.keep)
+
+    def _output(self) -> Callable[[], object]:
+        v = self.e.graph.output
+        if v in self.tensors or v not in self.pads:
+            get = self.tensor(v)
+            return lambda: get().detach().numpy()
+        from cnnprune.native import to_nchw
+
+        buf = self.pads[v]
+        return lambda: to_nchw(buf).numpy()
+
+    def _conv(self, op: GraphOp) -> None:
+        p = self.plan["convs"][op.output]
+        src = self.padded(op.inputs[0])
+        res = self.padded(op.residual) if op.residual is not None else None
+        c, h, w = op.shape
+        dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
+        relu = ACTS[op.act]
+        self.keep += [src, res, dst]
+        if p.mode == "dense":
+            self.items.append(self.e.dense_conv(p, src, dst, res, relu))
+            return
+        phase = None
+        if p.mode == "sparse" and p.conv.stride == 2:
+            phase = self.pool.phase(src.shape[0], src.shape[1] // 2, src.shape[2] // 2, self.n)
+            self.keep.append(phase)
+        self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
+        self.pool.give(phase)
+
+    def _maxpool(self, op: GraphOp) -> None:
+        from cnnprune.kernels import MAXPOOL, Step
+
+        src = self.padded(op.inputs[0])
+        c, h, w = op.shape
+        dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
+        self.items.append(Step(kind=MAXPOOL, src=src.ctypes.data, C=c, H=src.shape[1] - 2, W=src.shape[2] - 2, N=self.n,
+                               dst=dst.ctypes.data))
+        self.keep += [src, dst]
+
+    def _avgpool(self, op: GraphOp) -> None:
+        from cnnprune.kernels import AVGPOOL, Step
+
+        src = self.padded(op.inputs[0])
+        flat = self.arena.zeros((self.n, src.shape[0]))
+        self.items.append(Step(kind=AVGPOOL, src=src.ctypes.data, C=src.shape[0], H=src.shape[1] - 2,
+                               W=src.shape[2] - 2, N=self.n, dst=flat.ctypes.data))
+        view = torch.from_numpy(flat).view(self.n, *op.shape)
+        self.tensors[op.output] = lambda: view
+        self.keep += [src, flat]
+
+    def _torch(self, op: GraphOp) -> None:
+        getters = [self.tensor(v) for v in op.inputs]
+        rt, fn, out = self.rt, op.fn, op.output
+        self.items.append(lambda: rt.__setitem__(out, fn(*(g() for g in getters))))
+        self.tensors[out] = lambda: rt[out]
