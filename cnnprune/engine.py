@@ -25,6 +25,7 @@ from cnnprune.native_plan import (
     ConvPlan,
     best_ms,
     group_size,
+    is_span,
     padded,
     paired_ms,
     sparse_operands,
@@ -223,10 +224,12 @@ class NativeEngine:
         """One convolution as native steps, sparse or Winograd (raw addresses: the plan keeps
         the arrays). Sparse stride 2 reads phase planes, made here unless ``split`` is False
         (already made for this input)."""
-        from cnnprune.kernels import conv_step, split_step, winograd_steps
+        from cnnprune.kernels import conv_step, span_step, split_step, winograd_steps
 
         if mode == "winograd":
             return winograd_steps(src, None if p.fused else scratch, p.u, p.bias, dst, res, relu)
+        if is_span(p.conv):
+            return [span_step(src, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu)]
         steps = []
         if p.conv.stride == 2 and split:
             steps.append(split_step(src, phase))

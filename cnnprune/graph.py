@@ -9,8 +9,8 @@ What runs natively (``GraphOp.kind``):
   it folded in, and fused after it: ReLU or ReLU6, or a residual add (then optionally ReLU),
   when it is their only input of that kind. It then runs as the engine's per-layer choice of
   sparse kernel, Winograd or dense oneDNN (:mod:`cnnprune.engine`).
-- ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative native map (the zero
-  border stands for -inf only where every value is ≥ 0).
+- ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative map (the zero
+  border stands for -inf only where every value is ≥ 0), after a native op or a PyTorch one.
 - ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)``) of a native map.
 
 Everything else — the 7×7 stem (padding 3), depthwise and grouped convolutions, other pooling,
@@ -251,7 +251,7 @@ class _Builder:
             self.alias[node] = node.args[0]
             return
         shape = _shape(node)
-        if isinstance(module, nn.MaxPool2d) and ins[0] in self.native:
+        if isinstance(module, nn.MaxPool2d):  # native even after a PyTorch op: PyTorch's NCHW pool is slower than the conversion
             k, s, p = module.kernel_size, module.stride, module.padding
             c, h, w = _shape(node.args[0])
             if (k, s, p) in ((3, 2, 1), ((3, 3), (2, 2), (1, 1))) and module.dilation in (1, (1, 1)) \
@@ -262,8 +262,9 @@ class _Builder:
             self._add(GraphOp("avgpool", node.name, ins, node.name, shape))
             return
         what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
-        why = f"no native kernel for {what}" + (" (its input comes from PyTorch)" if ins and ins[0] not in self.native
-                                                 and isinstance(module, (nn.MaxPool2d, nn.AdaptiveAvgPool2d)) else "")
+        why = f"no native kernel for {what}" + (" with this geometry or a negative input" if isinstance(module, nn.MaxPool2d)
+                                                 else " (its input comes from PyTorch)" if isinstance(module, nn.AdaptiveAvgPool2d)
+                                                 else "")
         self._add(GraphOp("torch", node.name, ins, node.name, shape, fn=_torch_fn(node, self.modules), why=why,
                           nonneg=activation(node, self.modules) is not None))
 

@@ -8,7 +8,9 @@ process (this module imports neither torch nor onnxruntime itself):
 
 - ``dense``: PyTorch eager on ``NAME.pth`` (torch only);
 - ``onnx``: onnxruntime on ``NAME.onnx`` (numpy and onnxruntime only);
-- ``sparse``: :mod:`cnnprune.runtime` on ``NAME.csr.safetensors`` (numpy and the native kernels).
+- ``sparse``: :mod:`cnnprune.runtime` on ``NAME.csr.safetensors`` (numpy and the native kernels);
+  for other architectures than the report's, whose plan comes from their traced graph,
+  :func:`cnnprune.sparse.load` (torch, the kernels and the onnxruntime fallback).
 
 A user who serves a pruned model pays for one of these processes, not for one that imports
 every engine, so this is what "less resource usage" is judged on.
@@ -75,7 +77,23 @@ def _onnx(artifacts: Path, name: str, threads: int) -> tuple[Callable[[np.ndarra
     return (lambda x: session.run(None, {"input": x})), None  # the parent counts the initializers
 
 
+def _is_default(artifacts: Path) -> bool:
+    """The report's network at 32×32: what the torch-free runtime runs."""
+    path = artifacts / "manifest.json"
+    record = json.loads(path.read_text()).get("model") if path.is_file() else None
+    return not isinstance(record, dict) or (record.get("arch", "resnet18-cifar") == "resnet18-cifar"
+                                             and int(record.get("input_size", 32)) == 32)
+
+
 def _sparse(artifacts: Path, name: str, threads: int) -> tuple[Callable[[np.ndarray], object], Callable[[], int]]:
+    if not _is_default(artifacts):  # other architectures: the graph-planned engine, hosted in torch
+        import torch
+
+        from cnnprune import sparse
+
+        torch.set_num_threads(threads)
+        hosted = sparse.load(artifacts / f"{name}.csr.pt", threads=threads)
+        return (lambda x: hosted(torch.from_numpy(x))), hosted.held_weight_bytes
     from cnnprune import runtime
 
     model = runtime.load(artifacts / f"{name}.csr.safetensors", threads=threads)
@@ -95,7 +113,8 @@ def probe(form: str, artifacts: Path, name: str, batch: int, runs: int, threads:
         run(x)
     peak = peak_rss()
     return {"rss_before_load": base, "rss_after_load": loaded, "peak_rss": peak,
-            "weights_in_memory": held() if callable(held) else held, "process": ENGINES[form],
+            "weights_in_memory": held() if callable(held) else held,
+            "process": ENGINES[form] if form != "sparse" or _is_default(artifacts) else "cnnprune.sparse (torch)",
             "imported": sorted(m for m in ("torch", "onnxruntime") if m in sys.modules)}
 
 

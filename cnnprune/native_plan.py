@@ -21,6 +21,8 @@ MODES = ("sparse", "winograd", "dense")
 # transformed input kept in each thread's cache (faster at batch 32, see the README); with fewer
 # panels the two-step variant spreads the work better.
 FUSED_PANELS_PER_THREAD = 2
+# Nonzeros per output channel and input-channel group of a 1x1 span convolution, on average
+SPAN_RUN = int(__import__("os").environ.get("CNNPRUNE_SPAN_RUN", "64"))
 
 
 @dataclass
@@ -137,12 +139,20 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
         np.ascontiguousarray(values[order], dtype=np.float32)
 
 
+def is_span(conv: FoldedConv) -> bool:
+    """A 1x1 stride-1 convolution without padding: the sparse kernel runs it over each plane's
+    whole interior span (``kernels.span_step``)."""
+    return conv.shape[2:] == (1, 1) and conv.stride == 1 and conv.padding == 0
+
+
 def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
     """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
     until an output channel has about ``min_run`` nonzeros per group on average, since each
     (channel, group) pass reloads and stores its accumulators."""
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
+    if is_span(conv):
+        return min(cin, -(-SPAN_RUN * cout * cin // nnz))
     l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
 

@@ -43,36 +43,42 @@ from cnnprune.errors import CnnpruneError
 from cnnprune.fileio import sha256_file
 from cnnprune.fold import fold_resnet
 from cnnprune.gemm import GEMM_LAYOUTS, SEMI_BACKENDS, TorchGemmResNet
-from cnnprune.model import checked_model, load_state_dict
+from cnnprune.model import checked_model, load_state_dict, spec_of_folder
 from cnnprune.native import NativeSparseResNet
 from cnnprune.plancache import PlanCache
 
 ENGINES = ("native", "torch-csr", "torch-2:4", "torch-gemm")
 
 
-def unsupported(spec: ModelSpec) -> str | None:
-    """Why these engines cannot run ``spec``'s models (None: they can). Their plan is the
-    report's network's (``fold_resnet``: fixed stages, a 32×32 input); any class count works."""
-    if spec.arch != DEFAULT_ARCH or spec.input_size != 32:
-        return f"the sparse engines run {DEFAULT_ARCH} at 32×32 only today, not {spec.arch} at {spec.input_size}×" \
-               f"{spec.input_size}"
+def unsupported(spec: ModelSpec, engine: str = "native") -> str | None:
+    """Why ``engine`` cannot run ``spec``'s models (None: it can). The native engine runs any
+    architecture ``torch.fx`` can trace, at any input size (:mod:`cnnprune.graph`: the report's
+    network keeps its own hand-made plan, ``fold_resnet``); the im2col engines run the report's
+    network at 32×32 only. Any class count works."""
+    if engine != "native" and not spec.is_default:
+        return f"engine {engine} runs {DEFAULT_ARCH} at 32×32 only, not {spec.arch} at {spec.input_size}×{spec.input_size}"
     return None
 
 
-def read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint of the CIFAR
-    ResNet18 (any class count)."""
+def read_state(path: str | Path, arch: str = DEFAULT_ARCH) -> dict[str, torch.Tensor]:
+    """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint of ``arch``
+    (any class count)."""
     path = Path(path)
     state = csr.load_state(path) if path.name.endswith(".csr.pt") else load_state_dict(path)
-    checked_model(state, str(path))
+    checked_model(state, str(path), arch)
     return state
 
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
          calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
          backend: str = "cusparselt", winograd: bool = True, layer_mode: str | None = None,
-         plan_cache: bool = False) -> nn.Module:
-    """Load a pruned model for sparse inference: input (N, 3, 32, 32) → logits (N, classes), eval mode.
+         plan_cache: bool = False, spec: ModelSpec | None = None) -> nn.Module:
+    """Load a pruned model for sparse inference: input (N, 3, S, S) → logits (N, classes), eval mode.
+
+    ``spec``: the architecture and input size (default: what the ``manifest.json`` beside
+    ``path`` records, else the report's ResNet18 at 32×32). Other architectures than the
+    report's run ``native`` only, planned from their traced graph (``model.plan_summary(batch)``
+    says which ops run natively and why the others run in PyTorch).
 
     ``engine``: ``native`` (C kernels, CPU, per-layer choice of sparse kernel, Winograd or
     dense), ``torch-csr`` (``torch.sparse``; CPU or CUDA), ``torch-2:4`` (semi-structured sparse
@@ -109,6 +115,12 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
         if backend == "cutlass" and torch.cuda.get_device_capability(device)[0] != 8:
             raise CnnpruneError("PyTorch's CUTLASS 2:4 kernels run on compute capability 8.x (Ampere) only; "
                                 "use backend='cusparselt' on this GPU")
+    spec = spec or spec_of_folder(Path(path).parent)
+    why = unsupported(spec, engine)
+    if why:
+        raise CnnpruneError(f"{path}: {why}")
+    if not spec.is_default:
+        return _load_graph(path, spec, device, threads, calibrate, dense_fallback, winograd, layer_mode, plan_cache)
     state = read_state(path)
     net = fold_resnet({k: v.numpy() for k, v in state.items()})
     if engine == "native":
@@ -118,3 +130,16 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
         cache = PlanCache(sha256_file(path)) if plan_cache else None
         return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode, cache)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)
+
+
+def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | None, calibrate: bool,
+                dense_fallback: bool, winograd: bool, layer_mode: str | None, plan_cache: bool) -> nn.Module:
+    """Any architecture on the native engine, planned from its traced graph (:mod:`cnnprune.graph`)."""
+    from cnnprune.graph import trace
+
+    if device != "cpu":
+        raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
+    model = checked_model(read_state(path, spec.arch), str(path), spec.arch)
+    graph = trace(model, (3, spec.input_size, spec.input_size))
+    cache = PlanCache(sha256_file(path)) if plan_cache else None
+    return NativeSparseResNet(graph, threads, calibrate, model if dense_fallback else None, winograd, layer_mode, cache)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune.fold import FoldedConv
-from cnnprune.kernels import Step, conv_pool_step, conv_step, library, split_step, winograd_steps
+from cnnprune.kernels import Step, conv_pool_step, conv_step, library, span_step, split_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import padded, sparse_operands, winograd_eligible, winograd_weights
 
@@ -78,6 +78,36 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
             for narrow in (True, False):
                 got = run_kernel(conv, x, group, threads, narrow=narrow)
                 assert (got - want).abs().max() <= 1e-4, (group, threads, narrow)
+
+
+def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: torch.Tensor | None, act: int,
+             narrow: bool = True) -> np.ndarray:
+    n, cin, h, w = x.shape
+    src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], h, w, n), padded_from(res)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow)
+    step = span_step(src, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act)
+    library().run_steps((Step * 1)(step), 1, threads)
+    return dst
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16])
+@pytest.mark.parametrize("hw", [1, 2, 5, 7, 14, 28])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+def test_span_conv_matches_conv2d(n: int, hw: int, density: float) -> None:
+    """1x1 convolutions over each plane's interior span: every map width (spans shorter than a
+    vector, rounded up into the bottom border, or not), residual, ReLU and ReLU6, and the border
+    zero afterwards (the span computes the border pixels between rows)."""
+    conv = random_conv(20, 40, 1, 1, density, seed=n * 7 + hw)
+    x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
+    res = torch.randn(n, 40, hw, hw, generator=torch.Generator().manual_seed(n))
+    plain = reference(conv, x, None, False)
+    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2)):
+        want = plain if r is None else plain + r
+        want = want.relu() if act == 1 else want.clamp(0, 6) if act == 2 else want
+        for group, threads, narrow in ((20, 1, True), (3, 2, True), (7, 2, False)):
+            dst = run_span(conv, x, group, threads, r, act, narrow)
+            assert_zero_border(dst)
+            assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow)
 
 
 def test_residual_and_no_relu() -> None:

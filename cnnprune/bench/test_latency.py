@@ -25,8 +25,9 @@ from cnnprune.model import load_state_dict
 
 
 def _load(engine: str, device: str, artifacts: Path, name: str, threads: int, spec: ModelSpec):
-    if engine in ("sparse", "torch-csr") and sparse.unsupported(spec):
-        pytest.skip(sparse.unsupported(spec))
+    why = sparse.unsupported(spec, "native" if engine == "sparse" else engine) if engine in ("sparse", "torch-csr") else None
+    if why:
+        pytest.skip(why)
     if engine == "torch":
         from cnnprune.model import load_model
 

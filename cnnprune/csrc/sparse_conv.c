@@ -117,6 +117,8 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
 #define ROWS_1_TO_8(NV, VT, V) ROWS_1_TO_3(NV, VT, V) ROWS_4_TO_6(NV, VT, V) ROWS_7_TO_8(NV, VT, V)
 
 DEFINE_TILE(1, 8, vf, VW)
+DEFINE_TILE(2, 8, vf, VW)
+DEFINE_TILE(3, 8, vf, VW)
 ROWS_1_TO_3(4, vf, VW)
 ROWS_1_TO_3(2, vf, VW)
 ROWS_4_TO_6(2, vf, VW)
@@ -150,6 +152,11 @@ static const tile_kind KINDS[] = {
     {1, 8, {LIST_1_TO_8(1, v1, ), LIST_1_TO_8(1, v1, _16)}},
 };
 #define NKINDS ((int)(sizeof(KINDS) / sizeof(KINDS[0])))
+/* The widest tile with 1 to 3 rows, for the span of a 1x1 convolution (sparse_span_body): 8, 16
+ * or 24 accumulators; with AVX2's 16 registers only the first fits. */
+static const tile_fn SPAN_TILES[2][4] = {{0, tile_vf_8_1, tile_vf_8_2, tile_vf_8_3},
+                                          {0, tile_vf_8_1_16, tile_vf_8_2_16, tile_vf_8_3_16}};
+#define SPAN_ROWS (NACC / 8)
 
 /* Output rows per tile for a row of L floats (Wout * N): as many as keep the widest tile
  * that fits within NACC accumulators. */
@@ -282,6 +289,80 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
                        c1 - c0, dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
                 t += kind->width;
             }
+        }
+    }
+}
+
+/* Zero what a span wrote outside the interior of a padded plane p (row: floats per padded row):
+ * the border pixels (columns 0 and W+1) of the rows it crossed, and anything from row H+1 on,
+ * within floats [a, b) of the plane. */
+static void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H) {
+    for (int64_t y = a / row; y * row < b; y++) {
+        const int64_t r0 = y * row;
+        if (y >= H + 1) {
+            const int64_t lo = r0 > a ? r0 : a, hi = r0 + row < b ? r0 + row : b;
+            memset(p + lo, 0, (size_t)(hi - lo) * sizeof(float));
+            continue;
+        }
+        const int64_t cols[2] = {r0, r0 + (int64_t)(W + 1) * N};
+        for (int i = 0; i < 2; i++) {
+            const int64_t lo = cols[i] > a ? cols[i] : a, hi = cols[i] + N < b ? cols[i] + N : b;
+            if (hi > lo) memset(p + lo, 0, (size_t)(hi - lo) * sizeof(float));
+        }
+    }
+}
+
+/* A 1x1 stride-1 convolution without padding as one sparse x dense product over the whole
+ * interior of each plane: in the padded (C, H+2, W+2, N) layout the pixels (1, 1) .. (H, W) are
+ * one contiguous span of (H-1)(W+2)N + WN floats, border pixels between the rows included, so a
+ * tile is full-width vectors however narrow the map (a 7x7 map at batch 1 is 4 vectors of 16
+ * instead of rows of 7 floats); the border pixels it computes (zeros times weights, plus bias)
+ * are zeroed again after each work item (zero_outside). The span is rounded up to whole vectors
+ * where that stays inside the plane (the rest lands in the bottom border row, zeroed too). A
+ * tile is up to SPAN_ROWS pieces of 8 vectors (24 accumulators with AVX-512), taken as rows of
+ * the tile functions. Offsets and runs as for sparse_conv_body with k = 1. Work items: blocks
+ * of the span x chunks of output channels of equal nonzero shares. */
+static void sparse_span_body(const float *src, int H, int W, int N, int Cout, int ngroups, const int32_t *ptr,
+                             const int32_t *chan, const void *off, int off16, const float *val, const float *bias,
+                             float *dst, const float *res, int relu, int nthreads) {
+    const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row, start = row + N;
+    int64_t L = (int64_t)(H - 1) * row + (int64_t)W * N;
+    const int64_t whole = (L + VW - 1) / VW * VW;
+    if (start + whole <= plane) L = whole;
+    const int TW = 8 * VW;
+    const int64_t block = (int64_t)SPAN_ROWS * TW;
+    const int nblocks = (int)((L + block - 1) / block);
+    int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
+    while ((nblocks * nchunks) % nthreads) nchunks++;
+    const int most = Cout / 8 > 1 ? Cout / 8 : 1;
+    if (nchunks > most) nchunks = most;
+    const int64_t total = chan[Cout];
+    seg_sel sel = {0, 1, 1, 1, N, {3}};
+    #pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < nblocks; b++) {
+        for (int ch = 0; ch < nchunks; ch++) {
+            const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
+            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
+            const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L, o = c0 * plane + start;
+            for (int64_t t = t0; t < end;) {
+                const int64_t rem = end - t;
+                tile_fn fn;
+                int64_t step;
+                if (rem >= TW) {
+                    const int r = rem / TW < SPAN_ROWS ? (int)(rem / TW) : SPAN_ROWS;
+                    fn = SPAN_TILES[off16 != 0][r];
+                    step = (int64_t)r * TW;
+                } else {
+                    const tile_kind *kind = &KINDS[pick_kind((int)rem, 1)];
+                    fn = kind->fn[off16 != 0][1];
+                    step = kind->width;
+                }
+                for (int g = 0; g < ngroups; g++)
+                    fn(src + t, TW, off, val, ptr + (int64_t)g * Cout + c0, 1, &sel, c1 - c0, dst + o + t, TW, plane,
+                       g == 0, bias + c0, g == ngroups - 1, res ? res + o + t : 0, relu);
+                t += step;
+            }
+            for (int c = c0; c < c1; c++) zero_outside(dst + c * plane, start + t0, start + end, row, N, W, H);
         }
     }
 }
@@ -472,6 +553,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_CONV_POOL:
             sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad,
                                   s->H, s->W, s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
+            break;
+        case STEP_SPAN:
+            sparse_span_body(s->src, s->H, s->W, s->N, s->Cout, s->ngroups, s->ptr, s->chan, s->off, s->off16, s->val,
+                             s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;

@@ -1,0 +1,143 @@
+"""The native engine planned from a traced graph (cnnprune.graph, cnnprune.graph_engine): logits
+equal to eager PyTorch's for torchvision architectures and for graphs with ops the kernels do
+not have, in every layer mode and batch size; BatchNorm, activations and residual adds fused
+where they may be; the plan summary; loading any architecture through cnnprune.sparse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from cnnprune import csr, sparse
+from cnnprune.archs import ModelSpec, build
+from cnnprune.errors import CnnpruneError
+from cnnprune.graph import trace
+from cnnprune.native import NativeSparseResNet
+
+
+def pruned(model: nn.Module, amount: float, seed: int = 0) -> nn.Module:
+    """Global L1 pruning of the convolutions, made permanent, with BatchNorm statistics that are
+    not the identity (so that folding is tested), eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    prune.global_unstructured(convs, pruning_method=prune.L1Unstructured, amount=amount)
+    for m, name in convs:
+        prune.remove(m, name)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            for t, lo, hi in ((m.running_mean, -0.2, 0.2), (m.running_var, 0.5, 2.0), (m.weight, 0.5, 1.5),
+                              (m.bias, -0.2, 0.2)):
+                t.data.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return model.eval()
+
+
+def check(model: nn.Module, size: int, batch: int, **options) -> NativeSparseResNet:
+    engine = NativeSparseResNet(trace(model, (3, size, size)), threads=2, **options)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        want = model(x)
+    got = engine(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max() + 1e-6
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    return engine
+
+
+@pytest.mark.parametrize("arch, size, amount", [("resnet50", 64, 0.9), ("resnet18", 56, 0.5),
+                                                ("mobilenet_v2", 64, 0.8), ("resnet18-cifar", 32, 0.9)])
+@pytest.mark.parametrize("mode", ["sparse", "winograd", None])
+def test_graph_engine_matches_eager(arch: str, size: int, amount: float, mode: str | None) -> None:
+    torch.manual_seed(0)
+    model = pruned(build(arch, 10), amount)
+    for batch in (1, 3):
+        check(model, size, batch, calibrate=mode is None, layer_mode=mode)
+
+
+class Odd(nn.Module):
+    """Ops the kernels lack between native ones: concatenation, sigmoid gating, a 5x5 padding-2
+    convolution, average pooling, a depthwise convolution, a residual add of two convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 5, padding=2)
+        self.bn = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c = nn.Conv2d(16, 16, 1)
+        self.d = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        y = self.c(y) + self.dw(y) * torch.sigmoid(y)
+        y = torch.nn.functional.relu6(self.d(y)) + self.pool(y)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_ops_without_kernels_run_in_pytorch_between_native_ones() -> None:
+    torch.manual_seed(1)
+    model = pruned(Odd(), 0.5)
+    engine = check(model, 12, 2, calibrate=False, layer_mode="sparse")
+    rows = {r["op"]: r for r in engine.plan_summary(2)}
+    assert rows["a"]["runs"] == "sparse" and rows["d"]["runs"] == "sparse"
+    assert rows["b"]["runs"] == "pytorch" and "padding 2" in rows["b"]["why"]
+    assert rows["dw"]["runs"] == "pytorch" and rows["dw"]["why"] == "depthwise"
+    assert rows["cat"]["runs"] == "pytorch" and "cat" in rows["cat"]["why"]
+    assert "relu6" in rows["d"]["fused"], "ReLU6 fused into the convolution before it"
+
+
+def test_fusion_of_batchnorm_relu_and_residual() -> None:
+    graph = trace(build("resnet50", 10).eval(), (3, 64, 64))
+    ops = {op.name: op for op in graph.ops}
+    conv3 = ops["layer1.0.conv3"]
+    assert conv3.kind == "conv" and conv3.act == "relu" and conv3.residual is not None
+    assert conv3.fused[0] == "layer1_0_bn3" and conv3.fused[1].startswith("add")
+    assert ops["layer1.0.conv1"].act == "relu" and ops["layer1.0.downsample.0"].act == "none"
+    assert ops["conv1"].kind == "torch" and "padding 3" in ops["conv1"].why
+    assert ops["maxpool"].kind == "maxpool" and ops["avgpool"].kind == "avgpool"
+    assert not any(op.name.startswith("bn") or ".bn" in op.name for op in graph.ops), "every BatchNorm folded"
+
+
+def test_plan_summary_and_whole_network_fallback() -> None:
+    torch.manual_seed(2)
+    model = pruned(build("resnet18", 10), 0.2)
+    engine = NativeSparseResNet(trace(model, (3, 64, 64)), threads=2, dense_fallback=model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (engine(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+    choice = engine.engine_for(2)
+    rows = engine.plan_summary(2)
+    runs = {r["runs"] for r in rows}
+    assert runs == {"onnxruntime"} if choice["engine"] == "onnxruntime" else "onnxruntime" not in runs
+    assert len(rows) == len(engine.engine.graph.ops)
+
+
+def test_sparse_load_plans_any_architecture_from_its_manifest(tmp_path) -> None:
+    torch.manual_seed(3)
+    model = pruned(build("resnet18", 7), 0.9)
+    csr.save(model.state_dict(), tmp_path / "m.csr.pt")
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": ModelSpec("resnet18", 7, 64).record()}))
+    loaded = sparse.load(tmp_path / "m.csr.pt", threads=2, dense_fallback=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+    assert loaded.plan_summary(2)[0]["op"] == "conv1"
+    with pytest.raises(CnnpruneError, match=r"input must be \(N, 3, 64, 64\)"):
+        loaded(torch.randn(1, 3, 32, 32))
+    with pytest.raises(CnnpruneError, match="torch-csr runs resnet18-cifar"):
+        sparse.load(tmp_path / "m.csr.pt", engine="torch-csr")
+    assert sparse.unsupported(ModelSpec("resnet50", 1000, 224)) is None
+
+
+def test_untraceable_model_is_one_line() -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(CnnpruneError, match="could not trace Branchy"):
+        trace(Branchy(), (3, 8, 8))
