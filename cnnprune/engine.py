@@ -25,9 +25,9 @@ from cnnprune.native_plan import (
     ConvPlan,
     best_ms,
     group_size,
-    is_span,
     padded,
     paired_ms,
+    span_operands,
     sparse_operands,
     winograd_eligible,
     winograd_weights,
@@ -124,8 +124,10 @@ class NativeEngine:
         """Make what ``mode`` runs on, once: sparse offsets and values, or Winograd's weights
         (the host's dense mode makes its own)."""
         if mode == "sparse" and p.val is None:
-            group = group_size(self.lib, p.conv, p.wo * n, p.ho, n)
-            p.ptr, p.chan, p.ngroups, p.off, p.val = sparse_operands(p.conv, p.hin, p.win, n, group)
+            group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span)
+            make = (lambda: span_operands(p.conv, p.ho, p.wo, n, group)) if p.span else \
+                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group))
+            p.ptr, p.chan, p.ngroups, p.off, p.val = make()
         elif mode == "winograd" and p.u is None:
             if p.conv.name not in self._u:
                 self._u[p.conv.name] = winograd_weights(p.conv)
@@ -168,7 +170,7 @@ class NativeEngine:
             src = padded(cin, p.hin, p.win, n, arena)
             src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
             dst = padded(cout, p.ho, p.wo, n, arena)
-            phase = arena.zeros((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n)) if p.conv.stride == 2 else None
+            phase = self._phase(p, n, arena.zeros)
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
             self._operands(p, n, "sparse")
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), [])}
@@ -184,6 +186,15 @@ class NativeEngine:
             del runs, src, dst, phase, scratch
             p.release()
             self._drop_unused_u()
+
+    @staticmethod
+    def _phase(p: ConvPlan, n: int, alloc: Callable[[tuple], np.ndarray]) -> np.ndarray | None:
+        """What a sparse stride-2 convolution reads, from ``alloc(shape)``: its input subsampled
+        (a span convolution: padded (Cin, Ho, Wo, N), border zero) or the 4 phase planes."""
+        if p.conv.stride != 2:
+            return None
+        cin = p.conv.shape[1]
+        return alloc((cin, p.ho + 2, p.wo + 2, n)) if p.span else alloc((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n))
 
     def _scratch_floats(self, p: ConvPlan, n: int) -> int:
         """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""
@@ -224,12 +235,14 @@ class NativeEngine:
         """One convolution as native steps, sparse or Winograd (raw addresses: the plan keeps
         the arrays). Sparse stride 2 reads phase planes, made here unless ``split`` is False
         (already made for this input)."""
-        from cnnprune.kernels import conv_step, span_step, split_step, winograd_steps
+        from cnnprune.kernels import conv_step, span_step, split_step, subsample_step, winograd_steps
 
         if mode == "winograd":
             return winograd_steps(src, None if p.fused else scratch, p.u, p.bias, dst, res, relu)
-        if is_span(p.conv):
-            return [span_step(src, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu)]
+        if p.span:
+            pre = [subsample_step(src, phase)] if p.conv.stride == 2 else []
+            base = phase if p.conv.stride == 2 else src
+            return pre + [span_step(base, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu)]
         steps = []
         if p.conv.stride == 2 and split:
             steps.append(split_step(src, phase))

@@ -19,7 +19,7 @@ import torch
 from cnnprune.buffers import Arena, release_free_memory
 from cnnprune.engine import NativeEngine
 from cnnprune.graph import ACTS, Graph, GraphOp
-from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, winograd_eligible
+from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, span_eligible, winograd_eligible
 
 
 class GraphEngine(NativeEngine):
@@ -50,7 +50,7 @@ class GraphEngine(NativeEngine):
                 continue
             _, hin, win = op.in_shape
             _, ho, wo = op.shape
-            p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias)
+            p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win))
             p.winograd_ok = self.winograd and op.act != "relu6" and winograd_eligible(op.conv, hin, win)
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
@@ -180,8 +180,10 @@ class _Program:
             self.items.append(self.e.dense_conv(p, src, dst, res, relu))
             return
         phase = None
-        if p.mode == "sparse" and p.conv.stride == 2:
-            phase = self.pool.phase(src.shape[0], src.shape[1] // 2, src.shape[2] // 2, self.n)
+        if p.mode == "sparse" and p.conv.stride == 2:  # see NativeEngine._phase
+            cin = p.conv.shape[1]
+            phase = self.pool.padded(cin, p.ho, p.wo, self.n) if p.span else \
+                self.pool.phase(cin, (p.hin + 2) // 2, (p.win + 2) // 2, self.n)
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
         self.pool.give(phase)

@@ -34,7 +34,7 @@ _SIGNATURES = {
 
 SOURCES = ("sparse_conv.c", "winograd.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN = range(11)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE = range(12)
 
 
 class Step(ctypes.Structure):
@@ -76,6 +76,14 @@ def span_step(src: np.ndarray, cout: int, ngroups: int, ptr: np.ndarray, chan: n
                 ptr=ptr.ctypes.data, chan=chan.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,
                 res=None if res is None else res.ctypes.data, relu=int(relu))
+
+
+def subsample_step(src: np.ndarray, dst: np.ndarray) -> Step:
+    """The SUBSAMPLE step: the pixels a 1x1 stride-2 convolution reads, padded (C, H+2, W+2, N)
+    ``src`` into padded (C, H/2+2, W/2+2, N) ``dst`` (interior only). Raw addresses: the caller
+    keeps the arrays alive."""
+    c, hp, wp, n = src.shape
+    return Step(kind=SUBSAMPLE, src=src.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, dst=dst.ctypes.data)
 
 
 def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,

@@ -44,6 +44,7 @@ class ConvPlan:
     bias: np.ndarray | None = None
     u: np.ndarray | None = None
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
+    span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
     fused: bool = False
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)
@@ -139,19 +140,27 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
         np.ascontiguousarray(values[order], dtype=np.float32)
 
 
-def is_span(conv: FoldedConv) -> bool:
-    """A 1x1 stride-1 convolution without padding: the sparse kernel runs it over each plane's
-    whole interior span (``kernels.span_step``)."""
-    return conv.shape[2:] == (1, 1) and conv.stride == 1 and conv.padding == 0
+def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
+    """A 1x1 convolution without padding, stride 1, or stride 2 on an even map (its input
+    subsampled first, ``kernels.subsample_step``): the sparse kernel runs it over each plane's
+    whole interior span (``kernels.span_step``), full vectors however narrow the map."""
+    return conv.shape[2:] == (1, 1) and conv.padding == 0 and (
+        conv.stride == 1 or (conv.stride == 2 and hin % 2 == 0 and win % 2 == 0))
 
 
-def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32) -> int:
+def span_operands(conv: FoldedConv, ho: int, wo: int, n: int, group: int, narrow: bool = True) -> tuple:
+    """``sparse_operands`` of a span convolution: stride 1 over the (subsampled) ho x wo input."""
+    unit = FoldedConv(conv.name, conv.weight, conv.bias, 1, 0, conv.shape)
+    return sparse_operands(unit, ho, wo, n, group, narrow)
+
+
+def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32, span: bool = False) -> int:
     """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
     until an output channel has about ``min_run`` nonzeros per group on average, since each
     (channel, group) pass reloads and stores its accumulators."""
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
-    if is_span(conv):
+    if span:
         return min(cin, -(-SPAN_RUN * cout * cin // nnz))
     l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))

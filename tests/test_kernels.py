@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune.fold import FoldedConv
-from cnnprune.kernels import Step, conv_pool_step, conv_step, library, span_step, split_step, winograd_steps
+from cnnprune.kernels import (Step, conv_pool_step, conv_step, library, span_step, split_step, subsample_step,
+                              winograd_steps)
 from cnnprune.native import from_nchw, to_nchw
-from cnnprune.native_plan import padded, sparse_operands, winograd_eligible, winograd_weights
+from cnnprune.native_plan import padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
 
 
 def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
@@ -83,23 +84,31 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
 def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: torch.Tensor | None, act: int,
              narrow: bool = True) -> np.ndarray:
     n, cin, h, w = x.shape
-    src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], h, w, n), padded_from(res)
-    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow)
-    step = span_step(src, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act)
-    library().run_steps((Step * 1)(step), 1, threads)
+    ho, wo = h // conv.stride, w // conv.stride
+    src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], ho, wo, n), padded_from(res)
+    ptr, chan, ngroups, off, val = span_operands(conv, ho, wo, n, group, narrow)
+    steps = []
+    if conv.stride == 2:  # the kernel reads the input subsampled
+        sub = np.full((cin, ho + 2, wo + 2, n), np.nan, dtype=np.float32)
+        sub[:, 0], sub[:, -1], sub[:, :, 0], sub[:, :, -1] = 0, 0, 0, 0
+        steps.append(subsample_step(src, sub))
+        src = sub
+    steps.append(span_step(src, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act))
+    library().run_steps((Step * len(steps))(*steps), len(steps), threads)
     return dst
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 16])
-@pytest.mark.parametrize("hw", [1, 2, 5, 7, 14, 28])
+@pytest.mark.parametrize("hw, stride", [(1, 1), (2, 1), (5, 1), (7, 1), (14, 1), (28, 1), (2, 2), (14, 2), (28, 2)])
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
-def test_span_conv_matches_conv2d(n: int, hw: int, density: float) -> None:
+def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) -> None:
     """1x1 convolutions over each plane's interior span: every map width (spans shorter than a
-    vector, rounded up into the bottom border, or not), residual, ReLU and ReLU6, and the border
-    zero afterwards (the span computes the border pixels between rows)."""
-    conv = random_conv(20, 40, 1, 1, density, seed=n * 7 + hw)
+    vector, rounded up into the bottom border, or not), stride 2 on the subsampled input,
+    residual, ReLU and ReLU6, and the border zero afterwards (the span computes the border
+    pixels between rows)."""
+    conv = random_conv(20, 40, 1, stride, density, seed=n * 7 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
-    res = torch.randn(n, 40, hw, hw, generator=torch.Generator().manual_seed(n))
+    res = torch.randn(n, 40, hw // stride, hw // stride, generator=torch.Generator().manual_seed(n))
     plain = reference(conv, x, None, False)
     for r, act in ((None, 0), (None, 1), (res, 1), (res, 2)):
         want = plain if r is None else plain + r

@@ -367,6 +367,25 @@ static void sparse_span_body(const float *src, int H, int W, int N, int Cout, in
     }
 }
 
+/* Every second pixel of every second row: padded (C, H+2, W+2, N) src -> padded (C, H/2+2,
+ * W/2+2, N) dst (H, W even), interior only (dst's border stays zero). What a 1x1 stride-2
+ * convolution reads, so that it runs as a span (sparse_span_body) over a quarter of the pixels. */
+static void subsample_body(const float *src, int C, int H, int W, int N, float *dst) {
+    const int Ho = H / 2, Wo = W / 2;
+    const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
+    const int64_t drow = (int64_t)(Wo + 2) * N, dplane = (int64_t)(Ho + 2) * drow;
+    #pragma omp for schedule(static)
+    for (int i = 0; i < C * Ho; i++) {
+        const int c = i / Ho, y = i % Ho;
+        const float *restrict s = src + c * splane + (2 * y + 1) * srow + N;
+        float *restrict d = dst + c * dplane + (y + 1) * drow + N;
+        if (N == 1)
+            for (int x = 0; x < Wo; x++) d[x] = s[2 * x];
+        else
+            for (int x = 0; x < Wo; x++) memcpy(d + (int64_t)x * N, s + (int64_t)2 * x * N, (size_t)N * sizeof(float));
+    }
+}
+
 /* 3x3 stride-2 max pool, padding 1, on post-ReLU input (values >= 0, so the zero border
  * acts as -inf padding): one output row from the three input rows at s (padded row length
  * srow floats). Batch innermost, so consecutive n vectorise; batch 1 has its own loop (a
@@ -558,6 +577,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
             sparse_span_body(s->src, s->H, s->W, s->N, s->Cout, s->ngroups, s->ptr, s->chan, s->off, s->off16, s->val,
                              s->bias, s->dst, s->res, s->relu, nthreads);
             break;
+        case STEP_SUBSAMPLE: subsample_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_LINEAR: linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst); break;
