@@ -87,13 +87,12 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
     ho, wo = h // conv.stride, w // conv.stride
     src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], ho, wo, n), padded_from(res)
     ptr, chan, ngroups, off, val = span_operands(conv, ho, wo, n, group, narrow)
-    steps = []
+    steps, base = [], src
     if conv.stride == 2:  # the kernel reads the input subsampled
-        sub = np.full((cin, ho + 2, wo + 2, n), np.nan, dtype=np.float32)
-        sub[:, 0], sub[:, -1], sub[:, :, 0], sub[:, :, -1] = 0, 0, 0, 0
-        steps.append(subsample_step(src, sub))
-        src = sub
-    steps.append(span_step(src, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act))
+        base = np.full((cin, ho + 2, wo + 2, n), np.nan, dtype=np.float32)
+        base[:, 0], base[:, -1], base[:, :, 0], base[:, :, -1] = 0, 0, 0, 0
+        steps.append(subsample_step(src, base))
+    steps.append(span_step(base, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act))
     library().run_steps((Step * len(steps))(*steps), len(steps), threads)
     return dst
 
