@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnprune.archs import ModelSpec
+from cnnprune.archs import DEFAULT_ARCH, ModelSpec
 from cnnprune.config import PipelineConfig
 from cnnprune.hparams import from_record
 from cnnprune.schedules import CHECKPOINT_NAMES
@@ -29,8 +29,14 @@ FP16_DENSE = ("fp16-cudnn", "fp16-gemm")      # fp16 dense engines of the 2:4 co
 ONE_SHOT = tuple(n for n in CHECKPOINT_NAMES if n.startswith("one_shot"))
 ITERATIVE = tuple(n for n in CHECKPOINT_NAMES if n.startswith("iterative"))
 # The sparse engine's targets (speedup over the best dense engine, same model, same run), by
-# target sparsity (percent, as in the model names) and batch size; 1.0 = "never slower than dense".
-SPARSE_GOALS = {("90", 32): 3.2, ("90", 1): 1.5, ("75", 32): 2.0, ("75", 1): 1.3, ("50", 32): 1.0, ("50", 1): 1.0}
+# architecture, then target sparsity (percent, as in the model names) and batch size; 1.0 =
+# "never slower than dense", the goal of every case not listed (any other architecture,
+# sparsity or batch).
+SPARSE_GOALS = {
+    "resnet18-cifar": {("90", 32): 3.2, ("90", 1): 1.5, ("75", 32): 2.0, ("75", 1): 1.3},
+    "resnet50": {("90", 1): 2.5, ("90", 16): 3.8, ("75", 1): 1.6, ("75", 16): 2.4},
+    "mobilenet_v2": {("90", 1): 1.3, ("90", 16): 1.8},
+}
 
 
 def _ints(value: Any) -> tuple[int, ...]:
@@ -277,8 +283,9 @@ def analyse(results: dict) -> Analysis:
     noise = noise_floor(latency)
     sp = speedups(latency, models)
     cuda = tuple(cuda_speedups(LatencyRow.of(r) for r in results["cuda"]["latency"])) if results.get("cuda") else ()
+    arch = ModelSpec.from_record(results.get("model")).arch
     return Analysis(results=results, config=from_record(PipelineConfig, results.get("config", {})), models=models,
-                    latency=latency, speedups=tuple(sp), noise=noise, goals=tuple(sparse_goals(sp, noise)),
+                    latency=latency, speedups=tuple(sp), noise=noise, goals=tuple(sparse_goals(sp, noise, arch)),
                     cuda=cuda, methods=accuracy_by_method(results, models))
 
 
@@ -338,7 +345,7 @@ def _target(model: str) -> str:
     return model.split("_")[-1]
 
 
-def sparse_goals(sp: list[Speedup], noise: dict[tuple[str, int], float]) -> list[GoalCheck]:
+def sparse_goals(sp: list[Speedup], noise: dict[tuple[str, int], float], arch: str = DEFAULT_ARCH) -> list[GoalCheck]:
     """Each pruned model against the sparse engine's goal for its sparsity and batch (CPU).
 
     With several passes, a goal of 1.0 ("never slower") is met unless the sparse engine was
@@ -348,10 +355,10 @@ def sparse_goals(sp: list[Speedup], noise: dict[tuple[str, int], float]) -> list
     """
     dense = {(s.row.batch, s.row.model, s.row.engine): s.row for s in sp if s.row.device == "cpu"}
     out = []
-    rows = [s for s in sp if s.row.device == "cpu" and s.row.engine == "sparse"]
+    rows = [s for s in sp if s.row.device == "cpu" and s.row.engine == "sparse" and s.row.model != "unpruned"]
     for s in sorted(rows, key=lambda s: (_target(s.row.model), s.row.batch, s.row.model)):
-        goal = SPARSE_GOALS.get((_target(s.row.model), s.row.batch))
-        if goal is None or s.vs_best_dense is None:
+        goal = SPARSE_GOALS.get(arch, {}).get((_target(s.row.model), s.row.batch), 1.0)
+        if s.vs_best_dense is None:
             continue
         r, best = s.vs_best_dense, dense[(s.row.batch, s.row.model, s.best_dense_engine)]
         paired = s.row.passes > 1

@@ -22,6 +22,15 @@ from cnnprune.graph import ACTS, Graph, GraphOp
 from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, span_eligible, winograd_eligible
 
 
+def to_nchw(buf: np.ndarray) -> torch.Tensor:
+    """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW tensor (a copy)."""
+    return torch.from_numpy(buf[:, 1:-1, 1:-1, :]).permute(3, 0, 1, 2).contiguous()
+
+
+def from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
+    buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
+
+
 class GraphEngine(NativeEngine):
     """A :class:`Graph` executed by the C kernels between PyTorch ops; logits for (N, *input_shape)."""
 
@@ -117,7 +126,6 @@ class _Program:
         if v in self.pads:
             return self.pads[v]
         from cnnprune.kernels import PACK, Step
-        from cnnprune.native import from_nchw
 
         c, h, w = self.shapes.get(v, self.e.input_shape)
         buf = self.pads[v] = self.pool.padded(c, h, w, self.n)
@@ -134,8 +142,6 @@ class _Program:
         if v in self.tensors:
             return self.tensors[v]
         if v in self.pads:
-            from cnnprune.native import to_nchw
-
             buf, rt = self.pads[v], self.rt
             self.items.append(lambda: rt.__setitem__(v, to_nchw(buf)))
         self.tensors[v] = lambda rt=self.rt: rt[v]
@@ -163,8 +169,6 @@ class _Program:
         if v in self.tensors or v not in self.pads:
             get = self.tensor(v)
             return lambda: get().detach().numpy()
-        from cnnprune.native import to_nchw
-
         buf = self.pads[v]
         return lambda: to_nchw(buf).numpy()
 

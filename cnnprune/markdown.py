@@ -15,6 +15,10 @@ from cnnprune.fmt import mb, pct, times
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
 LATENCY_ENGINES = ("torch", "onnxruntime", "openvino", "sparse", "torch-csr")
+MEMORY_GRAPH = ("`cnnprune.sparse.load` (torch, the kernels, the onnxruntime fallback: the torch-free runtime runs the "
+                "report's network only)")
+PLAN_GRAPH = ("planned from the traced graph: BatchNorm folded, activations and residual adds fused, 1×1 convolutions as "
+              "sparse × dense products over each map, ops without a kernel in PyTorch between native segments")
 
 
 def _fallback_passes(used: str | None) -> str:
@@ -69,15 +73,18 @@ def how_measured(a: Analysis) -> list[str]:
                  "medians differ by up to " + ", ".join(f"{times(v)} at batch {b} ({d})"
                                                         for (d, b), v in sorted(a.noise.items()))
                  + " in this run. Ratios closer to 1 than that are not resolved by this run.")
+    default = a.spec.is_default
     L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that serves one form with the least it needs "
              f"and runs {r['memory_runs']} inferences at batch {max(a.config.batches)}: dense = PyTorch alone, onnx = "
-             "onnxruntime alone, sparse = `cnnprune.runtime` alone (numpy and the native kernels; neither torch nor "
-             "onnxruntime imported). Weights in memory are the bytes of the loaded weights (ONNX: its initializers).")
+             "onnxruntime alone, sparse = " + ("`cnnprune.runtime` alone (numpy and the native kernels; neither torch "
+                                               "nor onnxruntime imported)" if default else MEMORY_GRAPH)
+             + ". Weights in memory are the bytes of the loaded weights (ONNX: its initializers).")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
-             "`cnnprune.sparse.load` (BatchNorm folded, native sparse direct convolution, per-layer choice of "
-             "sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the whole sparse net is "
-             "at least 5 % faster; in the memory step the same plan and kernels in `cnnprune.runtime`, without oneDNN "
-             "or the fallback); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
+             f"`cnnprune.sparse.load` ({'BatchNorm folded, native sparse direct convolution' if default else PLAN_GRAPH}"
+             ", per-layer choice of sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the "
+             "whole sparse net is at least 5 % faster" + ("; in the memory step the same plan and kernels in "
+                                                          "`cnnprune.runtime`, without oneDNN or the fallback" if default else "")
+             + "); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
     return L
 
 

@@ -16,18 +16,9 @@ from cnnprune.engine import NativeEngine
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedResNet
 from cnnprune.graph import Graph
-from cnnprune.graph_engine import GraphEngine
+from cnnprune.graph_engine import GraphEngine, from_nchw, to_nchw  # noqa: F401  (re-exported)
 from cnnprune.native_plan import ConvPlan
 from cnnprune.plancache import PlanCache
-
-
-def to_nchw(buf: np.ndarray) -> torch.Tensor:
-    """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW tensor (a copy)."""
-    return torch.from_numpy(buf[:, 1:-1, 1:-1, :]).permute(3, 0, 1, 2).contiguous()
-
-
-def from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
-    buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
 
 
 def ort_session_of(model: nn.Module, threads: int, input_size: int = 32):

@@ -21,8 +21,11 @@ MODES = ("sparse", "winograd", "dense")
 # transformed input kept in each thread's cache (faster at batch 32, see the README); with fewer
 # panels the two-step variant spreads the work better.
 FUSED_PANELS_PER_THREAD = 2
-# Nonzeros per output channel and input-channel group of a 1x1 span convolution, on average
-SPAN_RUN = int(__import__("os").environ.get("CNNPRUNE_SPAN_RUN", "64"))
+# Nonzeros per output channel and input-channel group of a 1x1 span convolution, on average:
+# fewer reload and store the accumulators too often, more read a group's input from L2 rather
+# than L1 (ResNet-50 at 224, 90 %, batch 1: 8, 16 and 32 were timed on a noisy machine; 32 was
+# best or near it at every tile height)
+SPAN_RUN = 32
 
 
 @dataclass
@@ -234,13 +237,17 @@ def paired_ms(a: Callable[[], object], b: Callable[[], object], rounds: int = 1,
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200) -> float:
+def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: float = 40.0) -> float:
     """Fastest of at least ``repeats`` calls and of as many more as fit in ``min_ms`` (at most
     ``most``), after one untimed call: at batch 1 a layer takes ~0.1 ms, and the best of 5 such
-    calls flipped layers between modes from one load to the next on a shared machine."""
+    calls flipped layers between modes from one load to the next on a shared machine. Calls
+    that take long stop at 2 once ``max_ms`` is spent: at 224 px and batch 16 a layer takes
+    10-30 ms, and 52 layers x 3 modes x 6 calls were 20 s of calibration."""
     fn()
     best, spent, count = float("inf"), 0.0, 0
     while count < repeats or (spent < min_ms / 1e3 and count < most):
+        if count >= 2 and spent >= max_ms / 1e3:
+            break
         t0 = time.perf_counter()
         fn()
         took = time.perf_counter() - t0

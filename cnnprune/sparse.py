@@ -1,4 +1,9 @@
-"""Sparse inference for the pruned ResNet18: ``cnnprune.sparse.load(path) -> nn.Module``.
+"""Sparse inference for pruned CNNs: ``cnnprune.sparse.load(path) -> nn.Module``.
+
+The report's ResNet18 has the hand-made plan described below; every other architecture is
+planned from its traced graph by the same engine (:mod:`cnnprune.graph`,
+:mod:`cnnprune.graph_engine`: BatchNorm folded, activations and residual adds fused, ops without
+a native kernel run in PyTorch between native segments).
 
 Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
 
@@ -104,17 +109,7 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
         raise CnnpruneError(f"device {device}: no CUDA GPU is available here; use device='cpu'")
     if engine == "torch-2:4":
         dtype = dtype or torch.float16
-        if not device.startswith("cuda"):
-            raise CnnpruneError("engine 'torch-2:4' runs on CUDA GPUs only (sparse tensor cores); use device='cuda'")
-        if dtype not in (torch.float16, torch.bfloat16):
-            raise CnnpruneError(f"engine 'torch-2:4' computes in float16 or bfloat16, not {dtype}")
-        if backend not in SEMI_BACKENDS:
-            raise CnnpruneError(f"backend {backend!r} is unknown; choose one of {', '.join(SEMI_BACKENDS)}")
-        if backend == "cusparselt" and not torch.backends.cusparselt.is_available():
-            raise CnnpruneError("this PyTorch build has no cuSPARSELt; use backend='cutlass'")
-        if backend == "cutlass" and torch.cuda.get_device_capability(device)[0] != 8:
-            raise CnnpruneError("PyTorch's CUTLASS 2:4 kernels run on compute capability 8.x (Ampere) only; "
-                                "use backend='cusparselt' on this GPU")
+        _check_2_4(device, dtype, backend)
     spec = spec or spec_of_folder(Path(path).parent)
     why = unsupported(spec, engine)
     if why:
@@ -143,3 +138,18 @@ def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | N
     graph = trace(model, (3, spec.input_size, spec.input_size))
     cache = PlanCache(sha256_file(path)) if plan_cache else None
     return NativeSparseResNet(graph, threads, calibrate, model if dense_fallback else None, winograd, layer_mode, cache)
+
+
+def _check_2_4(device: str, dtype: torch.dtype, backend: str) -> None:
+    """What ``torch-2:4`` needs: a CUDA device, half precision, a backend this GPU and build have."""
+    if not device.startswith("cuda"):
+        raise CnnpruneError("engine 'torch-2:4' runs on CUDA GPUs only (sparse tensor cores); use device='cuda'")
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise CnnpruneError(f"engine 'torch-2:4' computes in float16 or bfloat16, not {dtype}")
+    if backend not in SEMI_BACKENDS:
+        raise CnnpruneError(f"backend {backend!r} is unknown; choose one of {', '.join(SEMI_BACKENDS)}")
+    if backend == "cusparselt" and not torch.backends.cusparselt.is_available():
+        raise CnnpruneError("this PyTorch build has no cuSPARSELt; use backend='cutlass'")
+    if backend == "cutlass" and torch.cuda.get_device_capability(device)[0] != 8:
+        raise CnnpruneError("PyTorch's CUTLASS 2:4 kernels run on compute capability 8.x (Ampere) only; "
+                            "use backend='cusparselt' on this GPU")

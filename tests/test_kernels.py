@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune.fold import FoldedConv
-from cnnprune.kernels import (Step, conv_pool_step, conv_step, library, span_step, split_step, subsample_step,
-                              winograd_steps)
+from cnnprune.kernels import Step, conv_pool_step, conv_step, library, span_step, split_step, subsample_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
 

@@ -324,13 +324,14 @@ static void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int
  * of the span x chunks of output channels of equal nonzero shares. */
 static void sparse_span_body(const float *src, int H, int W, int N, int Cout, int ngroups, const int32_t *ptr,
                              const int32_t *chan, const void *off, int off16, const float *val, const float *bias,
-                             float *dst, const float *res, int relu, int nthreads) {
+                             float *dst, const float *res, int relu, int rows, int nthreads) {
+    const int SR = rows >= 1 && rows <= SPAN_ROWS ? rows : SPAN_ROWS;
     const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row, start = row + N;
     int64_t L = (int64_t)(H - 1) * row + (int64_t)W * N;
     const int64_t whole = (L + VW - 1) / VW * VW;
     if (start + whole <= plane) L = whole;
     const int TW = 8 * VW;
-    const int64_t block = (int64_t)SPAN_ROWS * TW;
+    const int64_t block = (int64_t)SR * TW;
     const int nblocks = (int)((L + block - 1) / block);
     int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
     while ((nblocks * nchunks) % nthreads) nchunks++;
@@ -349,7 +350,7 @@ static void sparse_span_body(const float *src, int H, int W, int N, int Cout, in
                 tile_fn fn;
                 int64_t step;
                 if (rem >= TW) {
-                    const int r = rem / TW < SPAN_ROWS ? (int)(rem / TW) : SPAN_ROWS;
+                    const int r = rem / TW < SR ? (int)(rem / TW) : SR;
                     fn = SPAN_TILES[off16 != 0][r];
                     step = (int64_t)r * TW;
                 } else {
@@ -575,7 +576,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
             break;
         case STEP_SPAN:
             sparse_span_body(s->src, s->H, s->W, s->N, s->Cout, s->ngroups, s->ptr, s->chan, s->off, s->off16, s->val,
-                             s->bias, s->dst, s->res, s->relu, nthreads);
+                             s->bias, s->dst, s->res, s->relu, s->k, nthreads);
             break;
         case STEP_SUBSAMPLE: subsample_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
