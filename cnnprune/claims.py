@@ -204,7 +204,7 @@ def measure_resources(a: Analysis, threshold: float) -> Finding:
         d = peak / base
         dense_text = f"{m}: peak RSS dense {mb(peak)} ({DENSE_PROCESSES[form]} alone, {times(d)})"
         if "sparse" not in mem:  # the sparse engine does not run this network
-            lines.append(dense_text + "; sparse form not measured (the sparse engine does not run this network yet).")
+            lines.append(dense_text + "; sparse form not measured in this run.")
             dense_less += [m] if at_most(d, threshold) else []
             continue
         s = mem["sparse"].peak_rss / base

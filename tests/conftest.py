@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -11,6 +12,14 @@ import pytest
 import torch
 
 from cnnprune.model import build_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_plan_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Kernel builds and cached plans in a folder of this test session (subprocesses inherit
+    it): a plan that an earlier run calibrated on a busy machine (Winograd where the sparse
+    kernel usually wins) must not decide what a test sees."""
+    os.environ["CNNPRUNE_CACHE"] = str(tmp_path_factory.mktemp("cnnprune-cache"))
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

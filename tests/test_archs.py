@@ -163,4 +163,6 @@ def test_the_sparse_engines_say_what_they_cannot_run() -> None:
 
     assert unsupported(ModelSpec()) is None
     assert unsupported(ModelSpec(DEFAULT_ARCH, 100, 32)) is None
-    assert "not resnet50 at 224×224" in unsupported(ModelSpec("resnet50", 1000, 224))
+    assert unsupported(ModelSpec("resnet50", 1000, 224)) is None, "the native engine plans any traced graph"
+    assert "not resnet50 at 224×224" in unsupported(ModelSpec("resnet50", 1000, 224), "torch-csr")
+    assert unsupported(ModelSpec(DEFAULT_ARCH, 10, 64), "torch-gemm") is not None
