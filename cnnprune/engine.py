@@ -174,7 +174,7 @@ class NativeEngine:
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
             self._operands(p, n, "sparse")
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), [])}
-            if self.dense_conv is not None:
+            if self.dense_conv is not None and p.dense_ok:
                 runs["dense"] = self.dense_conv(p, src, dst, None, True)
             if p.winograd_ok:
                 self._operands(p, n, "winograd")

@@ -13,7 +13,8 @@ What runs natively (``GraphOp.kind``):
   border stands for -inf only where every value is ≥ 0), after a native op or a PyTorch one.
 - ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)``) of a native map.
 
-Everything else — the 7×7 stem (padding 3), depthwise and grouped convolutions, other pooling,
+Depthwise convolutions are ``conv`` ops too: the diagonal of the equivalent dense convolution.
+Everything else — the 7×7 stem (padding 3), grouped convolutions, other pooling,
 flatten, linear layers, concatenation, attention, layer norms — is a ``torch`` op: it runs in
 PyTorch between native segments, on tensors converted from and to the native layout, so the
 plan is always correct; ``why`` says what kept it there (``plan_summary``).
@@ -32,7 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from cnnprune.errors import CnnpruneError
-from cnnprune.fold import BN_EPS, FoldedConv
+from cnnprune.fold import BN_EPS, Csr, FoldedConv
 
 ACTS = {"none": 0, "relu": 1, "relu6": 2}  # the kernels' activation codes (step_t.relu)
 
@@ -56,6 +57,7 @@ class GraphOp:
     nonneg: bool = False
     fused: list[str] = field(default_factory=list)
     in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
+    depthwise: bool = False  # a depthwise convolution, its weight the diagonal of a dense one
 
 
 @dataclass
@@ -104,8 +106,9 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
-def fold_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> FoldedConv:
-    """The convolution with ``bn`` (eval statistics) folded in, float32 numpy, zeros kept."""
+def fold_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, native: bool = True) -> FoldedConv:
+    """The convolution with ``bn`` (eval statistics) folded in, float32 numpy, zeros kept; a
+    depthwise one that runs natively as the diagonal of a dense one (``depthwise``)."""
     w = conv.weight.detach().float().numpy()
     bias = conv.bias.detach().float().numpy() if conv.bias is not None else np.zeros(w.shape[0], np.float32)
     if bn is not None:
@@ -113,15 +116,37 @@ def fold_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> FoldedCo
         scale = bn.weight.detach().float().numpy() / np.sqrt(bn.running_var.detach().float().numpy() + eps)
         bias = bn.bias.detach().float().numpy() + (bias - bn.running_mean.detach().float().numpy()) * scale
         w = w * scale.reshape(-1, 1, 1, 1)
-    return FoldedConv(name, np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(bias, dtype=np.float32),
-                      conv.stride[0], conv.padding[0] if isinstance(conv.padding, tuple) else -1)
+    padding = conv.padding[0] if isinstance(conv.padding, tuple) else -1
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if native and depthwise(conv):
+        return FoldedConv(name, _diagonal(w.astype(np.float32)), bias, conv.stride[0], padding,
+                          (w.shape[0], w.shape[0], *w.shape[2:]))
+    return FoldedConv(name, np.ascontiguousarray(w, dtype=np.float32), bias, conv.stride[0], padding)
+
+
+def _diagonal(w: np.ndarray) -> Csr:
+    """A depthwise weight (C, 1, k, k) as the CSR of the (C, C·k·k) matrix of the equivalent
+    dense convolution: row c holds channel c's nonzero taps at columns c·k·k + tap."""
+    c, _, kh, kw = w.shape
+    flat = w.reshape(c, kh * kw)
+    rows, taps = np.nonzero(flat)
+    indptr = np.zeros(c + 1, dtype=np.int32)
+    indptr[1:] = np.cumsum(np.bincount(rows, minlength=c))
+    return Csr(indptr, (rows * kh * kw + taps).astype(np.int32), np.ascontiguousarray(flat[rows, taps]))
+
+
+def depthwise(conv: nn.Conv2d) -> bool:
+    """One filter per channel (groups = in = out channels): the sparse kernel runs it as a
+    convolution whose (C, C, k, k) weight is nonzero on the diagonal only (k·k nonzeros per
+    output channel, all reading its own input channel)."""
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
 def conv_why(conv: nn.Conv2d, hin: int, win: int) -> str:
     """Why the native kernels cannot run this convolution ("" where they can)."""
     k, s, p = conv.kernel_size, conv.stride, conv.padding
-    if conv.groups != 1:
-        return "depthwise" if conv.groups == conv.in_channels else f"grouped ({conv.groups} groups)"
+    if conv.groups != 1 and not depthwise(conv):
+        return f"grouped ({conv.groups} groups)"
     if isinstance(p, str) or conv.padding_mode != "zeros" or conv.dilation != (1, 1):
         return "padding mode or dilation"
     if k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
@@ -208,11 +233,12 @@ class _Builder:
         self.absorbed.update(fused)
         hin, win = _shape(node.args[0])[1:3]
         why = conv_why(module, hin, win)
-        folded = fold_conv(node.target, module, bn)
+        folded = fold_conv(node.target, module, bn, native=not why)
         last = fused[-1]
         op = GraphOp("conv" if not why else "torch", node.target, [self.value(node.args[0])], last.name, _shape(last),
                      conv=folded, act=act, why=why, nonneg=act != "none",
-                     fused=[n.name for n in fused if n is not node], in_shape=_shape(node.args[0]))
+                     fused=[n.name for n in fused if n is not node], in_shape=_shape(node.args[0]),
+                     depthwise=depthwise(module) and not why)
         if residual is not None:
             op.residual = residual.name  # resolved when emitted
             op.inputs.append(residual.name)

@@ -59,8 +59,10 @@ class GraphEngine(NativeEngine):
                 continue
             _, hin, win = op.in_shape
             _, ho, wo = op.shape
-            p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win))
-            p.winograd_ok = self.winograd and op.act != "relu6" and winograd_eligible(op.conv, hin, win)
+            p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win),
+                         dense_ok=not op.depthwise)
+            p.winograd_ok = self.winograd and op.act != "relu6" and not op.depthwise and \
+                winograd_eligible(op.conv, hin, win)
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
             plans[op.output] = p

@@ -48,6 +48,7 @@ class ConvPlan:
     u: np.ndarray | None = None
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
+    dense_ok: bool = True  # the host's dense mode may run it (not a depthwise one: its dense weight is C times larger)
     fused: bool = False
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)

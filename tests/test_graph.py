@@ -59,7 +59,8 @@ def test_graph_engine_matches_eager(arch: str, size: int, amount: float, mode: s
 
 class Odd(nn.Module):
     """Ops the kernels lack between native ones: concatenation, sigmoid gating, a 5x5 padding-2
-    convolution, average pooling, a depthwise convolution, a residual add of two convolutions."""
+    convolution, average pooling, a grouped convolution, a 5x5 depthwise one; and a native 3x3
+    depthwise convolution, a residual add of two convolutions."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,6 +68,8 @@ class Odd(nn.Module):
         self.b = nn.Conv2d(3, 8, 5, padding=2)
         self.bn = nn.BatchNorm2d(16)
         self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.dw5 = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
         self.c = nn.Conv2d(16, 16, 1)
         self.d = nn.Conv2d(16, 16, 3, stride=2, padding=1)
         self.pool = nn.AvgPool2d(2)
@@ -74,7 +77,7 @@ class Odd(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
-        y = self.c(y) + self.dw(y) * torch.sigmoid(y)
+        y = self.c(y) + self.dw(y) * torch.sigmoid(self.dw5(y)) + self.grouped(y)
         y = torch.nn.functional.relu6(self.d(y)) + self.pool(y)
         return self.fc(y.mean((2, 3)))
 
@@ -86,7 +89,9 @@ def test_ops_without_kernels_run_in_pytorch_between_native_ones() -> None:
     rows = {r["op"]: r for r in engine.plan_summary(2)}
     assert rows["a"]["runs"] == "sparse" and rows["d"]["runs"] == "sparse"
     assert rows["b"]["runs"] == "pytorch" and "padding 2" in rows["b"]["why"]
-    assert rows["dw"]["runs"] == "pytorch" and rows["dw"]["why"] == "depthwise"
+    assert rows["dw"]["runs"] == "sparse", "a 3x3 depthwise convolution runs natively"
+    assert rows["dw5"]["runs"] == "pytorch" and "padding 2" in rows["dw5"]["why"]
+    assert rows["grouped"]["runs"] == "pytorch" and rows["grouped"]["why"] == "grouped (4 groups)"
     assert rows["cat"]["runs"] == "pytorch" and "cat" in rows["cat"]["why"]
     assert "relu6" in rows["d"]["fused"], "ReLU6 fused into the convolution before it"
 
