@@ -15,10 +15,11 @@ from cnnprune.fmt import mb, pct, times
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
 LATENCY_ENGINES = ("torch", "onnxruntime", "openvino", "sparse", "torch-csr")
-MEMORY_GRAPH = ("`cnnprune.sparse.load` (torch, the kernels, the onnxruntime fallback: the torch-free runtime runs the "
-                "report's network only)")
-PLAN_GRAPH = ("planned from the traced graph: BatchNorm folded, activations and residual adds fused, 1×1 convolutions as "
-              "sparse × dense products over each map, ops without a kernel in PyTorch between native segments")
+MEMORY_RUNTIME = "`cnnprune.runtime` alone (numpy and the native kernels; neither torch nor onnxruntime imported)"
+MEMORY_GRAPH = "`cnnprune.sparse.load` (torch, the kernels, the onnxruntime fallback; the runtime runs the report's net only)"
+PLAN_DEFAULT, PLAN_GRAPH = "BatchNorm folded, native sparse direct convolution", (
+    "planned from the traced graph: BatchNorm folded, activations and residual adds fused, 1×1 convolutions as sparse × dense "
+    "products over each map, ops without a kernel in PyTorch between native segments")
 
 
 def _fallback_passes(used: str | None) -> str:
@@ -73,17 +74,15 @@ def how_measured(a: Analysis) -> list[str]:
                  "medians differ by up to " + ", ".join(f"{times(v)} at batch {b} ({d})"
                                                         for (d, b), v in sorted(a.noise.items()))
                  + " in this run. Ratios closer to 1 than that are not resolved by this run.")
-    default = a.spec.is_default
     L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that serves one form with the least it needs "
              f"and runs {r['memory_runs']} inferences at batch {max(a.config.batches)}: dense = PyTorch alone, onnx = "
-             "onnxruntime alone, sparse = " + ("`cnnprune.runtime` alone (numpy and the native kernels; neither torch "
-                                               "nor onnxruntime imported)" if default else MEMORY_GRAPH)
+             "onnxruntime alone, sparse = " + (MEMORY_RUNTIME if a.spec.is_default else MEMORY_GRAPH)
              + ". Weights in memory are the bytes of the loaded weights (ONNX: its initializers).")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
-             f"`cnnprune.sparse.load` ({'BatchNorm folded, native sparse direct convolution' if default else PLAN_GRAPH}"
+             f"`cnnprune.sparse.load` ({PLAN_DEFAULT if a.spec.is_default else PLAN_GRAPH}"
              ", per-layer choice of sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the "
              "whole sparse net is at least 5 % faster" + ("; in the memory step the same plan and kernels in "
-                                                          "`cnnprune.runtime`, without oneDNN or the fallback" if default else "")
+                                                          "`cnnprune.runtime`, without oneDNN or the fallback" if a.spec.is_default else "")
              + "); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
     return L
 
@@ -396,14 +395,11 @@ def recipe_section(a: Analysis) -> list[str]:
     return L
 
 
-def _sparse_weights(mem: dict) -> str:
-    return mb(mem["sparse"].weights_in_memory) if "sparse" in mem else "–"
-
-
 def size_section(a: Analysis) -> list[str]:
+    host = "runtime" if a.spec.is_default else "sparse.load"  # what serves the sparse form in the memory step
     L = ["## Size, parameters and memory\n",
          "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
-         "peak RSS torch / onnxruntime / runtime | RSS added by loading torch / onnxruntime / runtime | weights in "
+         f"peak RSS torch / onnxruntime / {host} | RSS added by loading torch / onnxruntime / {host} | weights in "
          "memory dense / sparse |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     forms = ("dense", "onnx", "sparse")
@@ -414,9 +410,11 @@ def size_section(a: Analysis) -> list[str]:
                  f"{m.nonzero_macs / 1e6:.1f} M of {m.dense_macs / 1e6:.1f} M | "
                  + " / ".join(mb(mem[k].peak_rss) if k in mem else "–" for k in forms) + " | "
                  + " / ".join(mb(mem[k].added_by_load) if k in mem else "–" for k in forms) + " | "
-                 f"{mb(mem['dense'].weights_in_memory)} / {_sparse_weights(mem)} |")
+                 f"{mb(mem['dense'].weights_in_memory)} / {mb(mem['sparse'].weights_in_memory) if 'sparse' in mem else '–'} |")
     L.append(f"\nPeak RSS at batch {a.memory_batch}, each form in its own smallest process (dense .pth in PyTorch, "
-             ".onnx in onnxruntime, .csr.safetensors in `cnnprune.runtime`). Parameters counted as every float tensor except BatchNorm "
+             ".onnx in onnxruntime, " + (".csr.safetensors in `cnnprune.runtime`" if a.spec.is_default else
+                                         ".csr.pt in `cnnprune.sparse.load` with torch and its onnxruntime fallback")
+             + "). Parameters counted as every float tensor except BatchNorm "
              "running statistics. Weights in memory, sparse = what the engine holds after the inferences: its folded "
              "weights in CSR plus, for the batch size run, the operands of each layer's chosen mode (sparse: offsets "
              "and values; Winograd: transformed weights, 4× the layer's dense size).\n")
