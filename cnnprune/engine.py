@@ -24,6 +24,7 @@ from cnnprune.native_plan import (
     BufferPool,
     ConvPlan,
     best_ms,
+    gemm_weights,
     group_size,
     padded,
     paired_ms,
@@ -56,14 +57,16 @@ class NativeEngine:
                  cache: PlanCache | None = None, recalibrate: bool = False) -> None:
         from cnnprune.kernels import library
 
-        if layer_mode not in (None, "sparse", "winograd"):
-            raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd' or None (timed per layer)")
+        if layer_mode not in (None, "sparse", "winograd", "gemm"):
+            raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd', 'gemm' or None "
+                                "(timed per layer)")
         self.lib = library()
         self.net = compact_net(net) if net is not None else None  # None: a subclass plans from a graph
         self.input_shape = (3, INPUT_SIZE, INPUT_SIZE)  # (C, H, W) of one input image
         self.threads = threads
         self.calibrate = calibrate
         self.winograd = winograd or layer_mode == "winograd"
+        self.gemm = False  # the native dense 1x1 kernel: span convolutions only (GraphEngine)
         self.layer_mode = layer_mode
         self.dense_conv = dense_conv
         self.fallback = fallback if calibrate else None
@@ -76,7 +79,7 @@ class NativeEngine:
     def modes(self) -> tuple[str, ...]:
         """The ways a layer may run here (a plan cached with other modes is not reused)."""
         return tuple(m for m in MODES if m == "sparse" or (m == "winograd" and self.winograd)
-                     or (m == "dense" and self.dense_conv is not None))
+                     or (m == "dense" and self.dense_conv is not None) or (m == "gemm" and self.gemm))
 
     def _setting(self, n: int) -> str:
         """What a cached plan must have been made under, besides the model and the machine."""
@@ -90,7 +93,7 @@ class NativeEngine:
         arrays: dict[int, int] = {}
         for plan in self._plans.values():
             for p in plan["convs"].values():
-                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight):
+                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight, p.g):
                     if a is not None:
                         arrays[_address(a)] = a.nbytes
         net = self.net
@@ -126,8 +129,10 @@ class NativeEngine:
         if mode == "sparse" and p.val is None:
             group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span)
             make = (lambda: span_operands(p.conv, p.ho, p.wo, n, group)) if p.span else \
-                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group))
+                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border))
             p.ptr, p.chan, p.ngroups, p.off, p.val = make()
+        elif mode == "gemm" and p.g is None:
+            p.g = gemm_weights(p.conv)
         elif mode == "winograd" and p.u is None:
             if p.conv.name not in self._u:
                 self._u[p.conv.name] = winograd_weights(p.conv)
@@ -148,7 +153,8 @@ class NativeEngine:
         cached = self.cache.get(self._setting(n)) if reuse else None
         if self.layer_mode is not None:
             for p in plans.values():
-                p.mode = "winograd" if self.layer_mode == "winograd" and p.winograd_ok else "sparse"
+                p.mode = "winograd" if self.layer_mode == "winograd" and p.winograd_ok else \
+                    "gemm" if self.layer_mode == "gemm" and p.gemm_ok else "sparse"
         elif cached is not None and cached.fits(plans, self.modes()):
             cached.apply(plan)
         elif self.calibrate:
@@ -167,8 +173,9 @@ class NativeEngine:
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
-            src = padded(cin, p.hin, p.win, n, arena)
-            src[:, 1:-1, 1:-1, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
+            b = p.border
+            src = padded(cin, p.hin, p.win, n, arena, b)
+            src[:, b:-b, b:-b, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
             dst = padded(cout, p.ho, p.wo, n, arena)
             phase = self._phase(p, n, arena.zeros)
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
@@ -176,6 +183,9 @@ class NativeEngine:
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), [])}
             if self.dense_conv is not None and p.dense_ok:
                 runs["dense"] = self.dense_conv(p, src, dst, None, True)
+            if p.gemm_ok:
+                self._operands(p, n, "gemm")
+                runs["gemm"] = self._native(self._conv_steps(p, "gemm", src, dst, None, True, phase, None), [])
             if p.winograd_ok:
                 self._operands(p, n, "winograd")
                 runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, None, True, None, scratch), [])
@@ -194,7 +204,9 @@ class NativeEngine:
         if p.conv.stride != 2:
             return None
         cin = p.conv.shape[1]
-        return alloc((cin, p.ho + 2, p.wo + 2, n)) if p.span else alloc((4 * cin, (p.hin + 2) // 2, (p.win + 2) // 2, n))
+        b = p.border
+        return alloc((cin, p.ho + 2, p.wo + 2, n)) if p.span else \
+            alloc((4 * cin, (p.hin + 2 * b) // 2, (p.win + 2 * b) // 2, n))
 
     def _scratch_floats(self, p: ConvPlan, n: int) -> int:
         """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""
@@ -235,13 +247,15 @@ class NativeEngine:
         """One convolution as native steps, sparse or Winograd (raw addresses: the plan keeps
         the arrays). Sparse stride 2 reads phase planes, made here unless ``split`` is False
         (already made for this input)."""
-        from cnnprune.kernels import conv_step, span_step, split_step, subsample_step, winograd_steps
+        from cnnprune.kernels import conv_step, gemm_step, span_step, split_step, subsample_step, winograd_steps
 
         if mode == "winograd":
             return winograd_steps(src, None if p.fused else scratch, p.u, p.bias, dst, res, relu)
         if p.span:
             pre = [subsample_step(src, phase)] if p.conv.stride == 2 else []
             base = phase if p.conv.stride == 2 else src
+            if mode == "gemm":
+                return pre + [gemm_step(base, p.g, p.bias, dst, res, relu)]
             return pre + [span_step(base, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu)]
         steps = []
         if p.conv.stride == 2 and split:

@@ -58,6 +58,7 @@ class GraphOp:
     fused: list[str] = field(default_factory=list)
     in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
     depthwise: bool = False  # a depthwise convolution, its weight the diagonal of a dense one
+    border: int = 1  # zero border (pixels) of its input buffer: its padding, for a first conv padded wider than 1
 
 
 @dataclass
@@ -71,6 +72,11 @@ class Graph:
 
     def convs(self) -> list[FoldedConv]:
         return [op.conv for op in self.ops if op.kind == "conv"]
+
+    @property
+    def input_border(self) -> int:
+        """Zero border of the packed input: wide enough for the padding of the conv that reads it."""
+        return max([op.border for op in self.ops if op.kind == "conv" and self.input in op.inputs], default=1)
 
 
 def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
@@ -142,8 +148,10 @@ def depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
-def conv_why(conv: nn.Conv2d, hin: int, win: int) -> str:
-    """Why the native kernels cannot run this convolution ("" where they can)."""
+def conv_why(conv: nn.Conv2d, hin: int, win: int, reads_input: bool = False) -> str:
+    """Why the native kernels cannot run this convolution ("" where they can). ``reads_input``:
+    it is the only reader of the model's input, which is packed with a border as wide as its
+    padding (other buffers have a 1-pixel border)."""
     k, s, p = conv.kernel_size, conv.stride, conv.padding
     if conv.groups != 1 and not depthwise(conv):
         return f"grouped ({conv.groups} groups)"
@@ -151,8 +159,8 @@ def conv_why(conv: nn.Conv2d, hin: int, win: int) -> str:
         return "padding mode or dilation"
     if k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
         return "non-square kernel, stride or padding"
-    if p[0] > 1:
-        return f"padding {p[0]} (the native layout has a 1-pixel border)"
+    if p[0] > 1 and not reads_input:
+        return f"padding {p[0]} (the native layout has a 1-pixel border; only the input's is wider)"
     if s[0] not in (1, 2):
         return f"stride {s[0]}"
     if s[0] == 2 and (hin % 2 or win % 2):
@@ -232,13 +240,15 @@ class _Builder:
                 act, fused = "relu", fused + [after]
         self.absorbed.update(fused)
         hin, win = _shape(node.args[0])[1:3]
-        why = conv_why(module, hin, win)
+        src = node.args[0]
+        reads_input = isinstance(src, fx.Node) and src.op == "placeholder" and len(src.users) == 1
+        why = conv_why(module, hin, win, reads_input)
         folded = fold_conv(node.target, module, bn, native=not why)
         last = fused[-1]
         op = GraphOp("conv" if not why else "torch", node.target, [self.value(node.args[0])], last.name, _shape(last),
                      conv=folded, act=act, why=why, nonneg=act != "none",
                      fused=[n.name for n in fused if n is not node], in_shape=_shape(node.args[0]),
-                     depthwise=depthwise(module) and not why)
+                     depthwise=depthwise(module) and not why, border=max(1, module.padding[0]) if not why else 1)
         if residual is not None:
             op.residual = residual.name  # resolved when emitted
             op.inputs.append(residual.name)

@@ -19,7 +19,7 @@ import torch
 from cnnprune.buffers import Arena, release_free_memory
 from cnnprune.engine import NativeEngine
 from cnnprune.graph import ACTS, Graph, GraphOp
-from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, span_eligible, winograd_eligible
+from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
 
 
 def to_nchw(buf: np.ndarray) -> torch.Tensor:
@@ -38,6 +38,7 @@ class GraphEngine(NativeEngine):
         super().__init__(None, threads, **kwargs)
         self.graph = graph
         self.input_shape = graph.input_shape
+        self.gemm = kwargs.get("layer_mode") in (None, "gemm")
         for op in graph.ops:
             if op.kind == "conv":
                 op.conv = op.conv.compact()
@@ -47,7 +48,7 @@ class GraphEngine(NativeEngine):
         arrays: dict[int, int] = {}
         for plan in self._plans.values():
             for p in plan["convs"].values():
-                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight):
+                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight, p.g):
                     if a is not None:
                         arrays[a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()] = a.nbytes
         return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + sum(arrays.values())
@@ -60,7 +61,8 @@ class GraphEngine(NativeEngine):
             _, hin, win = op.in_shape
             _, ho, wo = op.shape
             p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win),
-                         dense_ok=not op.depthwise)
+                         dense_ok=not op.depthwise and op.border == 1, border=op.border)
+            p.gemm_ok = self.gemm and not op.depthwise and op.border == 1 and gemm_eligible(op.conv, hin, win)
             p.winograd_ok = self.winograd and op.act != "relu6" and not op.depthwise and \
                 winograd_eligible(op.conv, hin, win)
             if p.winograd_ok:
@@ -130,10 +132,12 @@ class _Program:
         from cnnprune.kernels import PACK, Step
 
         c, h, w = self.shapes.get(v, self.e.input_shape)
-        buf = self.pads[v] = self.pool.padded(c, h, w, self.n)
+        border = self.e.graph.input_border if v == self.e.graph.input else 1
+        buf = self.pads[v] = self.pool.padded(c, h, w, self.n, border)
         if v == self.e.graph.input:
             x = self.plan["xbuf"]
-            self.items.append(Step(kind=PACK, src=x.ctypes.data, N=self.n, C=c, H=h, W=w, dst=buf.ctypes.data))
+            self.items.append(Step(kind=PACK, src=x.ctypes.data, N=self.n, C=c, H=h, W=w, pad=border,
+                                   dst=buf.ctypes.data))
         else:
             get = self.tensor(v)
             self.items.append(lambda: from_nchw(get(), buf))
@@ -186,10 +190,10 @@ class _Program:
             self.items.append(self.e.dense_conv(p, src, dst, res, relu))
             return
         phase = None
-        if p.mode == "sparse" and p.conv.stride == 2:  # see NativeEngine._phase
+        if p.mode in ("sparse", "gemm") and p.conv.stride == 2:  # see NativeEngine._phase
             cin = p.conv.shape[1]
             phase = self.pool.padded(cin, p.ho, p.wo, self.n) if p.span else \
-                self.pool.phase(cin, (p.hin + 2) // 2, (p.win + 2) // 2, self.n)
+                self.pool.phase(cin, (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
         self.pool.give(phase)

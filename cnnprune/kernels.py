@@ -32,9 +32,9 @@ _SIGNATURES = {
     "run_steps": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
 }
 
-SOURCES = ("sparse_conv.c", "winograd.c", "kernels.h")
+SOURCES = ("sparse_conv.c", "winograd.c", "gemm1x1.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE = range(12)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM = range(13)
 
 
 class Step(ctypes.Structure):
@@ -78,6 +78,17 @@ def span_step(src: np.ndarray, cout: int, ngroups: int, ptr: np.ndarray, chan: n
                 ptr=ptr.ctypes.data, chan=chan.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,
                 res=None if res is None else res.ctypes.data, relu=int(relu), k=rows)
+
+
+def gemm_step(src: np.ndarray, w: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None,
+              relu: int) -> Step:
+    """The GEMM step: a dense 1x1 stride-1 unpadded convolution over padded (C, H+2, W+2, N)
+    ``src`` as one product over each plane's interior span (``csrc/gemm1x1.c``), with the
+    weight packed by ``native_plan.gemm_weights``. Raw addresses: the caller keeps the arrays alive."""
+    c, hp, wp, n = src.shape
+    return Step(kind=GEMM, src=src.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, Cout=dst.shape[0], val=w.ctypes.data,
+                bias=bias.ctypes.data, dst=dst.ctypes.data, res=None if res is None else res.ctypes.data,
+                relu=int(relu))
 
 
 def subsample_step(src: np.ndarray, dst: np.ndarray) -> Step:

@@ -16,7 +16,7 @@ from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedConv
 
-MODES = ("sparse", "winograd", "dense")
+MODES = ("sparse", "winograd", "dense", "gemm")
 # Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
 # transformed input kept in each thread's cache (faster at batch 32, see the README); with fewer
 # panels the two-step variant spreads the work better.
@@ -49,6 +49,9 @@ class ConvPlan:
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
     dense_ok: bool = True  # the host's dense mode may run it (not a depthwise one: its dense weight is C times larger)
+    gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
+    border: int = 1  # pixels of zero border around its input buffer (wider only for a first conv with wider padding)
+    g: np.ndarray | None = None  # its packed dense weight (``gemm_weights``)
     fused: bool = False
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)
@@ -67,6 +70,8 @@ class ConvPlan:
             self.u = None
         if self.mode != "dense":
             self.dense_weight = None
+        if self.mode != "gemm":
+            self.g = None
 
 
 def winograd_eligible(conv: FoldedConv, hin: int, win: int, min_channels: int = 16) -> bool:
@@ -105,7 +110,7 @@ def winograd_weights(conv: FoldedConv, block: int | None = None) -> np.ndarray:
     return u
 
 
-def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True
+def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True, border: int = 1
                      ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
     """The folded weight as the kernel reads it (``csrc/sparse_conv.c``): nonzeros ordered by
     (group of ``group`` input channels, output channel, kernel column, kernel row): a tile
@@ -115,7 +120,8 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     input offset (in pixels of ``n`` floats) and value. Offsets are uint16 where they all fit
     (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the nonzeros are
     streamed from memory in every pass, for only 4-16 multiply-adds each at batch 1, so 6
-    instead of 8 bytes per nonzero is time saved."""
+    instead of 8 bytes per nonzero is time saved. ``border``: pixels of zero border around the
+    input (its padding where that is wider than 1: the stem reads the packed input)."""
     cout, cin, kh, kw = conv.shape
     co, ci, ky, kx, values = conv.coo()
     ngroups = -(-cin // group)
@@ -126,12 +132,12 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh * kw))
     chan = np.zeros(cout + 1, dtype=np.int32)
     chan[1:] = np.cumsum(np.bincount(co, minlength=cout))
-    oy, ox = ky - conv.padding + 1, kx - conv.padding + 1
+    oy, ox = ky - conv.padding + border, kx - conv.padding + border
     if conv.stride == 1:
-        row = (win + 2) * n
-        off = ci.astype(np.int64) * (hin + 2) * row + oy * row + ox * n
+        row = (win + 2 * border) * n
+        off = ci.astype(np.int64) * (hin + 2 * border) * row + oy * row + ox * n
     else:
-        hh, wh = (hin + 2) // 2, (win + 2) // 2
+        hh, wh = (hin + 2 * border) // 2, (win + 2 * border) // 2
         row = wh * n
         plane = ((oy % 2) * 2 + (ox % 2)) * cin + ci
         off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
@@ -150,6 +156,20 @@ def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
     whole interior span (``kernels.span_step``), full vectors however narrow the map."""
     return conv.shape[2:] == (1, 1) and conv.padding == 0 and (
         conv.stride == 1 or (conv.stride == 2 and hin % 2 == 0 and win % 2 == 0))
+
+
+def gemm_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
+    """A span convolution (``span_eligible``) with a multiple of 4 output channels: the native
+    dense 1x1 kernel (``csrc/gemm1x1.c``) computes 4 at a time."""
+    return span_eligible(conv, hin, win) and conv.shape[0] % 4 == 0
+
+
+def gemm_weights(conv: FoldedConv) -> np.ndarray:
+    """The dense (Cout, Cin) weight of a 1x1 convolution packed as ``csrc/gemm1x1.c`` reads it:
+    [Cout/4][Cin][4 output channels]."""
+    cout, cin = conv.shape[:2]
+    w = conv.dense().reshape(cout // 4, 4, cin)
+    return np.ascontiguousarray(w.transpose(0, 2, 1), dtype=np.float32)
 
 
 def span_operands(conv: FoldedConv, ho: int, wo: int, n: int, group: int, narrow: bool = True) -> tuple:
@@ -190,8 +210,8 @@ class BufferPool:
         self._key[id(buf)] = key
         return buf
 
-    def padded(self, c: int, h: int, w: int, n: int) -> np.ndarray:
-        return self._take(("padded", (c, h + 2, w + 2, n)))
+    def padded(self, c: int, h: int, w: int, n: int, border: int = 1) -> np.ndarray:
+        return self._take(("padded", (c, h + 2 * border, w + 2 * border, n)))
 
     def phase(self, c: int, hh: int, wh: int, n: int) -> np.ndarray:
         """The 4 phase planes (4c, hh, wh, n) a stride-2 convolution reads."""
@@ -205,8 +225,8 @@ class BufferPool:
                 self._free.setdefault(key, []).append(b)
 
 
-def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None) -> np.ndarray:
-    shape = (c, h + 2, w + 2, n)
+def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None, border: int = 1) -> np.ndarray:
+    shape = (c, h + 2 * border, w + 2 * border, n)
     return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
 
 

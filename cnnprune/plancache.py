@@ -36,7 +36,8 @@ class CachedPlan:
     def fits(self, plans: dict, modes: tuple[str, ...]) -> bool:
         """Same layers, and every cached mode is one this engine may run for that layer."""
         return set(self.layers) == set(plans) and all(
-            m in modes and (m != "winograd" or plans[k].winograd_ok) for k, m in self.layers.items())
+            m in modes and (m != "winograd" or plans[k].winograd_ok) and (m != "gemm" or plans[k].gemm_ok)
+            for k, m in self.layers.items())
 
     def apply(self, plan: dict) -> None:
         for name, p in plan["convs"].items():

@@ -49,7 +49,7 @@ def check(model: nn.Module, size: int, batch: int, **options) -> NativeSparseRes
 
 @pytest.mark.parametrize("arch, size, amount", [("resnet50", 64, 0.9), ("resnet18", 56, 0.5),
                                                 ("mobilenet_v2", 64, 0.8), ("resnet18-cifar", 32, 0.9)])
-@pytest.mark.parametrize("mode", ["sparse", "winograd", None])
+@pytest.mark.parametrize("mode", ["sparse", "winograd", "gemm", None])
 def test_graph_engine_matches_eager(arch: str, size: int, amount: float, mode: str | None) -> None:
     torch.manual_seed(0)
     model = pruned(build(arch, 10), amount)
@@ -103,7 +103,9 @@ def test_fusion_of_batchnorm_relu_and_residual() -> None:
     assert conv3.kind == "conv" and conv3.act == "relu" and conv3.residual is not None
     assert conv3.fused[0] == "layer1_0_bn3" and conv3.fused[1].startswith("add")
     assert ops["layer1.0.conv1"].act == "relu" and ops["layer1.0.downsample.0"].act == "none"
-    assert ops["conv1"].kind == "torch" and "padding 3" in ops["conv1"].why
+    assert ops["conv1"].kind == "conv" and ops["conv1"].border == 3 and graph.input_border == 3, \
+        "the 7x7 padding-3 stem reads the input packed with a 3-pixel border"
+    assert ops["layer1.0.conv1"].border == 1
     assert ops["maxpool"].kind == "maxpool" and ops["avgpool"].kind == "avgpool"
     assert not any(op.name.startswith("bn") or ".bn" in op.name for op in graph.ops), "every BatchNorm folded"
 

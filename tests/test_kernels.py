@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune.fold import FoldedConv
-from cnnprune.kernels import Step, conv_pool_step, conv_step, library, span_step, split_step, subsample_step, winograd_steps
+from cnnprune.kernels import Step, conv_pool_step, conv_step, gemm_step, library, span_step, split_step, subsample_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
-from cnnprune.native_plan import padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
+from cnnprune.native_plan import gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
 
 
 def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
@@ -81,7 +81,8 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
 
 
 def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: torch.Tensor | None, act: int,
-             narrow: bool = True) -> np.ndarray:
+             narrow: bool = True, gemm: bool = False) -> np.ndarray:
+    """The span kernel, or with ``gemm`` the dense 1x1 kernel over the same span."""
     n, cin, h, w = x.shape
     ho, wo = h // conv.stride, w // conv.stride
     src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], ho, wo, n), padded_from(res)
@@ -91,7 +92,11 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
         base = np.full((cin, ho + 2, wo + 2, n), np.nan, dtype=np.float32)
         base[:, 0], base[:, -1], base[:, :, 0], base[:, :, -1] = 0, 0, 0, 0
         steps.append(subsample_step(src, base))
-    steps.append(span_step(base, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act))
+    if gemm:
+        packed = gemm_weights(conv)
+        steps.append(gemm_step(base, packed, conv.bias, dst, resbuf, act))
+    else:
+        steps.append(span_step(base, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act))
     library().run_steps((Step * len(steps))(*steps), len(steps), threads)
     return dst
 
@@ -111,10 +116,11 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
     for r, act in ((None, 0), (None, 1), (res, 1), (res, 2)):
         want = plain if r is None else plain + r
         want = want.relu() if act == 1 else want.clamp(0, 6) if act == 2 else want
-        for group, threads, narrow in ((20, 1, True), (3, 2, True), (7, 2, False)):
-            dst = run_span(conv, x, group, threads, r, act, narrow)
+        for group, threads, narrow, gemm in ((20, 1, True, False), (3, 2, True, False), (7, 2, False, False),
+                                             (20, 1, True, True), (20, 2, True, True)):
+            dst = run_span(conv, x, group, threads, r, act, narrow, gemm)
             assert_zero_border(dst)
-            assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow)
+            assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm)
 
 
 def test_residual_and_no_relu() -> None:

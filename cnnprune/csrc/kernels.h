@@ -17,6 +17,12 @@ typedef int32_t i_vf __attribute__((vector_size(64)));
 #define NACC 12
 typedef float vf __attribute__((vector_size(32), aligned(4)));
 typedef int32_t i_vf __attribute__((vector_size(32)));
+
+/* gemm1x1.c: a dense 1x1 convolution over each plane's span (weights [Cout/4][Cin][4]);
+ * sparse_conv.c: zero what a span wrote outside a padded plane's interior. */
+void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
+                    float *dst, const float *res, int relu, int nthreads);
+void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
 #endif
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
@@ -35,7 +41,7 @@ typedef int32_t i_v1 __attribute__((vector_size(4)));
  * sparse_conv.c). */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7,
        STEP_CONV_POOL = 8, STEP_LINEAR = 9, STEP_SPAN = 10,
-       STEP_SUBSAMPLE = 11 };
+       STEP_SUBSAMPLE = 11, STEP_GEMM = 12 };
 typedef struct {
     int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, k, stride, pad;
     int64_t src_row;
@@ -53,4 +59,10 @@ void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, 
                         float *dst, const float *res, int relu);
 void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cout, const float *u,
                          const float *bias, float *dst, const float *res, int relu);
+
+/* gemm1x1.c: a dense 1x1 convolution over each plane's span (weights [Cout/4][Cin][4]);
+ * sparse_conv.c: zero what a span wrote outside a padded plane's interior. */
+void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
+                    float *dst, const float *res, int relu, int nthreads);
+void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
 #endif

@@ -63,12 +63,14 @@ typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, co
                         const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
                         int64_t, int, const float *restrict, int, const float *restrict, int);
 
-#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF)                                                  \
-static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow,             \
+#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW)                                      \
+static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow_in,          \
         const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
-        int pstride, const seg_sel *restrict sel, int nch, float *restrict out, int64_t drow,   \
+        int pstride, const seg_sel *restrict sel, int nch, float *restrict out, int64_t drow_in,\
         int64_t dplane, int first, const float *restrict bias, int last,                       \
         const float *restrict res, int relu) {                                                 \
+    const int64_t srow = SROW, drow = DROW;                                                    \
+    (void)srow_in; (void)drow_in;                                                              \
     enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
     const OT *restrict off = (const OT *)offp;                                                 \
     const int k = sel->k, lo = sel->lo, hi = sel->hi;                                          \
@@ -109,7 +111,14 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     }                                                                                          \
 }
 
-#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, ) DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16)
+#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in)
+/* Tiles whose rows follow each other in memory (a span's pieces of NV vectors): the row
+ * strides are constants, so every load of the inner loop is one base register plus an
+ * immediate offset (with strides passed in, GCC kept a register or a stack slot per row and
+ * vector: ~40 scalar instructions and stack loads beside the 24 multiply-adds of a nonzero). */
+#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V)) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V))
 
 #define ROWS_1_TO_3(NV, VT, V) DEFINE_TILE(1, NV, VT, V) DEFINE_TILE(2, NV, VT, V) DEFINE_TILE(3, NV, VT, V)
 #define ROWS_4_TO_6(NV, VT, V) DEFINE_TILE(4, NV, VT, V) DEFINE_TILE(5, NV, VT, V) DEFINE_TILE(6, NV, VT, V)
@@ -117,8 +126,9 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
 #define ROWS_1_TO_8(NV, VT, V) ROWS_1_TO_3(NV, VT, V) ROWS_4_TO_6(NV, VT, V) ROWS_7_TO_8(NV, VT, V)
 
 DEFINE_TILE(1, 8, vf, VW)
-DEFINE_TILE(2, 8, vf, VW)
-DEFINE_TILE(3, 8, vf, VW)
+DEFINE_SPAN_TILE(1, 8, vf, VW)
+DEFINE_SPAN_TILE(2, 8, vf, VW)
+DEFINE_SPAN_TILE(3, 8, vf, VW)
 ROWS_1_TO_3(4, vf, VW)
 ROWS_1_TO_3(2, vf, VW)
 ROWS_4_TO_6(2, vf, VW)
@@ -154,8 +164,8 @@ static const tile_kind KINDS[] = {
 #define NKINDS ((int)(sizeof(KINDS) / sizeof(KINDS[0])))
 /* The widest tile with 1 to 3 rows, for the span of a 1x1 convolution (sparse_span_body): 8, 16
  * or 24 accumulators; with AVX2's 16 registers only the first fits. */
-static const tile_fn SPAN_TILES[2][4] = {{0, tile_vf_8_1, tile_vf_8_2, tile_vf_8_3},
-                                          {0, tile_vf_8_1_16, tile_vf_8_2_16, tile_vf_8_3_16}};
+static const tile_fn SPAN_TILES[2][4] = {{0, tile_vf_8_1_c, tile_vf_8_2_c, tile_vf_8_3_c},
+                                          {0, tile_vf_8_1_16_c, tile_vf_8_2_16_c, tile_vf_8_3_16_c}};
 #define SPAN_ROWS (NACC / 8)
 
 /* Output rows per tile for a row of L floats (Wout * N): as many as keep the widest tile
@@ -296,7 +306,7 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
 /* Zero what a span wrote outside the interior of a padded plane p (row: floats per padded row):
  * the border pixels (columns 0 and W+1) of the rows it crossed, and anything from row H+1 on,
  * within floats [a, b) of the plane. */
-static void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H) {
+void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H) {
     for (int64_t y = a / row; y * row < b; y++) {
         const int64_t r0 = y * row;
         if (y >= H + 1) {
@@ -546,15 +556,17 @@ static void linear_body(const float *src, int N, int C, int Cout, const float *w
     }
 }
 
-/* NCHW input -> padded (C, H+2, W+2, N); the border of dst must already be zero. */
-static void pack_input_body(const float *src, int N, int C, int H, int W, float *dst) {
-    const int64_t drow = (int64_t)(W + 2) * N, dplane = (int64_t)(H + 2) * drow;
+/* NCHW input -> padded (C, H+2b, W+2b, N) with a border of b pixels (b >= 1: a first
+ * convolution with wider padding, ResNet's 7x7 stem, reads it directly); the border of dst must
+ * already be zero. */
+static void pack_input_body(const float *src, int N, int C, int H, int W, int b, float *dst) {
+    const int64_t drow = (int64_t)(W + 2 * b) * N, dplane = (int64_t)(H + 2 * b) * drow;
     #pragma omp for schedule(static)
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
             for (int y = 0; y < H; y++)
                 for (int x = 0; x < W; x++)
-                    dst[c * dplane + (y + 1) * drow + (int64_t)(x + 1) * N + n] =
+                    dst[c * dplane + (y + b) * drow + (int64_t)(x + b) * N + n] =
                         src[(((int64_t)n * C + c) * H + y) * W + x];
 }
 
@@ -564,7 +576,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
     for (int i = 0; i < nsteps; i++) {
         const step_t *s = &steps[i];
         switch (s->kind) {
-        case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->dst); break;
+        case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->pad > 1 ? s->pad : 1, s->dst); break;
         case STEP_CONV:
             sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad, s->H, s->W,
                              s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
@@ -577,6 +589,9 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_SPAN:
             sparse_span_body(s->src, s->H, s->W, s->N, s->Cout, s->ngroups, s->ptr, s->chan, s->off, s->off16, s->val,
                              s->bias, s->dst, s->res, s->relu, s->k, nthreads);
+            break;
+        case STEP_GEMM:
+            gemm_span_body(s->src, s->H, s->W, s->N, s->C, s->Cout, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_SUBSAMPLE: subsample_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;

@@ -1,0 +1,136 @@
+/* Dense 1x1 convolution over the span of each plane, for the layers that global magnitude
+ * pruning leaves dense: on ResNet-50 at 90 %, the 1x1 convolutions of layers 1-3 keep 30-72 %
+ * of their weights, where the sparse kernel's one loaded input vector per multiply-add costs
+ * more than the multiply-adds it skips. Same span as sparse_span_body (the interior of a padded
+ * (C, H+2, W+2, N) plane is one contiguous run of floats, border pixels between rows
+ * included, zeroed again afterwards), but a tile is 4 output channels x up to 6 vectors: each
+ * input vector loaded feeds 4 multiply-adds, each weight broadcast feeds 6 (24 accumulators,
+ * 6 inputs and a broadcast: 31 of AVX-512's 32 registers). Weights packed [Cout/4][Cin][4]
+ * (gemm.py's ``pack_gemm_weights``), so the 4 weights of one input channel are adjacent. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#include "kernels.h"
+
+#define GEMM_NV 6  /* vectors per tile */
+
+/* acc (bias) + res, then ReLU (relu 1) or ReLU6 (relu 2), stored at out. */
+static inline vf epilogue(vf a, const float *res, int relu) {
+    if (res) a += *(const vf *)res;
+    const vf z = {0};
+    if (relu) a = (vf)((i_vf)a & (a > z));
+    if (relu == 2) {
+        const vf six = z + 6.0f;
+        const i_vf m = a > six;
+        a = (vf)(((i_vf)a & ~m) | ((i_vf)six & m));
+    }
+    return a;
+}
+
+#define DEFINE_GEMM_TILE(NV)                                                                    \
+static void gemm_tile_##NV(const float *restrict src, int64_t plane, const float *restrict w, int cin,  \
+                           float *restrict out, int64_t dplane, const float *restrict bias,     \
+                           const float *restrict res, int relu) {                               \
+    vf acc[4][NV];                                                                              \
+    _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++)                                         \
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[o][v] = (vf){0} + bias[o];     \
+    for (int ci = 0; ci < cin; ci++, src += plane, w += 4) {                                     \
+        vf x[NV];                                                                               \
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) x[v] = *(const vf *)(src + v * VW); \
+        _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) {                                   \
+            const float b = w[o];                                                               \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[o][v] += b * x[v];         \
+        }                                                                                       \
+    }                                                                                           \
+    _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++)                                         \
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)                                    \
+            *(vf *)(out + o * dplane + v * VW) =                                                \
+                epilogue(acc[o][v], res ? res + o * dplane + v * VW : 0, relu);                 \
+}
+DEFINE_GEMM_TILE(1)
+DEFINE_GEMM_TILE(2)
+DEFINE_GEMM_TILE(3)
+DEFINE_GEMM_TILE(4)
+DEFINE_GEMM_TILE(5)
+DEFINE_GEMM_TILE(6)
+typedef void (*gemm_fn)(const float *restrict, int64_t, const float *restrict, int, float *restrict, int64_t,
+                        const float *restrict, const float *restrict, int);
+static const gemm_fn GEMM_TILES[GEMM_NV + 1] = {0, gemm_tile_1, gemm_tile_2, gemm_tile_3, gemm_tile_4, gemm_tile_5,
+                                                gemm_tile_6};
+
+/* The last n < VW floats of a span, one at a time. */
+static void gemm_tail(const float *src, int64_t plane, const float *w, int cin, float *out, int64_t dplane,
+                      const float *bias, const float *res, int relu, int n) {
+    for (int o = 0; o < 4; o++)
+        for (int i = 0; i < n; i++) {
+            float a = bias[o];
+            for (int ci = 0; ci < cin; ci++) a += w[ci * 4 + o] * src[ci * plane + i];
+            if (res) a += res[o * dplane + i];
+            if (relu && a < 0.f) a = 0.f;
+            if (relu == 2 && a > 6.f) a = 6.f;
+            out[o * dplane + i] = a;
+        }
+}
+
+/* Per-thread copy of one block of the input (kept for the thread's lifetime). */
+static __thread float *pack_buf;
+static __thread int64_t pack_cap;
+static float *pack_buffer(int64_t floats) {
+    if (floats > pack_cap) {
+        free(pack_buf);
+        pack_buf = aligned_alloc(64, (size_t)((floats * sizeof(float) + 63) / 64 * 64));
+        pack_cap = floats;
+    }
+    return pack_buf;
+}
+
+/* Work items: blocks of the span x chunks of output channels (multiples of 4), about four per
+ * thread and a multiple of the thread count where the layer allows it. A block is 1 to 4 tiles
+ * wide, as many as keep its input (Cin x width) within GEMM_L2 bytes, and is first copied into
+ * a contiguous per-thread buffer: read from the planes in place, 1024 channels 16 KB apart (a
+ * 14x14 map at batch 16) fell into a few L2 sets and missed the cache at every tile; one group
+ * of 4 channels' weights (4 x Cin floats) stays in L1 across the block's tiles. */
+#define GEMM_L2 (512 * 1024)
+void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
+                    float *dst, const float *res, int relu, int nthreads) {
+    const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row, start = row + N;
+    int64_t L = (int64_t)(H - 1) * row + (int64_t)W * N;
+    const int64_t whole = (L + VW - 1) / VW * VW;
+    if (start + whole <= plane) L = whole;
+    int64_t tiles = GEMM_L2 / ((int64_t)Cin * GEMM_NV * VW * (int64_t)sizeof(float));
+    tiles = tiles < 1 ? 1 : tiles > 4 ? 4 : tiles;
+    const int64_t block = tiles * GEMM_NV * VW;
+    const int nblocks = (int)((L + block - 1) / block), quads = Cout / 4;
+    int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
+    while ((nblocks * nchunks) % nthreads) nchunks++;
+    if (nchunks > quads) nchunks = quads;
+    #pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < nblocks; b++) {
+        for (int ch = 0; ch < nchunks; ch++) {
+            const int q0 = quads * ch / nchunks, q1 = quads * (ch + 1) / nchunks;
+            const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
+            float *packed = pack_buffer((int64_t)Cin * block);
+            for (int ci = 0; ci < Cin; ci++)
+                memcpy(packed + ci * block, src + ci * plane + start + t0, (size_t)(end - t0) * sizeof(float));
+            for (int q = q0; q < q1; q++) {
+                const float *wq = w + (int64_t)q * Cin * 4;
+                const int64_t o = (int64_t)q * 4 * plane + start;
+                for (int64_t t = t0; t < end;) {
+                    const int64_t vecs = (end - t) / VW;
+                    const float *r = res ? res + o + t : 0;
+                    if (vecs == 0) {
+                        gemm_tail(packed + (t - t0), block, wq, Cin, dst + o + t, plane, bias + 4 * q, r, relu,
+                                  (int)(end - t));
+                        break;
+                    }
+                    const int nv = vecs < GEMM_NV ? (int)vecs : GEMM_NV;
+                    GEMM_TILES[nv](packed + (t - t0), block, wq, Cin, dst + o + t, plane, bias + 4 * q, r, relu);
+                    t += (int64_t)nv * VW;
+                }
+            }
+            for (int c = 4 * q0; c < 4 * q1; c++) zero_outside(dst + c * plane, start + t0, start + end, row, N, W, H);
+        }
+    }
+}
