@@ -19,7 +19,7 @@ MEMORY_RUNTIME = "`cnnprune.runtime` alone (numpy and the native kernels; neithe
 MEMORY_GRAPH = "`cnnprune.sparse.load` (torch, the kernels, the onnxruntime fallback; the runtime runs the report's net only)"
 PLAN_DEFAULT, PLAN_GRAPH = "BatchNorm folded, native sparse direct convolution", (
     "planned from the traced graph: BatchNorm folded, activations and residual adds fused, 1×1 convolutions as sparse × dense "
-    "products over each map, ops without a kernel in PyTorch between native segments")
+    "products over each map or, where faster, a native dense 1×1 GEMM, ops without a kernel in PyTorch between native segments")
 
 
 def _fallback_passes(used: str | None) -> str:

@@ -21,11 +21,16 @@ MODES = ("sparse", "winograd", "dense", "gemm")
 # transformed input kept in each thread's cache (faster at batch 32, see the README); with fewer
 # panels the two-step variant spreads the work better.
 FUSED_PANELS_PER_THREAD = 2
-# Nonzeros per output channel and input-channel group of a 1x1 span convolution, on average:
-# fewer reload and store the accumulators too often, more read a group's input from L2 rather
-# than L1 (ResNet-50 at 224, 90 %, batch 1: 8, 16 and 32 were timed on a noisy machine; 32 was
-# best or near it at every tile height)
+# Input-channel groups of a 1x1 span convolution: each (output channel, group) pass reloads and
+# stores its 24 accumulators, so a group should hold SPAN_RUN nonzeros of a channel on average,
+# but its input block (channels x up to 384 floats) should also stay within SPAN_GROUP_BYTES of
+# L2; the group is never below SPAN_MIN_RUN nonzeros a channel. Timed on ResNet-50 at 224, 90 %,
+# batch 16 (groups of 32 to all channels, 1-3 tile rows): 1024x256 at 15 % density ran 6.0 ms in
+# groups of 64 against 9.5 ms in one group; 2048x512 at 4 %, 1.1 ms in one group against 1.9 in
+# groups of 64; 256x1024 at 47 %, best in groups of 64.
 SPAN_RUN = 32
+SPAN_MIN_RUN = 16
+SPAN_GROUP_BYTES = 128 * 1024
 
 
 @dataclass
@@ -185,7 +190,11 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
     if span:
-        return min(cin, -(-SPAN_RUN * cout * cin // nnz))
+        span_floats = (ho - 1) * (row_floats + 2 * n) + row_floats  # the interior span of a plane
+        block = min(span_floats, 384) * 4  # bytes of one input channel in a work item's block
+        fit = max(1, SPAN_GROUP_BYTES // block)
+        run, least = -(-SPAN_RUN * cout * cin // nnz), -(-SPAN_MIN_RUN * cout * cin // nnz)
+        return min(cin, max(least, min(run, fit)))
     l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
 

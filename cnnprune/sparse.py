@@ -98,8 +98,9 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     with 4x fewer multiplies; fp32 rounding error about 10x a direct convolution's) where it is faster; False keeps the
     sparse kernel and dense oneDNN only. ``plan_cache``: reuse (and keep) calibration results on
     disk for this file, machine and settings (``cnnprune.plancache``): instant second loads; off by
-    default so that a benchmark times against fresh calibration. ``layer_mode`` ("sparse" or "winograd"): run every
-    layer that can this way, no per-layer timing (tests, A/B measurements). ``dtype`` (im2col
+    default so that a benchmark times against fresh calibration. ``layer_mode`` ("sparse", "winograd" or "gemm", the
+    native dense 1x1 kernel of graph-planned networks): run every layer that can this way, no
+    per-layer timing (tests, A/B measurements). ``dtype`` (im2col
     engines): compute precision, default float32, float16 for ``torch-2:4``; ``backend``
     (``torch-2:4``): ``cusparselt`` or ``cutlass``.
     """
