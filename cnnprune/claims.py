@@ -208,7 +208,8 @@ def measure_resources(a: Analysis, threshold: float) -> Finding:
             dense_less += [m] if at_most(d, threshold) else []
             continue
         s = mem["sparse"].peak_rss / base
-        lines.append(dense_text + f", sparse {mb(mem['sparse'].peak_rss)} (cnnprune.runtime alone, {times(s)}); "
+        host = "cnnprune.runtime alone" if a.spec.is_default else "cnnprune.sparse.load: torch, the kernels, onnxruntime"
+        lines.append(dense_text + f", sparse {mb(mem['sparse'].peak_rss)} ({host}, {times(s)}); "
                      f"weights in memory sparse {mb(mem['sparse'].weights_in_memory)} vs dense "
                      f"{mb(a.models['unpruned'].memory['dense'].weights_in_memory)}.")
         if at_most(d, threshold):

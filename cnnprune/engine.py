@@ -75,6 +75,7 @@ class NativeEngine:
         self.recalibrate = recalibrate  # time afresh and replace the cached plan
         self._plans: dict[int, dict] = {}
         self._u: dict[str, np.ndarray] = {}
+        self._g: dict[str, np.ndarray] = {}  # packed GEMM weights, shared like ``_u``
 
     def modes(self) -> tuple[str, ...]:
         """The ways a layer may run here (a plan cached with other modes is not reused)."""
@@ -132,16 +133,19 @@ class NativeEngine:
                 (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border))
             p.ptr, p.chan, p.ngroups, p.off, p.val = make()
         elif mode == "gemm" and p.g is None:
-            p.g = gemm_weights(p.conv)
+            if p.conv.name not in self._g:
+                self._g[p.conv.name] = gemm_weights(p.conv)
+            p.g = self._g[p.conv.name]
         elif mode == "winograd" and p.u is None:
             if p.conv.name not in self._u:
                 self._u[p.conv.name] = winograd_weights(p.conv)
             p.u = self._u[p.conv.name]
 
     def _drop_unused_u(self) -> None:
-        """Winograd weights are shared by the batch sizes that use them; keep no others."""
-        used = {p.conv.name for q in self._plans.values() for p in q["convs"].values() if p.mode == "winograd"}
-        self._u = {k: v for k, v in self._u.items() if k in used}
+        """Winograd and GEMM weights are shared by the batch sizes that use them; keep no others."""
+        modes = [(p.conv.name, p.mode) for q in self._plans.values() for p in q["convs"].values()]
+        self._u = {k: v for k, v in self._u.items() if (k, "winograd") in modes}
+        self._g = {k: v for k, v in self._g.items() if (k, "gemm") in modes}
 
     def _plan(self, n: int) -> dict:
         if n in self._plans:

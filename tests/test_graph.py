@@ -148,3 +148,17 @@ def test_untraceable_model_is_one_line() -> None:
 
     with pytest.raises(CnnpruneError, match="could not trace Branchy"):
         trace(Branchy(), (3, 8, 8))
+
+
+def test_gemm_weights_are_shared_by_batch_sizes() -> None:
+    """The native GEMM's packed dense weights are made once per layer, whatever the batch sizes
+    planned, and dropped with the last plan that uses them."""
+    torch.manual_seed(3)
+    model = pruned(build("resnet50", 10), 0.5)
+    engine = check(model, 32, 1, calibrate=False, layer_mode="gemm")
+    engine(torch.randn(2, 3, 32, 32))
+    plans = engine.engine._plans
+    gemm = [name for name, p in plans[1]["convs"].items() if p.mode == "gemm"]
+    assert gemm, "1x1 convolutions run the native GEMM"
+    assert all(plans[1]["convs"][k].g is plans[2]["convs"][k].g for k in gemm)
+    assert set(engine.engine._g) == {plans[1]["convs"][k].conv.name for k in gemm}
