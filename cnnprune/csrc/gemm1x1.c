@@ -8,7 +8,6 @@
  * 6 inputs and a broadcast: 31 of AVX-512's 32 registers). Weights packed [Cout/4][Cin][4]
  * (gemm.py's ``pack_gemm_weights``), so the 4 weights of one input channel are adjacent. */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
@@ -74,18 +73,6 @@ static void gemm_tail(const float *src, int64_t plane, const float *w, int cin, 
         }
 }
 
-/* Per-thread copy of one block of the input (kept for the thread's lifetime). */
-static __thread float *pack_buf;
-static __thread int64_t pack_cap;
-static float *pack_buffer(int64_t floats) {
-    if (floats > pack_cap) {
-        free(pack_buf);
-        pack_buf = aligned_alloc(64, (size_t)((floats * sizeof(float) + 63) / 64 * 64));
-        pack_cap = floats;
-    }
-    return pack_buf;
-}
-
 /* Work items: blocks of the span x chunks of output channels (multiples of 4), about four per
  * thread and a multiple of the thread count where the layer allows it. A block is 1 to 4 tiles
  * wide, as many as keep its input (Cin x width) within GEMM_L2 bytes, and is first copied into
@@ -111,7 +98,7 @@ void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, co
         for (int ch = 0; ch < nchunks; ch++) {
             const int q0 = quads * ch / nchunks, q1 = quads * (ch + 1) / nchunks;
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
-            float *packed = pack_buffer((int64_t)Cin * block);
+            float *packed = thread_buffer(SCRATCH_GEMM, (int64_t)Cin * block);
             for (int ci = 0; ci < Cin; ci++)
                 memcpy(packed + ci * block, src + ci * plane + start + t0, (size_t)(end - t0) * sizeof(float));
             for (int q = q0; q < q1; q++) {

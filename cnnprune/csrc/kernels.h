@@ -17,12 +17,6 @@ typedef int32_t i_vf __attribute__((vector_size(64)));
 #define NACC 12
 typedef float vf __attribute__((vector_size(32), aligned(4)));
 typedef int32_t i_vf __attribute__((vector_size(32)));
-
-/* gemm1x1.c: a dense 1x1 convolution over each plane's span (weights [Cout/4][Cin][4]);
- * sparse_conv.c: zero what a span wrote outside a padded plane's interior. */
-void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
-                    float *dst, const float *res, int relu, int nthreads);
-void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
 #endif
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
@@ -65,4 +59,8 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
 void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
+/* Per-thread scratch buffers (sparse_conv.c), by use: the fused stem's pooling window, the GEMM's
+ * packed input block, Winograd's products of an item and a fused item's transformed input panel. */
+enum { SCRATCH_POOL = 0, SCRATCH_GEMM = 1, SCRATCH_WG_PRODUCTS = 2, SCRATCH_WG_PANEL = 3, SCRATCH_SLOTS = 4 };
+float *thread_buffer(int slot, int64_t floats);
 #endif

@@ -440,18 +440,17 @@ static void maxpool3s2_body(const float *src, int C, int H, int W, int N, float 
     }
 }
 
-/* Per-thread buffer of the fused stem (3 padded rows per channel of the layer), kept for the
- * thread's lifetime; each work item zeroes the part it uses (a smaller batch's borders lie
- * where a larger one's interior was). */
-static __thread float *pool_buf;
-static __thread int64_t pool_cap;
-static float *pool_buffer(int64_t floats) {
-    if (floats > pool_cap) {
-        free(pool_buf);
-        pool_buf = aligned_alloc(64, (size_t)((floats * sizeof(float) + 63) / 64 * 64));
-        pool_cap = floats;
+/* Per-thread scratch buffers (kernels.h: SCRATCH_*), at least floats long, 64-byte aligned,
+ * kept for the thread's lifetime and grown when a larger one is asked for. */
+static __thread float *scratch_buf[SCRATCH_SLOTS];
+static __thread int64_t scratch_cap[SCRATCH_SLOTS];
+float *thread_buffer(int slot, int64_t floats) {
+    if (floats > scratch_cap[slot]) {
+        free(scratch_buf[slot]);
+        scratch_buf[slot] = aligned_alloc(64, (size_t)((floats * sizeof(float) + 63) / 64 * 64));
+        scratch_cap[slot] = floats;
     }
-    return pool_buf;
+    return scratch_buf[slot];
 }
 
 /* A sparse convolution with ReLU followed by the 3x3 stride-2 max pool, in one step: the
@@ -472,7 +471,9 @@ static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int
     if (nchunks > Cout) nchunks = Cout;
     const int per_run = k * k;
     const int64_t total = chan[Cout];
-    float *loc = pool_buffer((int64_t)Cout * lplane);
+    /* 3 padded rows per channel; each work item zeroes the part it uses (a smaller batch's
+     * borders lie where a larger one's interior was) */
+    float *loc = thread_buffer(SCRATCH_POOL, (int64_t)Cout * lplane);
     #pragma omp for schedule(dynamic, 1)
     for (int ch = 0; ch < nchunks; ch++) {
         const int c0 = chunk_start(chan, Cout, total * ch / nchunks);

@@ -166,19 +166,9 @@ DEFINE_WG_OUT(v1)
  * only 4 sets of an 8-way L1 (with AVX2, 1.5 KiB, in 8 sets). */
 #define MS (4 * GB * PW + 16)
 
-/* Per-thread buffers (0: the 36 products of an item, 36 x MS floats, 55 KiB with AVX2;
- * 1: a fused item's transformed input panel, 36 x (Cin x PW + 16) floats), too large for an
- * OpenMP worker's stack, kept for the thread's lifetime. */
-static __thread float *tl_buf[2];
-static __thread int64_t tl_cap[2];
-static float *thread_buffer(int which, int64_t floats) {
-    if (floats > tl_cap[which]) {
-        free(tl_buf[which]);
-        tl_buf[which] = aligned_alloc(64, (size_t)floats * sizeof(float));
-        tl_cap[which] = floats;
-    }
-    return tl_buf[which];
-}
+/* The 36 products of an item (36 x MS floats, 55 KiB with AVX2) and a fused item's transformed
+ * input panel (36 x (Cin x PW + 16) floats) are too large for an OpenMP worker's stack: they live
+ * in per-thread buffers (thread_buffer, kernels.h). */
 
 /* One item: the GEMMs of panel columns t0 .. t0+wp-1 (transform point xi's panel at vp +
  * xi*xs, Cin rows of wp floats) with output-channel blocks cb0 .. cb0+nb-1, each point's
@@ -226,7 +216,7 @@ void winograd_conv_body(const float *v, int Cin, int H, int W, int N, int Cout, 
                         float *dst, const float *res, int relu) {
     const int64_t Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(Cin, H, W, N);
     const int np = (int)((Tp + PW - 1) / PW), ncb = Cout / 4, ngb = (ncb + GB - 1) / GB;
-    float *m = thread_buffer(0, 36 * MS);
+    float *m = thread_buffer(SCRATCH_WG_PRODUCTS, 36 * MS);
     #pragma omp for schedule(static) collapse(2)
     for (int p = 0; p < np; p++) {
         for (int gb = 0; gb < ngb; gb++) {
@@ -258,7 +248,7 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
     const int64_t vectors = Tp / VW, share = (vectors + nt - 1) / nt * VW;  /* columns per thread */
     const int per = (int)((share + PW - 1) / PW);                           /* panels per thread */
     const int64_t xs = (int64_t)Cin * PW + 16;
-    float *m = thread_buffer(0, 36 * MS), *vp = thread_buffer(1, 36 * xs);
+    float *m = thread_buffer(SCRATCH_WG_PRODUCTS, 36 * MS), *vp = thread_buffer(SCRATCH_WG_PANEL, 36 * xs);
     #pragma omp for schedule(static)
     for (int item = 0; item < nt * per; item++) {
         const int64_t start = (item / per) * share, end = start + share < Tp ? start + share : Tp;
