@@ -378,23 +378,39 @@ static void sparse_span_body(const float *src, int H, int W, int N, int Cout, in
     }
 }
 
-/* Every second pixel of every second row: padded (C, H+2, W+2, N) src -> padded (C, H/2+2,
- * W/2+2, N) dst (H, W even), interior only (dst's border stays zero). What a 1x1 stride-2
- * convolution reads, so that it runs as a span (sparse_span_body) over a quarter of the pixels. */
-static void subsample_body(const float *src, int C, int H, int W, int N, float *dst) {
+/* One output row of a stride-2 step over a padded map: Wo pixels of N floats into d, from the
+ * input row at s (srow floats per padded row, the rows below it at s + k*srow). */
+typedef void (*row2_fn)(const float *restrict s, int64_t srow, int Wo, int N, float *restrict d);
+
+/* Every output row (c, y) of padded (C, H/2+2, W/2+2, N) dst, interior only (its border stays
+ * zero), from padded (C, H+2, W+2, N) src at padded row 2y + first and float col (H, W even).
+ * Rows are handed out as one flat loop calling a function with restrict pointers: the same
+ * loops written inline under a collapsed OpenMP loop ran several times slower (GCC 12). */
+static void stride2_rows(const float *src, int C, int H, int W, int N, float *dst, int first, int64_t col, row2_fn row) {
     const int Ho = H / 2, Wo = W / 2;
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const int64_t drow = (int64_t)(Wo + 2) * N, dplane = (int64_t)(Ho + 2) * drow;
     #pragma omp for schedule(static)
     for (int i = 0; i < C * Ho; i++) {
         const int c = i / Ho, y = i % Ho;
-        const float *restrict s = src + c * splane + (2 * y + 1) * srow + N;
-        float *restrict d = dst + c * dplane + (y + 1) * drow + N;
-        if (N == 1)
-            for (int x = 0; x < Wo; x++) d[x] = s[2 * x];
-        else
-            for (int x = 0; x < Wo; x++) memcpy(d + (int64_t)x * N, s + (int64_t)2 * x * N, (size_t)N * sizeof(float));
+        row(src + c * splane + (int64_t)(2 * y + first) * srow + col, srow, Wo, N, dst + c * dplane + (y + 1) * drow + N);
     }
+}
+
+/* Every second pixel of an interior row. */
+static void subsample_row(const float *restrict s, int64_t srow, int Wo, int N, float *restrict d) {
+    (void)srow;
+    if (N == 1)
+        for (int x = 0; x < Wo; x++) d[x] = s[2 * x];
+    else
+        for (int x = 0; x < Wo; x++) memcpy(d + (int64_t)x * N, s + (int64_t)2 * x * N, (size_t)N * sizeof(float));
+}
+
+/* Every second pixel of every second row: padded (C, H+2, W+2, N) src -> padded (C, H/2+2,
+ * W/2+2, N) dst. What a 1x1 stride-2 convolution reads, so that it runs as a span
+ * (sparse_span_body) over a quarter of the pixels. */
+static void subsample_body(const float *src, int C, int H, int W, int N, float *dst) {
+    stride2_rows(src, C, H, W, N, dst, 1, N, subsample_row);
 }
 
 /* 3x3 stride-2 max pool, padding 1, on post-ReLU input (values >= 0, so the zero border
@@ -426,18 +442,10 @@ static void maxpool_row(const float *restrict s, int64_t srow, int Wo, int N, fl
         }
 }
 
-/* src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N). Rows are handed out as
- * one flat loop calling a function with restrict pointers: the same loops written inline
- * under a collapsed OpenMP loop ran several times slower (GCC 12). */
+/* src: padded (C, H+2, W+2, N); dst: padded (C, H/2+2, W/2+2, N); output row y pools padded
+ * input rows 2y .. 2y+2 from the border column on. */
 static void maxpool3s2_body(const float *src, int C, int H, int W, int N, float *dst) {
-    const int Ho = H / 2, Wo = W / 2;
-    const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
-    const int64_t drow = (int64_t)(Wo + 2) * N, dplane = (int64_t)(Ho + 2) * drow;
-    #pragma omp for schedule(static)
-    for (int i = 0; i < C * Ho; i++) {
-        const int c = i / Ho, y = i % Ho;
-        maxpool_row(src + c * splane + (int64_t)(2 * y) * srow, srow, Wo, N, dst + c * dplane + (y + 1) * drow + N);
-    }
+    stride2_rows(src, C, H, W, N, dst, 0, 0, maxpool_row);
 }
 
 /* Per-thread scratch buffers (kernels.h: SCRATCH_*), at least floats long, 64-byte aligned,
