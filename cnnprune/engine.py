@@ -2,9 +2,10 @@
 each layer in the mode calibration found fastest at each batch size, on numpy arrays.
 
 Two hosts run it: :mod:`cnnprune.native` (an ``nn.Module`` that adds PyTorch's dense oneDNN
-convolution as a third per-layer mode and the whole-network onnxruntime fallback) and
-:mod:`cnnprune.runtime` (numpy and the kernels only). What a host adds comes in as callables
-(``dense_conv``, ``fallback``), so this module imports neither torch nor onnxruntime. The
+convolution as a third per-layer mode and the whole-network dense fallbacks: onnxruntime, PyTorch
+eager, OpenVINO where installed) and :mod:`cnnprune.runtime` (numpy and the kernels only). What a
+host adds comes in as callables (``dense_conv``, ``fallbacks``), so this module imports neither
+torch nor onnxruntime. The
 scheme itself (sparse direct convolution, Winograd, per-layer calibration) is described in
 :mod:`cnnprune.sparse`.
 """
@@ -26,8 +27,8 @@ from cnnprune.native_plan import (
     best_ms,
     gemm_weights,
     group_size,
+    interleaved_ms,
     padded,
-    paired_ms,
     span_operands,
     sparse_operands,
     winograd_eligible,
@@ -42,6 +43,12 @@ from cnnprune.plancache import PlanCache
 SPARSE_TIE = 0.1
 # (plan, src, dst, residual or None, relu) -> a call that runs that convolution densely
 DenseConv = Callable[[ConvPlan, np.ndarray, np.ndarray, "np.ndarray | None", bool], Callable[[], object]]
+# makes a dense whole-network engine: (N, C, H, W) float32 -> logits. Built when first timed, and
+# dropped again while no planned batch size runs it (an onnxruntime session of ResNet-50 holds
+# ~100 MB of weights of its own)
+DenseMaker = Callable[[], Callable[[np.ndarray], np.ndarray]]
+# what a plan that runs a dense fallback keeps: the decision and the timings behind it
+DECISION_KEYS = ("convs", "engine", "sparse_ms", "dense_ms", "dense_engine")
 
 
 def _address(a) -> int:
@@ -53,7 +60,7 @@ class NativeEngine:
 
     def __init__(self, net: FoldedResNet, threads: int, calibrate: bool = True, winograd: bool = True,
                  layer_mode: str | None = None, dense_conv: DenseConv | None = None,
-                 fallback: Callable[[np.ndarray], np.ndarray] | None = None, fallback_name: str = "dense",
+                 fallbacks: dict[str, DenseMaker] | None = None,
                  cache: PlanCache | None = None, recalibrate: bool = False) -> None:
         from cnnprune.kernels import library
 
@@ -69,8 +76,8 @@ class NativeEngine:
         self.gemm = False  # the native dense 1x1 kernel: span convolutions only (GraphEngine)
         self.layer_mode = layer_mode
         self.dense_conv = dense_conv
-        self.fallback = fallback if calibrate else None
-        self.fallback_name = fallback_name
+        self.fallbacks = dict(fallbacks or {}) if calibrate else {}
+        self._dense: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # the fallbacks built now
         self.cache = cache
         self.recalibrate = recalibrate  # time afresh and replace the cached plan
         self._plans: dict[int, dict] = {}
@@ -84,8 +91,7 @@ class NativeEngine:
 
     def _setting(self, n: int) -> str:
         """What a cached plan must have been made under, besides the model and the machine."""
-        fallback = self.fallback_name if self.fallback is not None else ""
-        return f"batch={n}|threads={self.threads}|modes={','.join(self.modes())}|fallback={fallback}"
+        return f"batch={n}|threads={self.threads}|modes={','.join(self.modes())}|fallback={','.join(self.fallbacks)}"
 
     def held_weight_bytes(self) -> int:
         """Bytes of weights held now: the folded weights as kept between plans (CSR), biases, fc,
@@ -130,7 +136,7 @@ class NativeEngine:
         if mode == "sparse" and p.val is None:
             group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span)
             make = (lambda: span_operands(p.conv, p.ho, p.wo, n, group)) if p.span else \
-                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border))
+                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border, direct=p.direct))
             p.ptr, p.chan, p.ngroups, p.off, p.val = make()
         elif mode == "gemm" and p.g is None:
             if p.conv.name not in self._g:
@@ -143,7 +149,8 @@ class NativeEngine:
 
     def _drop_unused_u(self) -> None:
         """Winograd and GEMM weights are shared by the batch sizes that use them; keep no others."""
-        modes = [(p.conv.name, p.mode) for q in self._plans.values() for p in q["convs"].values()]
+        modes = [(p.conv.name, p.mode) for q in self._plans.values() if q.get("engine", "sparse") == "sparse"
+                 for p in q["convs"].values()]
         self._u = {k: v for k, v in self._u.items() if (k, "winograd") in modes}
         self._g = {k: v for k, v in self._g.items() if (k, "gemm") in modes}
 
@@ -159,10 +166,12 @@ class NativeEngine:
             for p in plans.values():
                 p.mode = "winograd" if self.layer_mode == "winograd" and p.winograd_ok else \
                     "gemm" if self.layer_mode == "gemm" and p.gemm_ok else "sparse"
-        elif cached is not None and cached.fits(plans, self.modes()):
+        elif cached is not None and cached.fits(plans, self.modes()) and cached.engine in ("sparse", *self.fallbacks):
             cached.apply(plan)
         elif self.calibrate:
             self._choose_layers(n, plan)
+        if plan.get("engine", "sparse") != "sparse":  # a cached decision for a dense fallback
+            return plan
         for p in plans.values():
             self._operands(p, n, p.mode)
             p.release()
@@ -205,7 +214,7 @@ class NativeEngine:
     def _phase(p: ConvPlan, n: int, alloc: Callable[[tuple], np.ndarray]) -> np.ndarray | None:
         """What a sparse stride-2 convolution reads, from ``alloc(shape)``: its input subsampled
         (a span convolution: padded (Cin, Ho, Wo, N), border zero) or the 4 phase planes."""
-        if p.conv.stride != 2:
+        if p.conv.stride != 2 or p.direct:
             return None
         cin = p.conv.shape[1]
         b = p.border
@@ -217,24 +226,53 @@ class NativeEngine:
         return int(self.lib.winograd_scratch_floats(p.conv.shape[1], p.hin, p.win, n))
 
     def _choose_engine(self, n: int, plan: dict, rounds: int = 1, margin: float = 0.05) -> None:
-        """Whole network: keep the sparse program only if it beats the host's dense fallback at
-        this batch by at least ``margin`` (fraction): this decision is what keeps lightly pruned
-        models from running slower than dense, so a near tie, which the next minutes of a noisy
-        machine may turn either way, goes to dense. Medians over blocks in A B B A order."""
+        """Whole network: keep the sparse program only if it beats every dense fallback of the
+        host at this batch by at least ``margin`` (fraction), else run the fastest of them: this
+        decision is what keeps lightly pruned models from running slower than dense, so a near
+        tie, which the next minutes of a noisy machine may turn either way, goes to dense. All
+        engines are timed in one palindromic sequence (``interleaved_ms``)."""
         if "engine" in plan:  # from the plan cache
             return
         plan["engine"] = "sparse"
-        if self.fallback is None:
+        if not self.fallbacks:
             return
         x = np.random.default_rng(0).standard_normal((n, *self.input_shape), dtype=np.float32)
-        plan["sparse_ms"], plan["dense_ms"] = paired_ms(lambda: self._run_sparse(x), lambda: self.fallback(x), rounds)
-        if plan["sparse_ms"] > (1 - margin) * plan["dense_ms"]:
-            plan["engine"] = self.fallback_name
+        names = list(self.fallbacks)
+        dense = [self._dense_engine(name) for name in names]
+        ms = interleaved_ms([lambda: self._run_sparse(x)] + [lambda f=f: f(x) for f in dense], rounds)
+        best = min(range(len(names)), key=lambda i: ms[i + 1])
+        plan.update(sparse_ms=ms[0], dense_ms=ms[best + 1], dense_engine=names[best])
+        if ms[0] > (1 - margin) * ms[best + 1]:
+            plan["engine"] = names[best]
+
+    def _finish(self, n: int, plan: dict) -> None:
+        """After the program is built: the whole-network decision, the plan cache, and where a
+        dense fallback won, the sparse program, buffers and operands of this batch size dropped
+        (a 50 %-pruned ResNet-50 held 176 MB of operands it never ran)."""
+        self._choose_engine(n, plan)
+        if self.cache is not None and self.calibrate and self.layer_mode is None:
+            self.cache.put(self._setting(n), plan)
+        if plan["engine"] != "sparse":
+            for key in [k for k in plan if k not in DECISION_KEYS]:
+                del plan[key]
+            for p in plan["convs"].values():
+                p.ptr = p.chan = p.off = p.val = p.u = p.g = p.dense_weight = None
+            self._drop_unused_u()
+        used = {q.get("engine") for q in self._plans.values()}
+        self._dense = {k: f for k, f in self._dense.items() if k in used}
+        release_free_memory()
+
+    def _dense_engine(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        if name not in self._dense:
+            self._dense[name] = self.fallbacks[name]()
+        return self._dense[name]
 
     def engine_for(self, batch_size: int) -> dict:
-        """What runs at this batch size ("sparse" or the dense fallback) and the timings (ms)."""
+        """What runs at this batch size ("sparse" or the name of a dense fallback) and the
+        timings (ms) that decided it: the sparse program's and the fastest dense fallback's
+        (``dense_engine``)."""
         plan = self._program(batch_size)
-        return {"engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms")}
+        return {key: plan.get(key) for key in ("engine", "sparse_ms", "dense_ms", "dense_engine")}
 
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
         """Per layer: how it runs at this batch size ("sparse", "winograd" or "dense"), its
@@ -262,11 +300,11 @@ class NativeEngine:
                 return pre + [gemm_step(base, p.g, p.bias, dst, res, relu)]
             return pre + [span_step(base, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu)]
         steps = []
-        if p.conv.stride == 2 and split:
+        phased = p.conv.stride == 2 and not p.direct
+        if phased and split:
             steps.append(split_step(src, phase))
-        base = phase if p.conv.stride == 2 else src
-        steps.append(conv_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias,
-                               dst, res, relu, p.geometry))
+        steps.append(conv_step(phase if phased else src, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off,
+                               p.val, p.bias, dst, res, relu, p.geometry, p.direct))
         return steps
 
     def _native(self, steps: list, keep: list) -> Callable[[], object]:
@@ -284,7 +322,7 @@ class NativeEngine:
         from cnnprune.kernels import AVGPOOL, LINEAR, MAXPOOL, PACK, Step, conv_pool_step
 
         plan = self._plan(n)
-        if "program" in plan:
+        if "program" in plan or plan.get("engine", "sparse") != "sparse":
             return plan
         convs = plan["convs"]
         arena = Arena()
@@ -341,10 +379,7 @@ class NativeEngine:
         items.append(Step(kind=LINEAR, src=pooled.ctypes.data, N=n, C=fc_w.shape[1], Cout=fc_w.shape[0],
                           val=fc_w.ctypes.data, bias=fc_b.ctypes.data, dst=logits.ctypes.data))
         plan.update(program=self._group(items, keep), xbuf=xbuf, logits=logits)
-        self._choose_engine(n, plan)
-        if self.cache is not None and self.calibrate and self.layer_mode is None:
-            self.cache.put(self._setting(n), plan)
-        release_free_memory()
+        self._finish(n, plan)
         return plan
 
     def _group(self, items: list, keep: list) -> list[Callable[[], object]]:
@@ -370,8 +405,9 @@ class NativeEngine:
             c, h, w = self.input_shape
             raise CnnpruneError(f"input must be (N, {c}, {h}, {w}) with N ≥ 1, got {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._program(x.shape[0])["engine"] != "sparse":
-            return self.fallback(x)
+        engine = self._program(x.shape[0])["engine"]
+        if engine != "sparse":
+            return self._dense_engine(engine)(x)
         return self._run_sparse(x)
 
     def _run_sparse(self, x: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cnnprune.buffers import Arena, release_free_memory
+from cnnprune.buffers import Arena
 from cnnprune.engine import NativeEngine
 from cnnprune.graph import ACTS, Graph, GraphOp
 from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
@@ -54,6 +54,8 @@ class GraphEngine(NativeEngine):
         return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + sum(arrays.values())
 
     def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
+        from cnnprune.kernels import direct_stride2
+
         plans: dict[str, ConvPlan] = {}
         for op in self.graph.ops:
             if op.kind != "conv":
@@ -63,6 +65,7 @@ class GraphEngine(NativeEngine):
             p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win),
                          dense_ok=not op.depthwise and op.border == 1, border=op.border)
             p.gemm_ok = self.gemm and not op.depthwise and op.border == 1 and gemm_eligible(op.conv, hin, win)
+            p.direct = not p.span and direct_stride2(op.conv.stride, n)
             p.winograd_ok = self.winograd and op.act != "relu6" and not op.depthwise and \
                 winograd_eligible(op.conv, hin, win)
             if p.winograd_ok:
@@ -72,12 +75,9 @@ class GraphEngine(NativeEngine):
 
     def _program(self, n: int) -> dict:
         plan = self._plan(n)
-        if "program" not in plan:
+        if "program" not in plan and plan.get("engine", "sparse") == "sparse":
             _Program(self, plan, n).build()
-            self._choose_engine(n, plan)
-            if self.cache is not None and self.calibrate and self.layer_mode is None:
-                self.cache.put(self._setting(n), plan)
-            release_free_memory()
+            self._finish(n, plan)
         return plan
 
     def _run_sparse(self, x: np.ndarray) -> np.ndarray:
@@ -90,8 +90,8 @@ class GraphEngine(NativeEngine):
     def plan_summary(self, batch_size: int = 1) -> list[dict]:
         """Per op of the graph, in order: its name, kind, where it runs at this batch size
         (``sparse``, ``winograd`` or ``dense`` for native convolutions, ``native`` for pooling,
-        ``pytorch``; ``onnxruntime`` for every op where the whole network falls back), why it
-        is not native, and the nodes fused into it."""
+        ``pytorch``; the dense engine's name, e.g. ``onnxruntime``, for every op where the whole
+        network falls back), why it is not native, and the nodes fused into it."""
         plan = self._program(batch_size)
         whole = plan["engine"]
         rows = []
@@ -190,7 +190,7 @@ class _Program:
             self.items.append(self.e.dense_conv(p, src, dst, res, relu))
             return
         phase = None
-        if p.mode in ("sparse", "gemm") and p.conv.stride == 2:  # see NativeEngine._phase
+        if p.mode in ("sparse", "gemm") and p.conv.stride == 2 and not p.direct:  # see NativeEngine._phase
             cin = p.conv.shape[1]
             phase = self.pool.padded(cin, p.ho, p.wo, self.n) if p.span else \
                 self.pool.phase(cin, (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)

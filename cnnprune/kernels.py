@@ -34,7 +34,7 @@ _SIGNATURES = {
 
 SOURCES = ("sparse_conv.c", "winograd.c", "gemm1x1.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM = range(13)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2 = range(14)
 
 
 class Step(ctypes.Structure):
@@ -51,19 +51,30 @@ class Step(ctypes.Structure):
 
 def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,
               off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-              geometry: tuple[int, int, int, int, int]) -> Step:
+              geometry: tuple[int, int, int, int, int], direct: bool = False) -> Step:
     """The CONV step of one sparse convolution over padded (C, H, W, N) ``src`` (phase planes for
-    stride 2); ``ptr``, ``chan``, ``off`` (uint16 or int32) and ``val`` as
-    ``sparse._sparse_operands`` made them; ``geometry``: kernel size, stride, padding, input
+    stride 2, or with ``direct`` the padded input itself: a batch of exactly one vector,
+    ``direct_stride2``); ``ptr``, ``chan``, ``off`` (uint16 or int32) and ``val`` as
+    ``native_plan.sparse_operands`` made them; ``geometry``: kernel size, stride, padding, input
     height and width (which taps of an output pixel read only the zero border, and are
     skipped). The step holds raw addresses: the caller keeps the arrays alive."""
     n = src.shape[3]
     k, stride, pad, hin, win = geometry
-    return Step(kind=CONV, src=src.ctypes.data, src_row=src.shape[2] * n, Ho=ho, Wo=wo, N=n, Cout=cout,
+    if direct and not direct_stride2(stride, n):
+        raise ValueError(f"a direct stride-2 step needs stride 2 and a batch of {library().vector_width()}, "
+                         f"not stride {stride}, batch {n}")
+    return Step(kind=CONV_S2 if direct else CONV, src=src.ctypes.data, src_row=src.shape[2] * n * (2 if direct else 1),
+                Ho=ho, Wo=wo, N=n, Cout=cout,
                 k=k, stride=stride, pad=pad, H=hin, W=win,
                 ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,
                 res=None if res is None else res.ctypes.data, relu=int(relu))
+
+
+def direct_stride2(stride: int, n: int) -> bool:
+    """Whether a stride-2 convolution at batch ``n`` reads its input without phase planes: where
+    each pixel is one vector of the machine's width (batch 16 with AVX-512, 8 with AVX2)."""
+    return stride == 2 and n == library().vector_width()
 
 
 def span_step(src: np.ndarray, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray, off: np.ndarray,

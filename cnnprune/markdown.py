@@ -8,26 +8,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnprune.analysis import CUDA_LABELS, ENGINE_LABELS, METHOD_LABELS, Analysis, CudaSpeedup, GoalCheck, LatencyRow, MethodAccuracy
+from cnnprune.analysis import ENGINE_LABELS, METHOD_LABELS, Analysis, GoalCheck, LatencyRow, MethodAccuracy
 from cnnprune.archs import DEFAULT_ARCH
 from cnnprune.claims import THRESHOLDS, accuracy_kept, claims, not_measured_reason
 from cnnprune.fmt import mb, pct, times
+from cnnprune.markdown_cuda import cuda_section
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
 LATENCY_ENGINES = ("torch", "onnxruntime", "openvino", "sparse", "torch-csr")
 MEMORY_RUNTIME = "`cnnprune.runtime` alone (numpy and the native kernels; neither torch nor onnxruntime imported)"
-MEMORY_GRAPH = "`cnnprune.sparse.load` (torch, the kernels, the onnxruntime fallback; the runtime runs the report's net only)"
+MEMORY_GRAPH = "`cnnprune.sparse.load` (torch, the kernels, the {}; the runtime runs the report's net only)"
 PLAN_DEFAULT, PLAN_GRAPH = "BatchNorm folded, native sparse direct convolution", (
     "planned from the traced graph: BatchNorm folded, activations and residual adds fused, 1×1 convolutions as sparse × dense "
     "products over each map or, where faster, a native dense 1×1 GEMM, ops without a kernel in PyTorch between native segments")
 
 
 def _fallback_passes(used: str | None) -> str:
-    """"all" when the sparse engine ran its onnxruntime fallback in every pass, "some" when in
-    some ("onnxruntime+sparse", as the passes are joined), else ""."""
-    if used == "onnxruntime":
-        return "all"
-    return "some" if "onnxruntime" in (used or "") else ""
+    """"all" when the sparse engine ran a dense fallback in every pass, "some" when in some
+    ("onnxruntime+sparse", as the passes are joined), else ""."""
+    ran = set((used or "").split("+")) - {""}
+    return "" if not ran - {"sparse"} else "some" if "sparse" in ran else "all"
+
+
+def _fallbacks(a: Analysis) -> str:
+    """The sparse engine's whole-network dense fallback(s) in this run (onnxruntime alone before they were recorded)."""
+    names = a.results["machine"].get("sparse_fallbacks") or ["onnxruntime"]
+    return f"{names[0]} fallback" if len(names) == 1 else f"fallback to the fastest of {', '.join(names)}"
 
 
 def _layer_counts(values: tuple[int, ...]) -> str:
@@ -76,11 +82,11 @@ def how_measured(a: Analysis) -> list[str]:
                  + " in this run. Ratios closer to 1 than that are not resolved by this run.")
     L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that serves one form with the least it needs "
              f"and runs {r['memory_runs']} inferences at batch {max(a.config.batches)}: dense = PyTorch alone, onnx = "
-             "onnxruntime alone, sparse = " + (MEMORY_RUNTIME if a.spec.is_default else MEMORY_GRAPH)
+             "onnxruntime alone, sparse = " + (MEMORY_RUNTIME if a.spec.is_default else MEMORY_GRAPH.format(_fallbacks(a)))
              + ". Weights in memory are the bytes of the loaded weights (ONNX: its initializers).")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
              f"`cnnprune.sparse.load` ({PLAN_DEFAULT if a.spec.is_default else PLAN_GRAPH}"
-             ", per-layer choice of sparse, Winograd or dense oneDNN by timing, dense onnxruntime fallback unless the "
+             f", per-layer choice of sparse, Winograd or dense oneDNN by timing, dense {_fallbacks(a)} unless the "
              "whole sparse net is at least 5 % faster" + ("; in the memory step the same plan and kernels in "
                                                           "`cnnprune.runtime`, without oneDNN or the fallback" if a.spec.is_default else "")
              + "); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
@@ -208,102 +214,6 @@ def latency_section(a: Analysis) -> list[str]:
     return L + [LATENCY_NOTE] + goals_section(a)
 
 
-def _cuda_header(a: Analysis) -> list[str]:
-    cuda = a.results["cuda"]
-    m, info = cuda["machine"], cuda["machine"].get("cuda_info") or {}
-    rounds = sorted({r.row.rounds for r in a.cuda})
-    passes = max(r.row.passes for r in a.cuda)
-    return [
-        f"## CUDA: a separate run on {m.get('gpu')}\n",
-        f"- Where: {m.get('gpu')} (compute capability {info.get('capability')}, driver {info.get('driver')}), "
-        f"CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')}, PyTorch {m.get('torch')}; host {m.get('cpu_model')}. "
-        "This is not the CPU machine of the sections above: its figures are compared with each other only.",
-        f"- When and how: {cuda.get('datetime')}, commit `{m.get('commit')}`, `{m.get('command')}` "
-        f"(`bash bench/cuda.sh`; pytest-benchmark {cuda.get('pytest_benchmark')}), read from `{cuda.get('source')}`.",
-        f"- Timing: one forward pass per round, `torch.cuda.synchronize()` inside the timed call; "
-        f"{'/'.join(map(str, rounds))} timed rounds in all over {passes} passes after ≥2 warm-up rounds and an "
-        f"untimed first call (cuDNN autotuning on: `cudnn.benchmark` = {info.get('cudnn_benchmark')}); "
-        "median (IQR) in ms; speedups are medians of per-pass ratios. fp32 engines run with PyTorch's defaults: "
-        f"cuDNN convolutions may use TF32 (`cudnn.allow_tf32` = {info.get('cudnn_allow_tf32')}), matmuls "
-        f"(`matmul.allow_tf32` = {info.get('matmul_allow_tf32')}) and cuSPARSE do not. The CUDA graph engine "
-        "replays the eager model captured once per batch size (no launch cost per kernel).\n"]
-
-
-def _cuda_fp32(a: Analysis) -> list[str]:
-    fp32 = [r for r in a.cuda if r.row.model != "semi_2_4"]
-    engines = [e for e in ("torch", "cuda-graph", "torch-csr") if any(r.row.engine == e for r in fp32)]
-    sparsity = {r.row.model: r.row.sparsity for r in fp32 if r.row.sparsity is not None}
-    L = []
-    for batch in sorted({r.row.batch for r in fp32}):
-        L += [f"### CUDA, fp32, batch {batch}\n",
-              "| model | sparsity | " + " | ".join(f"{CUDA_LABELS[e]} ms" for e in engines) + " | CSR speed vs best dense |",
-              "|---|---:|" + "---:|" * len(engines) + "---:|"]
-        for model in [n for n in a.models if any(r.row.model == n and r.row.batch == batch for r in fp32)]:
-            by = {r.row.engine: r for r in fp32 if r.row.model == model and r.row.batch == batch}
-            cells = [f"{by[e].row.median_ms:.3f} ({by[e].row.iqr_ms:.3f})" if e in by else "–" for e in engines]
-            csr = by.get("torch-csr")
-            ratio = csr.vs_best_dense if csr else None
-            cell = f"{times(ratio.median)} ({ratio.low:.2f}–{ratio.high:.2f})" if ratio else \
-                ("– (0.00–0.00)" if csr else "–")
-            L.append(f"| {model} | {pct(sparsity.get(model, 0.0))} | " + " | ".join(cells) + f" | {cell} |")
-        L.append("")
-    L.append("CSR speed vs best dense = time of the faster dense engine (eager or CUDA graph) on the same model / time "
-             "of torch.sparse CSR; below 1× it is slower. Dense engines multiply the zeros of the report's "
-             "unstructured masks like any number, and cuSPARSE cannot turn 50–90 % scattered zeros into speed at "
-             "these sizes.\n")
-    return L
-
-
-def _semi_intro(a: Analysis) -> list[str]:
-    s24 = a.results.get("semi_2_4") or {}
-    if not s24:
-        return []
-    t, acc = s24["vs_unpruned"], a.models["unpruned"].accuracy["dense"]
-    return [f"The unpruned checkpoint pruned 2:4 by magnitude (in every 4 consecutive weights of a row of the "
-            f"im2col GEMM the 2 smallest are zeroed; the 3-channel stem, 27 weights per row, stays dense), "
-            f"without fine-tuning: sparsity {pct(s24['sparsity'])}, {s24['params_nonzero']:,} of "
-            f"{s24['params_total']:,} parameters nonzero, FLOP limit {times(s24['flop_limit_speedup'])}; "
-            f"top-1 {pct(s24['accuracy'])} vs {pct(acc)} unpruned ({a.results['dataset']}, CPU, fp32, "
-            f"{a.results['test_images']:,} images; McNemar p = {t['p_value']:.3f}). Timed in fp16, every "
-            "engine replayed from a CUDA graph so that host work (kernel launches, cuSPARSELt's per-call "
-            "planning) is out and GPU time is compared.\n"]
-
-
-def _semi_cell(r: CudaSpeedup) -> str:
-    return f"{r.row.median_ms:.3f} ({r.row.iqr_ms:.3f})" + ("" if r.row.graph is True else " ◊")
-
-
-def _cuda_semi(a: Analysis) -> list[str]:
-    semi = [r for r in a.cuda if r.row.model == "semi_2_4"]
-    if not semi:
-        return []
-    engines = [e for e in ("fp16-cudnn", "fp16-gemm", "fp16-2:4", "fp16-2:4-cutlass")
-               if any(r.row.engine == e for r in semi)]
-    L = ["### What a GPU needs: 2:4 semi-structured sparsity (beyond the report)\n", *_semi_intro(a),
-         "| batch | " + " | ".join(f"{CUDA_LABELS[e]} ms" for e in engines)
-         + " | 2:4 speed vs dense GEMM | 2:4 speed vs best fp16 dense |",
-         "|---:|" + "---:|" * len(engines) + "---:|---:|"]
-    for batch in sorted({r.row.batch for r in semi}):
-        by = {r.row.engine: r for r in semi if r.row.batch == batch}
-        cells = [_semi_cell(by[e]) if e in by else "–" for e in engines]
-        sp = next((by[e] for e in ("fp16-2:4", "fp16-2:4-cutlass") if e in by), None)
-        best = sp.vs_best_dense.median if sp and sp.vs_best_dense else None
-        L.append(f"| {batch} | " + " | ".join(cells) + f" | {times(sp.vs_dense_gemm if sp else None)} | "
-                 f"{times(best)} |")
-    layers = next((r.row.layers_2_4 for r in semi if r.row.layers_2_4), 0)
-    L.append(f"\n{layers} of the 20 convolutions ran as 2:4 GEMMs (the stem and fc dense). ◊ = capture in a CUDA "
-             "graph failed and the case ran eager. PyTorch's CUTLASS 2:4 kernels run only on compute capability "
-             "8.x, so on other GPUs that engine is skipped.\n")
-    return L
-
-
-def cuda_section(a: Analysis) -> list[str]:
-    """The CUDA section: a separate run's figures, with where, when and how they were taken."""
-    if not a.cuda:
-        return []
-    return _cuda_header(a) + _cuda_fp32(a) + _cuda_semi(a)
-
-
 def accuracy_section(a: Analysis) -> list[str]:
     if not a.accuracy_measured:
         return ["## Accuracy\n", f"Accuracy {not_measured_reason(a)}\n"]
@@ -413,7 +323,7 @@ def size_section(a: Analysis) -> list[str]:
                  f"{mb(mem['dense'].weights_in_memory)} / {mb(mem['sparse'].weights_in_memory) if 'sparse' in mem else '–'} |")
     L.append(f"\nPeak RSS at batch {a.memory_batch}, each form in its own smallest process (dense .pth in PyTorch, "
              ".onnx in onnxruntime, " + (".csr.safetensors in `cnnprune.runtime`" if a.spec.is_default else
-                                         ".csr.pt in `cnnprune.sparse.load` with torch and its onnxruntime fallback")
+                                         f".csr.pt in `cnnprune.sparse.load` with torch and its {_fallbacks(a)}")
              + "). Parameters counted as every float tensor except BatchNorm "
              "running statistics. Weights in memory, sparse = what the engine holds after the inferences: its folded "
              "weights in CSR plus, for the batch size run, the operands of each layer's chosen mode (sparse: offsets "

@@ -10,7 +10,7 @@ process (this module imports neither torch nor onnxruntime itself):
 - ``onnx``: onnxruntime on ``NAME.onnx`` (numpy and onnxruntime only);
 - ``sparse``: :mod:`cnnprune.runtime` on ``NAME.csr.safetensors`` (numpy and the native kernels);
   for other architectures than the report's, whose plan comes from their traced graph,
-  :func:`cnnprune.sparse.load` (torch, the kernels and the onnxruntime fallback).
+  :func:`cnnprune.sparse.load` (torch, the kernels and its dense fallbacks).
 
 A user who serves a pruned model pays for one of these processes, not for one that imports
 every engine, so this is what "less resource usage" is judged on.

@@ -1,18 +1,22 @@
 """The native CPU engine hosted in PyTorch: :class:`cnnprune.engine.NativeEngine` as an
 ``nn.Module`` on tensors, with PyTorch's dense oneDNN convolution as a third per-layer mode
-and dense onnxruntime as the whole-network fallback (see :mod:`cnnprune.sparse`).
+and the dense engines the harness compares against (onnxruntime, PyTorch eager, OpenVINO fp32
+where installed) as whole-network fallbacks (see :mod:`cnnprune.sparse`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnprune.engine import NativeEngine
+from cnnprune.engine import DenseMaker, NativeEngine
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedResNet
 from cnnprune.graph import Graph
@@ -28,6 +32,56 @@ def ort_session_of(model: nn.Module, threads: int, input_size: int = 32):
     return ort_session(onnx_bytes(model, input_size), threads)
 
 
+class _Threads:
+    """PyTorch's intra-op thread count set to ``threads`` for the duration, then restored."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads, self.previous = threads, threads
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        if self.previous != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous != self.threads:
+            torch.set_num_threads(self.previous)
+
+
+def dense_engines(model_of: Callable[[], nn.Module], threads: int, input_size: int) -> dict[str, DenseMaker]:
+    """The whole-network dense fallbacks, each on ``threads`` threads and made from the dense
+    model ``model_of()`` returns when first timed: onnxruntime, PyTorch eager, and OpenVINO (fp32
+    hint) where installed, the engines the harness takes the best dense figure from."""
+    def onnxruntime():
+        session = ort_session_of(model_of(), threads, input_size)
+        return lambda x: session.run(None, {"input": x})[0]
+
+    def eager():
+        model = model_of().eval()
+
+        @torch.no_grad()
+        def run(x: np.ndarray) -> np.ndarray:
+            with _Threads(threads):
+                return model(torch.from_numpy(x)).numpy()
+        return run
+
+    def openvino():
+        from cnnprune.export import onnx_bytes, openvino_session
+
+        with tempfile.TemporaryDirectory() as folder:  # compiled in memory: the file goes at once
+            path = Path(folder) / "dense.onnx"
+            path.write_bytes(onnx_bytes(model_of(), input_size))
+            return openvino_session(path, threads)
+
+    makers = {"onnxruntime": onnxruntime, "torch": eager, "openvino": openvino}
+    return {name: makers[name] for name in fallback_names()}
+
+
+def fallback_names() -> tuple[str, ...]:
+    """The dense fallbacks this host has (the report states them)."""
+    return ("onnxruntime", "torch") + (("openvino",) if importlib.util.find_spec("openvino") is not None else ())
+
+
 def dense_conv(threads: int):
     """The oneDNN mode: one convolution in PyTorch on ``threads`` threads, layout conversion included."""
     def make(p: ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool) -> Callable[[], None]:
@@ -36,10 +90,7 @@ def dense_conv(threads: int):
         bias = torch.from_numpy(p.conv.bias)
 
         def run() -> None:
-            previous = torch.get_num_threads()
-            if previous != threads:
-                torch.set_num_threads(threads)
-            try:
+            with _Threads(threads):
                 y = F.conv2d(to_nchw(src), p.dense_weight, bias, stride=p.conv.stride, padding=p.conv.padding)
                 if res is not None:
                     y += to_nchw(res)
@@ -48,9 +99,6 @@ def dense_conv(threads: int):
                 elif relu:
                     y.relu_()
                 from_nchw(y, dst)
-            finally:
-                if previous != threads:
-                    torch.set_num_threads(previous)
         return run
     return make
 
@@ -59,17 +107,17 @@ class NativeSparseResNet(nn.Module):
     """The folded network executed by the C kernels (``engine``); see :mod:`cnnprune.sparse`."""
 
     def __init__(self, net: FoldedResNet | Graph, threads: int | None = None, calibrate: bool = True,
-                 dense_fallback: nn.Module | None = None, winograd: bool = True, layer_mode: str | None = None,
-                 cache: PlanCache | None = None) -> None:
+                 dense_fallback: nn.Module | Callable[[], nn.Module] | None = None, winograd: bool = True,
+                 layer_mode: str | None = None, cache: PlanCache | None = None) -> None:
+        """``dense_fallback``: the dense model, or a function that loads it (then it is held only
+        while a fallback made from it is: ``sparse.load`` reads the file again)."""
         super().__init__()
         threads = threads or torch.get_num_threads()
-        fallback = None
         size = net.input_shape[1] if isinstance(net, Graph) else 32
-        if dense_fallback is not None and calibrate:
-            session = ort_session_of(dense_fallback, threads, size)
-            fallback = lambda x: session.run(None, {"input": x})[0]  # noqa: E731
+        model_of = (lambda: dense_fallback) if isinstance(dense_fallback, nn.Module) else dense_fallback
+        fallbacks = dense_engines(model_of, threads, size) if model_of is not None else None
         options = dict(calibrate=calibrate, winograd=winograd, layer_mode=layer_mode, dense_conv=dense_conv(threads),
-                       fallback=fallback, fallback_name="onnxruntime", cache=cache)
+                       fallbacks=fallbacks, cache=cache)
         self.engine = GraphEngine(net, threads, **options) if isinstance(net, Graph) else \
             NativeEngine(net, threads, **options)
         self.threads = threads

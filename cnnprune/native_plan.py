@@ -56,6 +56,7 @@ class ConvPlan:
     dense_ok: bool = True  # the host's dense mode may run it (not a depthwise one: its dense weight is C times larger)
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
     border: int = 1  # pixels of zero border around its input buffer (wider only for a first conv with wider padding)
+    direct: bool = False  # stride 2 read from the input itself, no phase planes (``kernels.direct_stride2``)
     g: np.ndarray | None = None  # its packed dense weight (``gemm_weights``)
     fused: bool = False
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
@@ -115,8 +116,8 @@ def winograd_weights(conv: FoldedConv, block: int | None = None) -> np.ndarray:
     return u
 
 
-def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True, border: int = 1
-                     ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True, border: int = 1,
+                    direct: bool = False) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
     """The folded weight as the kernel reads it (``csrc/sparse_conv.c``): nonzeros ordered by
     (group of ``group`` input channels, output channel, kernel column, kernel row): a tile
     streams one group's runs channel after channel. ``ptr``: the start of each such segment
@@ -126,7 +127,9 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     (``narrow``: every layer of the CIFAR ResNet18, any batch), else int32: the nonzeros are
     streamed from memory in every pass, for only 4-16 multiply-adds each at batch 1, so 6
     instead of 8 bytes per nonzero is time saved. ``border``: pixels of zero border around the
-    input (its padding where that is wider than 1: the stem reads the packed input)."""
+    input (its padding where that is wider than 1: the stem reads the packed input).
+    ``direct``: a stride-2 convolution that reads the padded input itself
+    (``kernels.direct_stride2``), offsets as for stride 1; else stride 2 reads phase planes."""
     cout, cin, kh, kw = conv.shape
     co, ci, ky, kx, values = conv.coo()
     ngroups = -(-cin // group)
@@ -138,7 +141,7 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     chan = np.zeros(cout + 1, dtype=np.int32)
     chan[1:] = np.cumsum(np.bincount(co, minlength=cout))
     oy, ox = ky - conv.padding + border, kx - conv.padding + border
-    if conv.stride == 1:
+    if conv.stride == 1 or direct:
         row = (win + 2 * border) * n
         off = ci.astype(np.int64) * (hin + 2 * border) * row + oy * row + ox * n
     else:
@@ -239,17 +242,18 @@ def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None, border: i
     return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
 
 
-def paired_ms(a: Callable[[], object], b: Callable[[], object], rounds: int = 1, block_ms: float = 100.0,
-               warm_ms: float = 30.0) -> tuple[float, float]:
-    """Median ms per call of ``a`` and of ``b`` over blocks in A B B A order (``rounds`` times),
-    so that a machine whose speed drifts weighs on both alike. Each block first runs untimed
-    calls for ``warm_ms`` (at least 2): the thread pool that ran last (onnxruntime's spinning
-    workers, OpenMP's) keeps the cores busy for a while after it returns, and the next engine's
-    first calls pay for it; alternating single calls measured that, not the engines."""
-    times: dict[int, list[float]] = {0: [], 1: []}
+def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
+                   warm_ms: float = 30.0) -> list[float]:
+    """Median ms per call of each of ``fns`` over blocks in palindromic order (A B C C B A,
+    ``rounds`` times), so that a machine whose speed drifts weighs on all alike. Each block
+    first runs untimed calls for ``warm_ms`` (at least 2): the thread pool that ran last
+    (onnxruntime's spinning workers, OpenMP's) keeps the cores busy for a while after it
+    returns, and the next engine's first calls pay for it; alternating single calls measured
+    that, not the engines."""
+    times: list[list[float]] = [[] for _ in fns]
 
     def block(i: int) -> None:
-        fn = (a, b)[i]
+        fn = fns[i]
         t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
         while warm < 2 or time.perf_counter() < t_end:
             fn()
@@ -261,10 +265,11 @@ def paired_ms(a: Callable[[], object], b: Callable[[], object], rounds: int = 1,
             times[i].append((time.perf_counter() - t0) * 1e3)
             timed += 1
 
+    order = list(range(len(fns)))
     for _ in range(rounds):
-        for i in (0, 1, 1, 0):
+        for i in order + order[::-1]:
             block(i)
-    return float(np.median(times[0])), float(np.median(times[1]))
+    return [float(np.median(t)) for t in times]
 
 
 def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: float = 40.0) -> float:

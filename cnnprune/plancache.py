@@ -22,7 +22,8 @@ from pathlib import Path
 from cnnprune.fileio import write_json
 from cnnprune.native_plan import MODES
 
-VERSION = 3  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms
+VERSION = 4  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms;
+# 4: the whole network may fall back to any of several dense engines (``dense_engine``)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class CachedPlan:
     engine: str
     sparse_ms: float | None = None
     dense_ms: float | None = None
+    dense_engine: str | None = None  # the fastest dense fallback when it was decided
 
     def fits(self, plans: dict, modes: tuple[str, ...]) -> bool:
         """Same layers, and every cached mode is one this engine may run for that layer."""
@@ -43,7 +45,7 @@ class CachedPlan:
         for name, p in plan["convs"].items():
             p.mode, p.ms = self.layers[name], dict(self.ms.get(name, {}))
         plan["engine"] = self.engine
-        for key in ("sparse_ms", "dense_ms"):
+        for key in ("sparse_ms", "dense_ms", "dense_engine"):
             if getattr(self, key) is not None:
                 plan[key] = getattr(self, key)
 
@@ -70,7 +72,9 @@ class PlanCache:
             layers = {str(k): str(v) for k, v in obj["layers"].items()}
             ms = {str(k): {m: float(t) for m, t in v.items() if m in MODES and _number(t) is not None}
                   for k, v in obj.get("ms", {}).items()}
-            return CachedPlan(layers, ms, str(obj["engine"]), _number(obj.get("sparse_ms")), _number(obj.get("dense_ms")))
+            dense = obj.get("dense_engine")
+            return CachedPlan(layers, ms, str(obj["engine"]), _number(obj.get("sparse_ms")), _number(obj.get("dense_ms")),
+                              dense if isinstance(dense, str) else None)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -78,7 +82,8 @@ class PlanCache:
         convs = plan["convs"]
         record = {"layers": {k: p.mode for k, p in convs.items()},
                   "ms": {k: {m: t for m, t in p.ms.items() if math.isfinite(t)} for k, p in convs.items()},
-                  "engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms")}
+                  "engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms"),
+                  "dense_engine": plan.get("dense_engine")}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json(self.path(setting), record)

@@ -26,9 +26,11 @@ Engines that run a ``.csr.pt`` file (or any permanent checkpoint):
   Per layer and per batch size it times the sparse kernel, Winograd (where the shape allows)
   and PyTorch's dense convolution (oneDNN) on the same shape, once, and keeps the fastest
   (near ties, within 10 %: the sparse kernel, ``engine.SPARSE_TIE``)
-  (``layer_choice``); unless the whole network beats dense onnxruntime at that batch size by
-  at least 5 % (lightly pruned models), it runs onnxruntime instead (``engine_for``), so it
-  is never slower than dense.
+  (``layer_choice``); unless the whole network beats every dense engine at that batch size by
+  at least 5 % (lightly pruned models), it runs the fastest of them instead (``engine_for``);
+  the dense engines are those the harness compares against (onnxruntime, PyTorch eager,
+  OpenVINO fp32 where installed), so it is never slower than dense, within the noise of one
+  calibration.
   Threads: ``threads`` (default: torch's), used by the kernels and the fallback alike.
 - ``torch-csr``: the naive reference, ``torch.sparse`` CSR × unfolded input (cuSPARSE on
   CUDA), for the comparison and for GPUs; ``torch-2:4`` and ``torch-gemm`` run the same
@@ -92,8 +94,9 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     ``threads``: CPU threads for the native kernels. ``calibrate``: time each way a layer can
     run (sparse kernel, Winograd, dense oneDNN) per layer and per batch size on first use (a
     few hundred ms per new batch size; seconds at batch 250) and keep the fastest;
-    ``dense_fallback``: also compare the whole network with dense onnxruntime and run that
-    where it wins, so the result is never slower than dense. Without calibration every layer
+    ``dense_fallback``: also compare the whole network with the dense engines (onnxruntime,
+    PyTorch eager, OpenVINO where installed) and run the fastest where one wins, so the result
+    is never slower than dense. Without calibration every layer
     runs sparse. ``winograd``: let calibration pick Winograd F(4x4, 3x3) (a dense algorithm
     with 4x fewer multiplies; fp32 rounding error about 10x a direct convolution's) where it is faster; False keeps the
     sparse kernel and dense oneDNN only. ``plan_cache``: reuse (and keep) calibration results on
@@ -122,7 +125,7 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
-        dense = checked_model(state, str(path)) if dense_fallback else None
+        dense = (lambda: checked_model(read_state(path), str(path))) if dense_fallback else None
         cache = PlanCache(sha256_file(path)) if plan_cache else None
         return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode, cache)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)
@@ -138,7 +141,8 @@ def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | N
     model = checked_model(read_state(path, spec.arch), str(path), spec.arch)
     graph = trace(model, (3, spec.input_size, spec.input_size))
     cache = PlanCache(sha256_file(path)) if plan_cache else None
-    return NativeSparseResNet(graph, threads, calibrate, model if dense_fallback else None, winograd, layer_mode, cache)
+    dense = (lambda: checked_model(read_state(path, spec.arch), str(path), spec.arch)) if dense_fallback else None
+    return NativeSparseResNet(graph, threads, calibrate, dense, winograd, layer_mode, cache)
 
 
 def _check_2_4(device: str, dtype: torch.dtype, backend: str) -> None:

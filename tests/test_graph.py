@@ -6,7 +6,9 @@ where they may be; the plan summary; loading any architecture through cnnprune.s
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,10 @@ from cnnprune import csr, sparse
 from cnnprune.archs import ModelSpec, build
 from cnnprune.errors import CnnpruneError
 from cnnprune.graph import trace
-from cnnprune.native import NativeSparseResNet
+from cnnprune.graph_engine import GraphEngine
+from cnnprune.kernels import library
+from cnnprune.native import NativeSparseResNet, fallback_names
+from cnnprune.plancache import PlanCache
 
 
 def pruned(model: nn.Module, amount: float, seed: int = 0) -> nn.Module:
@@ -55,6 +60,17 @@ def test_graph_engine_matches_eager(arch: str, size: int, amount: float, mode: s
     model = pruned(build(arch, 10), amount)
     for batch in (1, 3):
         check(model, size, batch, calibrate=mode is None, layer_mode=mode)
+
+
+@pytest.mark.parametrize("arch, amount", [("resnet50", 0.9), ("mobilenet_v2", 0.8), ("resnet18", 0.5)])
+def test_stride_2_at_one_vector_per_pixel_reads_its_input_directly(arch: str, amount: float) -> None:
+    torch.manual_seed(0)
+    model = pruned(build(arch, 10), amount)
+    batch = library().vector_width()
+    for mode in ("sparse", None):
+        plans = check(model, 64, batch, calibrate=mode is None, layer_mode=mode).engine._plans[batch]["convs"]
+        assert any(p.direct for p in plans.values()), "the stem and the stride-2 3x3 convolutions"
+        assert all(p.direct == (p.conv.stride == 2 and not p.span) for p in plans.values())
 
 
 class Odd(nn.Module):
@@ -120,8 +136,44 @@ def test_plan_summary_and_whole_network_fallback() -> None:
     choice = engine.engine_for(2)
     rows = engine.plan_summary(2)
     runs = {r["runs"] for r in rows}
-    assert runs == {"onnxruntime"} if choice["engine"] == "onnxruntime" else "onnxruntime" not in runs
+    dense = set(fallback_names())
+    assert choice["dense_engine"] in dense and choice["dense_ms"] > 0 and choice["sparse_ms"] > 0
+    assert runs == {choice["engine"]} if choice["engine"] in dense else not runs & dense
     assert len(rows) == len(engine.engine.graph.ops)
+
+
+def test_a_dense_fallback_drops_the_sparse_program_and_runs_the_dense_engine(tmp_path) -> None:
+    torch.manual_seed(4)
+    model = pruned(build("resnet18", 10), 0.2).eval()
+    calls: list[str] = []
+
+    def slow_sparse_is_beaten(name: str):
+        def make():
+            def run(x):
+                calls.append(name)
+                with torch.no_grad():
+                    return model(torch.from_numpy(x)).numpy()
+            return run
+        return make
+
+    graph = trace(model, (3, 64, 64))
+    options = dict(fallbacks={"fast": slow_sparse_is_beaten("fast")}, cache=PlanCache("m", folder=tmp_path))
+    engine = GraphEngine(graph, 2, **options)
+    engine._run_sparse = lambda x: time.sleep(0.5)  # the sparse program made to lose the whole-network timing
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(engine.run(x), model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    assert engine.engine_for(2)["engine"] == "fast" and calls[-1] == "fast"
+    plan = engine._plans[2]
+    assert set(plan) <= {"convs", "engine", "sparse_ms", "dense_ms", "dense_engine"}, "program and buffers dropped"
+    assert all(p.val is None and p.g is None and p.u is None for p in plan["convs"].values()), "operands dropped"
+    assert not engine._u and not engine._g
+    assert list(engine._dense) == ["fast"], "the dense engine that runs is held"
+    again = GraphEngine(graph, 2, **options)
+    with torch.no_grad():
+        np.testing.assert_allclose(again.run(x), model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    assert again.engine_for(2)["engine"] == "fast" and "program" not in again._plans[2], \
+        "a cached dense decision builds no sparse program"
 
 
 def test_sparse_load_plans_any_architecture_from_its_manifest(tmp_path) -> None:

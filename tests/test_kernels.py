@@ -269,3 +269,48 @@ def test_conv_pool_matches_conv2d_relu_maxpool(n: int, density: float) -> None:
         for threads in (1, 2):
             got = run_conv_pool(conv, x, group, threads)
             assert got.shape == want.shape and (got - want).abs().max() <= 1e-4, (group, threads)
+
+
+@pytest.mark.parametrize("n,c,h,w,border,threads", [(1, 3, 5, 7, 1, 1), (3, 2, 4, 19, 3, 2), (16, 3, 6, 33, 1, 2)])
+def test_pack_moves_each_image_into_the_padded_layout(n: int, c: int, h: int, w: int, border: int, threads: int) -> None:
+    from cnnprune.kernels import PACK
+
+    x = np.random.default_rng(n).standard_normal((n, c, h, w), dtype=np.float32)
+    dst = padded(c, h, w, n, border=border)
+    step = Step(kind=PACK, src=x.ctypes.data, N=n, C=c, H=h, W=w, pad=border, dst=dst.ctypes.data)
+    library().run_steps((Step * 1)(step), 1, threads)
+    want = np.pad(x.transpose(1, 2, 3, 0), ((0, 0), (border, border), (border, border), (0, 0)))
+    assert np.array_equal(dst, want), "every pixel moved, the border left zero"
+
+
+@pytest.mark.parametrize("k, pad, hw", [(3, 1, 8), (3, 1, 7), (3, 1, 2), (3, 1, 30), (1, 0, 8), (7, 3, 12), (5, 2, 9)])
+@pytest.mark.parametrize("density", [0.05, 0.6, 1.0])
+def test_direct_stride_2_matches_conv2d(k: int, pad: int, hw: int, density: float) -> None:
+    """Stride 2 without phase planes, at a batch of one vector per pixel: every tile width and
+    row count, border taps skipped, the input's border as wide as its padding (a stem)."""
+    n, border = library().vector_width(), max(1, pad)
+    base = random_conv(6, 24, k, 2, density, seed=hw * 10 + k)
+    conv = FoldedConv("c", base.weight, base.bias, 2, pad)
+    x = torch.randn(n, 6, hw, hw, generator=torch.Generator().manual_seed(hw))
+    want = reference(conv, x, None, True)
+    src = padded(6, hw, hw, n, border=border)
+    src[:, border:-border, border:-border, :] = x.permute(1, 2, 3, 0).numpy()
+    ho = (hw + 2 * pad - k) // 2 + 1
+    for group in (1, 4):
+        for threads in (1, 2):
+            dst = padded(24, ho, ho, n)
+            ptr, chan, ngroups, off, val = sparse_operands(conv, hw, hw, n, group, border=border, direct=True)
+            step = conv_step(src, ho, ho, 24, ngroups, ptr, chan, off, val, conv.bias, dst, None, True,
+                             (k, 2, pad, hw, hw), direct=True)
+            library().run_steps((Step * 1)(step), 1, threads)
+            assert (to_nchw(dst) - want).abs().max() <= 1e-4, (group, threads)
+            assert_zero_border(dst)
+
+
+def test_direct_stride_2_needs_one_vector_per_pixel() -> None:
+    conv = random_conv(4, 8, 3, 2, 0.5, seed=1)
+    n = library().vector_width() // 2
+    src, dst = padded(4, 8, 8, n), padded(8, 4, 4, n)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, 8, 8, n, 4, direct=True)
+    with pytest.raises(ValueError, match="batch of"):
+        conv_step(src, 4, 4, 8, ngroups, ptr, chan, off, val, conv.bias, dst, None, True, (3, 2, 1, 8, 8), direct=True)

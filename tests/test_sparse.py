@@ -101,13 +101,14 @@ def test_bad_inputs(artifacts: Path) -> None:
             sparse.load(artifacts / "one_shot_90.csr.pt", engine="torch-csr", device="cuda")
 
 
-def test_paired_timing_tells_the_slower_function() -> None:
+def test_interleaved_timing_tells_the_slower_functions() -> None:
     import time
 
-    from cnnprune.native_plan import paired_ms
+    from cnnprune.native_plan import interleaved_ms
 
-    slow, fast = paired_ms(lambda: time.sleep(0.004), lambda: time.sleep(0.001), block_ms=10, warm_ms=2)
-    assert slow > fast >= 1.0
+    slow, fast, middle = interleaved_ms([lambda: time.sleep(0.006), lambda: time.sleep(0.001),
+                                         lambda: time.sleep(0.003)], block_ms=10, warm_ms=2)
+    assert slow > middle > fast >= 1.0
 
 
 def test_torch_gemm_dense_path_matches_dense(artifacts: Path) -> None:

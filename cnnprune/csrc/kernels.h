@@ -35,7 +35,7 @@ typedef int32_t i_v1 __attribute__((vector_size(4)));
  * sparse_conv.c). */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7,
        STEP_CONV_POOL = 8, STEP_LINEAR = 9, STEP_SPAN = 10,
-       STEP_SUBSAMPLE = 11, STEP_GEMM = 12 };
+       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13 };
 typedef struct {
     int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, k, stride, pad;
     int64_t src_row;

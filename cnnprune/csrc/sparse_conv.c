@@ -32,8 +32,10 @@
 typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 
 /* The multiply-adds of nonzeros J0..J1-1 into the accumulator vectors V0..V1-1 of each row
- * (expanded inside a tile function: acc, U, base, off, val, srow, unit are its locals). */
-#define RUN_SEG(J0, J1, V0, V1, R, VT, V)                                                      \
+ * (expanded inside a tile function: acc, U, base, off, val, srow, unit are its locals); the
+ * input of accumulator v is VI floats after that of v-1 (V, or 2V for a stride-2 tile whose
+ * vectors are whole pixels). */
+#define RUN_SEG(J0, J1, V0, V1, R, VT, VI)                                                      \
     do {                                                                                       \
         int j = (J0);                                                                          \
         const int jend = (J1);                                                                 \
@@ -43,14 +45,14 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
                 const float *restrict s = base + (int64_t)off[j + u] * unit;                   \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                           \
                     _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                     \
-                        acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (V));             \
+                        acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (VI));            \
             }                                                                                  \
         for (; j < jend; j++) {                                                                \
             const float w = val[j];                                                            \
             const float *restrict s = base + (int64_t)off[j] * unit;                           \
             _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
                 _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                         \
-                    acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (V));                 \
+                    acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (VI));                \
         }                                                                                      \
     } while (0)
 
@@ -63,7 +65,7 @@ typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, co
                         const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
                         int64_t, int, const float *restrict, int, const float *restrict, int);
 
-#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW)                                      \
+#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW, VI)                                  \
 static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow_in,          \
         const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
         int pstride, const seg_sel *restrict sel, int nch, float *restrict out, int64_t drow_in,\
@@ -84,14 +86,14 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
             _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) acc[u][r][v] = (VT){0};        \
         }                                                                                      \
     if (sel->whole)                                                                            \
-        RUN_SEG(p[0], p[k * k], 0, NV, R, VT, V);                                              \
+        RUN_SEG(p[0], p[k * k], 0, NV, R, VT, VI);                                             \
     else                                                                                       \
         for (int kx = 0; kx < k; kx++) {                                                       \
             const int a = p[kx * k + lo], z = p[kx * k + hi];                                  \
             switch (sel->cols[kx]) {                                                           \
-            case 3: RUN_SEG(a, z, 0, NV, R, VT, V); break;                                     \
-            case 1: RUN_SEG(a, z, 0, NV / 2, R, VT, V); break;                                 \
-            case 2: RUN_SEG(a, z, NV / 2, NV, R, VT, V); break;                                \
+            case 3: RUN_SEG(a, z, 0, NV, R, VT, VI); break;                                    \
+            case 1: RUN_SEG(a, z, 0, NV / 2, R, VT, VI); break;                                \
+            case 2: RUN_SEG(a, z, NV / 2, NV, R, VT, VI); break;                               \
             default: break;                                                                    \
             }                                                                                  \
         }                                                                                      \
@@ -111,14 +113,20 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     }                                                                                          \
 }
 
-#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in) \
-    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in)
+#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in, V) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in, V)
+/* Stride-2 tiles reading the input directly, for a batch of exactly one vector (N == VW): output
+ * pixel x is vector x, and it reads input pixels 2x + kx, whole vectors 2V apart, so the
+ * convolution needs no phase planes (at batch 16 MobileNetV2's four stride-2 depthwise inputs
+ * are 130 MB that a split would read and write again). */
+#define DEFINE_TILE_S2(R, NV) DEFINE_TILE_OT(R, NV, vf, VW, int32_t, _s2, srow_in, drow_in, 2 * VW) \
+    DEFINE_TILE_OT(R, NV, vf, VW, uint16_t, _16_s2, srow_in, drow_in, 2 * VW)
 /* Tiles whose rows follow each other in memory (a span's pieces of NV vectors): the row
  * strides are constants, so every load of the inner loop is one base register plus an
  * immediate offset (with strides passed in, GCC kept a register or a stack slot per row and
  * vector: ~40 scalar instructions and stack loads beside the 24 multiply-adds of a nonzero). */
-#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V)) \
-    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V))
+#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V), V) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V), V)
 
 #define ROWS_1_TO_3(NV, VT, V) DEFINE_TILE(1, NV, VT, V) DEFINE_TILE(2, NV, VT, V) DEFINE_TILE(3, NV, VT, V)
 #define ROWS_4_TO_6(NV, VT, V) DEFINE_TILE(4, NV, VT, V) DEFINE_TILE(5, NV, VT, V) DEFINE_TILE(6, NV, VT, V)
@@ -139,6 +147,11 @@ ROWS_1_TO_8(1, v8, 8)
 ROWS_1_TO_8(1, v4, 4)
 ROWS_1_TO_8(1, v2, 2)
 ROWS_1_TO_8(1, v1, 1)
+DEFINE_TILE_S2(1, 8)
+DEFINE_TILE_S2(1, 4) DEFINE_TILE_S2(2, 4) DEFINE_TILE_S2(3, 4)
+DEFINE_TILE_S2(1, 2) DEFINE_TILE_S2(2, 2) DEFINE_TILE_S2(3, 2) DEFINE_TILE_S2(4, 2) DEFINE_TILE_S2(5, 2) DEFINE_TILE_S2(6, 2)
+DEFINE_TILE_S2(1, 1) DEFINE_TILE_S2(2, 1) DEFINE_TILE_S2(3, 1) DEFINE_TILE_S2(4, 1) DEFINE_TILE_S2(5, 1) DEFINE_TILE_S2(6, 1)
+DEFINE_TILE_S2(7, 1) DEFINE_TILE_S2(8, 1)
 
 #define LIST_1_TO_8(NV, VT, S) {0, tile_##VT##_##NV##_1##S, tile_##VT##_##NV##_2##S, tile_##VT##_##NV##_3##S, \
     tile_##VT##_##NV##_4##S, tile_##VT##_##NV##_5##S, tile_##VT##_##NV##_6##S, tile_##VT##_##NV##_7##S, tile_##VT##_##NV##_8##S}
@@ -162,6 +175,13 @@ static const tile_kind KINDS[] = {
     {1, 8, {LIST_1_TO_8(1, v1, ), LIST_1_TO_8(1, v1, _16)}},
 };
 #define NKINDS ((int)(sizeof(KINDS) / sizeof(KINDS[0])))
+/* The same widths for the direct stride-2 tiles (rows of whole vectors: the first four kinds). */
+static const tile_kind KINDS_S2[] = {
+    {8 * VW, 1, {{0, tile_vf_8_1_s2}, {0, tile_vf_8_1_16_s2}}},
+    {4 * VW, 3, {LIST_1_TO_3(4, vf, _s2), LIST_1_TO_3(4, vf, _16_s2)}},
+    {2 * VW, 6, {LIST_1_TO_6(2, vf, _s2), LIST_1_TO_6(2, vf, _16_s2)}},
+    {VW, 8, {LIST_1_TO_8(1, vf, _s2), LIST_1_TO_8(1, vf, _16_s2)}},
+};
 /* The widest tile with 1 to 3 rows, for the span of a 1x1 convolution (sparse_span_body): 8, 16
  * or 24 accumulators; with AVX2's 16 registers only the first fits. */
 static const tile_fn SPAN_TILES[2][4] = {{0, tile_vf_8_1_c, tile_vf_8_2_c, tile_vf_8_3_c},
@@ -253,7 +273,9 @@ static int chunk_start(const int32_t *chan, int Cout, int64_t target) {
 }
 
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
- * planes make stride 2 look like stride 1); off[j]*N: offset of nonzero j from there. The
+ * planes make stride 2 look like stride 1; direct: a stride-2 convolution at N == VW reads
+ * the padded input itself: src_row is then two input rows, and output float t reads from
+ * float 2t, see DEFINE_TILE_S2); off[j]*N: offset of nonzero j from there. The
  * nonzeros of input-channel group g, output channel co form run r = g*Cout+co, cut by kernel
  * column and row: those of (kx, ky) are ptr[(r*k+kx)*k+ky] .. ptr[(r*k+kx)*k+ky+1]; chan[co]:
  * how many nonzeros the channels before co hold. Groups are sized so that the input a column
@@ -269,7 +291,7 @@ static int chunk_start(const int32_t *chan, int Cout, int64_t target) {
 static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                              int k, int stride, int pad, int hin, int win, const int32_t *ptr,
                              const int32_t *chan, const void *off, int off16, const float *val,
-                             const float *bias, float *dst, const float *res, int relu, int nthreads) {
+                             const float *bias, float *dst, const float *res, int relu, int direct, int nthreads) {
     const int64_t drow = (int64_t)(Wo + 2) * N;
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
@@ -289,13 +311,13 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
             const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
-                const tile_kind *kind = &KINDS[pick_kind(L - t, r)];
+                const tile_kind *kind = &(direct ? KINDS_S2 : KINDS)[pick_kind(L - t, r)];
                 const tile_fn fn = kind->fn[off16 != 0][r];
                 const int64_t o = c0 * dplane + (y + 1) * drow + N + t;
                 seg_sel sel;
                 tile_sel(&sel, y, y + r - 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
+                    fn(base + (direct ? 2 * t : t), src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
                        c1 - c0, dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
                 t += kind->width;
             }
@@ -569,14 +591,23 @@ static void linear_body(const float *src, int N, int C, int Cout, const float *w
  * convolution with wider padding, ResNet's 7x7 stem, reads it directly); the border of dst must
  * already be zero. */
 static void pack_input_body(const float *src, int N, int C, int H, int W, int b, float *dst) {
+    /* Work by destination row, each written once in order: split by image instead, the threads
+     * wrote the same cache lines (a pixel's N floats), and at batch 16 the 224x224 pack cost
+     * more than a convolution. The N source rows are read in blocks of 16 pixels, the block's
+     * N x 16 floats transposed through L1. */
     const int64_t drow = (int64_t)(W + 2 * b) * N, dplane = (int64_t)(H + 2 * b) * drow;
+    const int64_t image = (int64_t)C * H * W;
     #pragma omp for schedule(static)
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++)
-            for (int y = 0; y < H; y++)
-                for (int x = 0; x < W; x++)
-                    dst[c * dplane + (y + b) * drow + (int64_t)(x + b) * N + n] =
-                        src[(((int64_t)n * C + c) * H + y) * W + x];
+    for (int i = 0; i < C * H; i++) {
+        const int c = i / H, y = i % H;
+        const float *s = src + ((int64_t)c * H + y) * W;
+        float *d = dst + c * dplane + (y + b) * drow + (int64_t)b * N;
+        for (int x0 = 0; x0 < W; x0 += 16) {
+            const int x1 = x0 + 16 < W ? x0 + 16 : W;
+            for (int n = 0; n < N; n++)
+                for (int x = x0; x < x1; x++) d[(int64_t)x * N + n] = s[n * image + x];
+        }
+    }
 }
 
 
@@ -587,8 +618,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         switch (s->kind) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->pad > 1 ? s->pad : 1, s->dst); break;
         case STEP_CONV:
+        case STEP_CONV_S2:  /* the Python side makes it only for N == VW (kernels.conv_step) */
             sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad, s->H, s->W,
-                             s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
+                             s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu,
+                             s->kind == STEP_CONV_S2 && s->N == VW, nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_CONV_POOL:
