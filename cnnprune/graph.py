@@ -11,11 +11,13 @@ What runs natively (``GraphOp.kind``):
   sparse kernel, Winograd or dense oneDNN (:mod:`cnnprune.engine`).
 - ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative map (the zero
   border stands for -inf only where every value is ≥ 0), after a native op or a PyTorch one.
-- ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)``) of a native map.
+- ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)`` or the function) of a native map.
+- ``linear``: a ``Linear`` layer reading a native global average pool through a flatten (and
+  dropouts, the identity in eval mode): the classifier of ResNets and MobileNets.
 
 Depthwise convolutions are ``conv`` ops too: the diagonal of the equivalent dense convolution.
-Everything else — the 7×7 stem (padding 3), grouped convolutions, other pooling,
-flatten, linear layers, concatenation, attention, layer norms — is a ``torch`` op: it runs in
+Everything else — grouped convolutions, other pooling, other linear layers, concatenation,
+attention, layer norms — is a ``torch`` op: it runs in
 PyTorch between native segments, on tensors converted from and to the native layout, so the
 plan is always correct; ``why`` says what kept it there (``plan_summary``).
 """
@@ -106,6 +108,25 @@ def activation(node: fx.Node, modules: dict) -> str | None:
 def _is_add(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
             and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args))
+
+
+def _global_avgpool(node: fx.Node, module: nn.Module | None) -> bool:
+    """``AdaptiveAvgPool2d`` to 1×1, as a module or a function (MobileNetV2 calls the function)."""
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return module.output_size in (1, (1, 1))
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    return False
+
+
+def _is_flatten(node: fx.Node, module: nn.Module | None) -> bool:
+    """A flatten from dimension 1 to the end (function, method or module)."""
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim == -1
+    call = (node.op == "call_function" and node.target is torch.flatten) or \
+        (node.op == "call_method" and node.target == "flatten")
+    return call and node.args[1:] in ((1,), (1, -1)) and not node.kwargs
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -215,6 +236,7 @@ class _Builder:
         self.alias: dict[fx.Node, fx.Node] = {}
         self.native: set[str] = set()  # values that native ops write
         self.nonneg: set[str] = set()
+        self.pooled: set[str] = set()  # outputs of native global average pools
         self.by_name = {n.name: n for n in gm.graph.nodes}
 
     def value(self, node: fx.Node) -> str:
@@ -294,8 +316,18 @@ class _Builder:
                     and not module.ceil_mode and h % 2 == 0 and w % 2 == 0 and ins[0] in self.nonneg:
                 self._add(GraphOp("maxpool", node.name, ins, node.name, shape, nonneg=True))
                 return
-        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)) and ins[0] in self.native:
-            self._add(GraphOp("avgpool", node.name, ins, node.name, shape))
+        if _global_avgpool(node, module) and ins[0] in self.native:
+            self._add(GraphOp("avgpool", node.name, ins[:1], node.name, shape))
+            self.pooled.add(node.name)
+            return
+        if _is_flatten(node, module) and ins[0] in self.pooled and self._read_by_linear_only(node):
+            self.alias[node] = node.args[0]  # the pool's (N, C) buffer is already flat
+            return
+        if isinstance(module, nn.Linear) and ins[0] in self.pooled and len(_shape(node.args[0])) == 1:
+            w = module.weight.detach().float().numpy()
+            b = module.bias.detach().float().numpy() if module.bias is not None else np.zeros(w.shape[0], np.float32)
+            self._add(GraphOp("linear", node.target, ins, node.name, shape,
+                              conv=FoldedConv(node.target, np.ascontiguousarray(w), np.ascontiguousarray(b), 1, 0)))
             return
         what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
         why = f"no native kernel for {what}" + (" with this geometry or a negative input" if isinstance(module, nn.MaxPool2d)
@@ -303,6 +335,19 @@ class _Builder:
                                                  else "")
         self._add(GraphOp("torch", node.name, ins, node.name, shape, fn=_torch_fn(node, self.modules), why=why,
                           nonneg=activation(node, self.modules) is not None))
+
+    def _read_by_linear_only(self, node: fx.Node) -> bool:
+        """Every reader of ``node``, through dropouts, is a ``Linear`` module (which then runs
+        natively on the flat pool; any other reader would need the flattened tensor)."""
+        readers = list(node.users)
+        for user in readers:
+            module = self.modules.get(user.target) if user.op == "call_module" else None
+            if isinstance(module, nn.Dropout):
+                if not self._read_by_linear_only(user):
+                    return False
+            elif not isinstance(module, nn.Linear):
+                return False
+        return bool(readers)
 
     def _add(self, op: GraphOp) -> None:
         self.ops.append(op)

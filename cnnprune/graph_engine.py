@@ -114,6 +114,7 @@ class _Program:
         self.pads: dict[str, np.ndarray] = {}
         self.tensors: dict[str, Callable[[], torch.Tensor]] = {}  # value -> how to get it as a tensor
         self.rt: dict[str, object] = {}  # values PyTorch ops make, per call
+        self.flat: dict[str, np.ndarray] = {}  # a global average pool's (N, C) output
         self.shapes = {op.output: op.shape for op in engine.graph.ops}
         self.last = self._last_reads()
 
@@ -217,7 +218,19 @@ class _Program:
                                W=src.shape[2] - 2, N=self.n, dst=flat.ctypes.data))
         view = torch.from_numpy(flat).view(self.n, *op.shape)
         self.tensors[op.output] = lambda: view
+        self.flat[op.output] = flat
         self.keep += [src, flat]
+
+    def _linear(self, op: GraphOp) -> None:
+        from cnnprune.kernels import LINEAR, Step
+
+        src, w, b = self.flat[op.inputs[0]], op.conv.weight, op.conv.bias
+        dst = self.arena.zeros((self.n, w.shape[0]))
+        self.items.append(Step(kind=LINEAR, src=src.ctypes.data, N=self.n, C=w.shape[1], Cout=w.shape[0],
+                               val=w.ctypes.data, bias=b.ctypes.data, dst=dst.ctypes.data))
+        out = torch.from_numpy(dst)
+        self.tensors[op.output] = lambda: out
+        self.keep += [src, dst, w, b]
 
     def _torch(self, op: GraphOp) -> None:
         getters = [self.tensor(v) for v in op.inputs]

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
@@ -112,6 +113,35 @@ def test_ops_without_kernels_run_in_pytorch_between_native_ones() -> None:
     assert "relu6" in rows["d"]["fused"], "ReLU6 fused into the convolution before it"
 
 
+class Heads(nn.Module):
+    """A native global pool feeding a Linear through a flatten and a dropout, and also (so that
+    flatten must stay a tensor) the flattened features themselves."""
+
+    def __init__(self, features_out: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, 3, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(24, 7)
+        self.features_out = features_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), (1, 1)), 1)
+        y = self.fc(self.drop(flat))
+        return torch.cat([y, flat], 1) if self.features_out else y
+
+
+@pytest.mark.parametrize("features_out", [False, True])
+def test_the_classifier_runs_natively_after_a_native_pool(features_out: bool) -> None:
+    torch.manual_seed(5)
+    model = Heads(features_out).eval()
+    for batch in (1, 3):
+        engine = check(model, 16, batch, calibrate=False, layer_mode="sparse")
+    rows = {r["op"]: r for r in engine.plan_summary(3)}
+    assert rows["adaptive_avg_pool2d"]["runs"] == "native", "the function form of the global pool"
+    assert rows["fc"]["runs"] == ("pytorch" if features_out else "native")
+    assert ("flatten" in rows) == features_out, "a flatten read by Linear layers only is the pool's flat buffer"
+
+
 def test_fusion_of_batchnorm_relu_and_residual() -> None:
     graph = trace(build("resnet50", 10).eval(), (3, 64, 64))
     ops = {op.name: op for op in graph.ops}
@@ -122,7 +152,7 @@ def test_fusion_of_batchnorm_relu_and_residual() -> None:
     assert ops["conv1"].kind == "conv" and ops["conv1"].border == 3 and graph.input_border == 3, \
         "the 7x7 padding-3 stem reads the input packed with a 3-pixel border"
     assert ops["layer1.0.conv1"].border == 1
-    assert ops["maxpool"].kind == "maxpool" and ops["avgpool"].kind == "avgpool"
+    assert ops["maxpool"].kind == "maxpool" and ops["avgpool"].kind == "avgpool" and ops["fc"].kind == "linear"
     assert not any(op.name.startswith("bn") or ".bn" in op.name for op in graph.ops), "every BatchNorm folded"
 
 
