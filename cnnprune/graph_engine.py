@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cnnprune.buffers import Arena
-from cnnprune.engine import NativeEngine
+from cnnprune.engine import NativeEngine, runs_sparse
 from cnnprune.graph import ACTS, Graph, GraphOp
 from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
 
@@ -45,13 +45,7 @@ class GraphEngine(NativeEngine):
 
     def held_weight_bytes(self) -> int:
         """Folded weights as kept between plans and the operands of every planned batch size."""
-        arrays: dict[int, int] = {}
-        for plan in self._plans.values():
-            for p in plan["convs"].values():
-                for a in (p.ptr, p.chan, p.off, p.val, p.bias, p.u, p.dense_weight, p.g):
-                    if a is not None:
-                        arrays[a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()] = a.nbytes
-        return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + sum(arrays.values())
+        return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + self._operand_bytes()
 
     def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
         from cnnprune.kernels import direct_stride2
@@ -75,7 +69,7 @@ class GraphEngine(NativeEngine):
 
     def _program(self, n: int) -> dict:
         plan = self._plan(n)
-        if "program" not in plan and plan.get("engine", "sparse") == "sparse":
+        if "program" not in plan and runs_sparse(plan):
             _Program(self, plan, n).build()
             self._finish(n, plan)
         return plan

@@ -68,8 +68,16 @@ class ConvPlan:
         skip the taps that read only the zero border."""
         return self.conv.shape[2], self.conv.stride, self.conv.padding, self.hin, self.win
 
-    def release(self) -> None:
-        """Drop the operands of the modes not chosen (what the plan holds is what it runs)."""
+    def operands(self) -> tuple:
+        """Every operand array the plan may hold (``None`` where not made)."""
+        return self.ptr, self.chan, self.off, self.val, self.bias, self.u, self.dense_weight, self.g
+
+    def release(self, everything: bool = False) -> None:
+        """Drop the operands of the modes not chosen (what the plan holds is what it runs), or
+        with ``everything`` of all modes (the network runs on a dense engine)."""
+        if everything:
+            self.ptr = self.chan = self.off = self.val = self.u = self.dense_weight = self.g = None
+            return
         if self.mode != "sparse":
             self.ptr = self.chan = self.off = self.val = None
         if self.mode != "winograd":
@@ -243,42 +251,76 @@ def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None, border: i
 
 
 def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
-                   warm_ms: float = 30.0) -> list[float]:
+                   warm_ms: float = 30.0, still_open: Callable[[list[float]], list[int]] | None = None) -> list[float]:
     """Median ms per call of each of ``fns`` over blocks in palindromic order (A B C C B A,
     ``rounds`` times), so that a machine whose speed drifts weighs on all alike. Each block
-    first runs untimed calls for ``warm_ms`` (at least 2): the thread pool that ran last
+    first runs untimed calls for ``warm_ms`` (at least 1): the thread pool that ran last
     (onnxruntime's spinning workers, OpenMP's) keeps the cores busy for a while after it
     returns, and the next engine's first calls pay for it; alternating single calls measured
-    that, not the engines."""
+    that, not the engines. A block times calls for ``block_ms`` and at least 3 of them, or one
+    or two where they take over ``3 * block_ms`` together. ``still_open(medians so far)``: after the first half round, the
+    functions whose comparison is not yet decided (indices); only they are timed on, so a
+    decision that one pass makes plain costs one pass (at 224 px and batch 16 a call takes
+    0.5-1.5 s, and four engines in full palindromes were 40 s)."""
     times: list[list[float]] = [[] for _ in fns]
 
     def block(i: int) -> None:
         fn = fns[i]
         t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
-        while warm < 2 or time.perf_counter() < t_end:
+        while warm < 1 or time.perf_counter() < t_end:
             fn()
             warm += 1
-        t_end, timed = time.perf_counter() + block_ms / 1e3, 0
-        while timed < 3 or time.perf_counter() < t_end:
+        start, timed = time.perf_counter(), 0
+        while True:
+            spent = (time.perf_counter() - start) * 1e3
+            if spent >= block_ms and (timed >= 3 or spent >= 3 * block_ms):
+                break
             t0 = time.perf_counter()
             fn()
             times[i].append((time.perf_counter() - t0) * 1e3)
             timed += 1
 
+    def medians() -> list[float]:
+        return [float(np.median(t)) if t else float("nan") for t in times]
+
     order = list(range(len(fns)))
-    for _ in range(rounds):
-        for i in order + order[::-1]:
+    for r in range(rounds):
+        for i in order:
             block(i)
-    return [float(np.median(t)) for t in times]
+        if r == 0 and still_open is not None:
+            open_ = set(still_open(medians()))
+            order = [i for i in order if i in open_]
+            if len(order) < 2:
+                break
+        for i in order[::-1]:
+            block(i)
+    return medians()
 
 
-def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: float = 40.0) -> float:
+def raced_ms(runs: dict[str, Callable[[], object]], repeats: int, close: float) -> dict[str, float]:
+    """Best ms per call of each way to run a layer, timed in two rounds: each first briefly
+    (``best_ms`` with one timed call, or as many as fill its minimum time), then only those
+    within ``close`` (fraction) of the fastest again, to ``repeats`` calls: a layer whose
+    choice the first round makes plain costs two calls per way (at 224 px and batch 16 calls
+    of 10-30 ms, 53 layers x 3 ways x 5 calls were 12 s of calibration)."""
+    ms = {mode: best_ms(fn, 1) for mode, fn in runs.items()}
+    lead = min(ms.values())
+    near = [mode for mode in runs if ms[mode] <= (1 + close) * lead]
+    if len(near) > 1:
+        for mode in near:
+            ms[mode] = min(ms[mode], best_ms(runs[mode], repeats, warm=False))
+    return ms
+
+
+def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: float = 40.0, warm: bool = True) -> float:
     """Fastest of at least ``repeats`` calls and of as many more as fit in ``min_ms`` (at most
     ``most``), after one untimed call: at batch 1 a layer takes ~0.1 ms, and the best of 5 such
     calls flipped layers between modes from one load to the next on a shared machine. Calls
     that take long stop at 2 once ``max_ms`` is spent: at 224 px and batch 16 a layer takes
-    10-30 ms, and 52 layers x 3 modes x 6 calls were 20 s of calibration."""
-    fn()
+    10-30 ms, and 52 layers x 3 modes x 6 calls were 20 s of calibration. ``warm``: False
+    where the same call has just run (a second round, ``raced_ms``)."""
+    if warm:
+        fn()
     best, spent, count = float("inf"), 0.0, 0
     while count < repeats or (spent < min_ms / 1e3 and count < most):
         if count >= 2 and spent >= max_ms / 1e3:

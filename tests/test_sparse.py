@@ -111,6 +111,60 @@ def test_interleaved_timing_tells_the_slower_functions() -> None:
     assert slow > middle > fast >= 1.0
 
 
+def test_interleaved_timing_times_on_only_what_is_still_open() -> None:
+    import time
+
+    from cnnprune.native_plan import interleaved_ms
+
+    calls = [0, 0, 0]
+
+    def sleeper(i: int, s: float):
+        def run() -> None:
+            calls[i] += 1
+            time.sleep(s)
+        return run
+
+    seen: list[list[float]] = []
+
+    def still_open(ms: list[float]) -> list[int]:
+        seen.append(ms)
+        return [0, 2]
+
+    ms = interleaved_ms([sleeper(0, 0.002), sleeper(1, 0.004), sleeper(2, 0.002)], block_ms=10, warm_ms=1,
+                        still_open=still_open)
+    assert len(seen) == 1 and all(m > 0 for m in seen[0])  # asked once, after the first half round
+    assert calls[0] > calls[1] and calls[2] > calls[1]  # the decided one was timed in one block only
+    assert ms[1] >= 3.5
+    # decided after the first half: one block each, at most 1 warm-up + 6 timed 1-ms calls
+    # (two blocks would be at least 2 x (1 + 3))
+    calls[:] = [0, 0, 0]
+    interleaved_ms([sleeper(0, 0.001), sleeper(1, 0.001)], block_ms=5, warm_ms=0.5, still_open=lambda ms: [])
+    assert 4 <= calls[0] <= 7 and 4 <= calls[1] <= 7
+
+
+def test_raced_timing_times_close_ways_again_and_plain_losers_once() -> None:
+    import time
+
+    from cnnprune.native_plan import raced_ms
+
+    calls = {"fast": 0, "near": 0, "slow": 0}
+
+    def way(name: str, s: float):
+        def run() -> None:
+            calls[name] += 1
+            time.sleep(s)
+        return run
+
+    ms = raced_ms({"fast": way("fast", 0.011), "near": way("near", 0.012), "slow": way("slow", 0.03)},
+                  repeats=4, close=0.25)
+    assert calls["slow"] == 2  # one untimed, one timed call: 30 ms is plainly behind 11 ms
+    assert calls["fast"] >= 4 and calls["near"] >= 4  # within 25 %: timed on
+    assert ms["fast"] < ms["near"] < ms["slow"] and ms["fast"] >= 11
+    calls.update(fast=0, slow=0)
+    raced_ms({"fast": way("fast", 0.011), "slow": way("slow", 0.03)}, repeats=4, close=0.25)
+    assert calls == {"fast": 2, "near": calls["near"], "slow": 2}  # nothing close: nothing timed again
+
+
 def test_torch_gemm_dense_path_matches_dense(artifacts: Path) -> None:
     ref = load_model(artifacts / "iterative_75.pth")
     model = sparse.load(artifacts / "iterative_75.csr.pt", engine="torch-gemm")
