@@ -155,13 +155,22 @@ def _latency_table(a: Analysis, device: str, batch: int) -> list[str]:
     return L
 
 
+def _fallback_ran(a: Analysis) -> str:
+    """What the † of the latency tables says the sparse engine ran instead of its sparse path."""
+    names = a.results["machine"].get("sparse_fallbacks") or ["onnxruntime"]
+    if len(names) == 1:
+        return f"slower than dense {names[0]} at this batch size and ran {names[0]}"
+    return (f"slower than the fastest of {', '.join(names)} at this batch size and ran that engine (which one: "
+            "the claims' \"ran\" lists)")
+
+
 LATENCY_NOTE = (
     "Speedup vs best dense = the fastest dense engine of the table (PyTorch eager, onnxruntime and, where installed, "
     "OpenVINO) on the same model, same run, same threads, "
     "divided by the sparse engine's time (per pass, median over passes). FLOP limit = dense MACs / nonzero MACs, "
     "both counting the products with the zero border that dense engines compute. † = the sparse engine measured its "
-    "sparse path slower than dense onnxruntime at this batch size and ran onnxruntime; (†) = in some passes; Wk = k "
-    "of its 20 convolutions ran Winograd F(4x4, 3x3), ‡k = k ran dense oneDNN, because that was faster (k1–k2: "
+    "sparse path {ran}; (†) = in some passes; Wk = k "
+    "of its convolutions ran Winograd F(4x4, 3x3), ‡k = k ran dense oneDNN, because that was faster (k1–k2: "
     "passes chose differently). Winograd is a dense algorithm (4x fewer multiplies than a direct convolution, for "
     "the densest layers): it can take the speedup past 100 % of the FLOP limit, and it speeds up the unpruned model "
     "too; so can the sparse kernel's skipping of the taps that read only the zero border (most of layer4's at its "
@@ -211,7 +220,7 @@ def latency_section(a: Analysis) -> list[str]:
 
         L.append(f"Sparse engine: not run ({unsupported(a.spec) or 'not in this run'}); its columns are empty. "
                  "The dense engines' pruned / unpruned ratios still answer whether pruning alone speeds them up.\n")
-    return L + [LATENCY_NOTE] + goals_section(a)
+    return L + [LATENCY_NOTE.format(ran=_fallback_ran(a))] + goals_section(a)
 
 
 def accuracy_section(a: Analysis) -> list[str]:
