@@ -37,14 +37,16 @@ from torch.fx.passes.shape_prop import ShapeProp
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import BN_EPS, Csr, FoldedConv
 
-ACTS = {"none": 0, "relu": 1, "relu6": 2}  # the kernels' activation codes (step_t.relu)
+ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}  # the kernels' activation codes (step_t.relu)
+ACT_NAMES = {code: name for name, code in ACTS.items()}
+NONNEG_ACTS = ("relu", "relu6")  # activations whose output is never negative (hardswish's reaches -3/8)
 
 
 @dataclass
 class GraphOp:
     """One operation of the plan, in execution order. ``inputs``: the values it reads (names of
     fx nodes); ``output``: the value it writes; ``shape``: that value's shape for batch 1
-    (C, H, W for maps); ``nonneg``: every output value is ≥ 0 (after ReLU)."""
+    (C, H, W for maps); ``nonneg``: every output value is ≥ 0 (after ReLU or ReLU6)."""
 
     kind: str
     name: str
@@ -86,23 +88,33 @@ def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
 
 
 def activation(node: fx.Node, modules: dict) -> str | None:
-    """"relu" or "relu6" where ``node`` is that activation (module, function or method), else None."""
+    """"relu", "relu6" or "hardswish" where ``node`` is that activation (module, function or
+    method), else None."""
     if node.op == "call_module":
         m = modules[node.target]
-        if type(m) is nn.ReLU:
-            return "relu"
-        if type(m) is nn.ReLU6:
-            return "relu6"
         if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
             return "relu6"
-        return None
-    if node.op == "call_function" and node.target in (F.relu, torch.relu) and len(node.args) == 1:
-        return "relu"
-    if node.op == "call_function" and node.target is F.relu6 and len(node.args) == 1:
-        return "relu6"
+        return _ACT_MODULES.get(type(m))
+    if node.op == "call_function" and len(node.args) == 1:
+        return _ACT_FUNCTIONS.get(node.target)
     if node.op == "call_method" and node.target == "relu" and len(node.args) == 1:
         return "relu"
     return None
+
+
+_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish"}
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish"}
+
+
+def apply_activation(y: torch.Tensor, act: str) -> torch.Tensor:
+    """``act`` applied in place to ``y`` as the kernels' epilogue does (PyTorch's ops)."""
+    if act == "relu":
+        return y.relu_()
+    if act == "relu6":
+        return y.clamp_(0, 6)
+    if act == "hardswish":
+        return F.hardswish(y, inplace=True)
+    return y
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -215,7 +227,7 @@ def _folded_torch(conv: FoldedConv, module: nn.Conv2d, act: str) -> Callable[...
         y = F.conv2d(x, w, b, module.stride, module.padding, module.dilation, module.groups)
         if res is not None:
             y += res
-        return y.relu_() if act == "relu" else y.clamp_(0, 6) if act == "relu6" else y
+        return apply_activation(y, act)
     return call
 
 
@@ -268,7 +280,7 @@ class _Builder:
         folded = fold_conv(node.target, module, bn, native=not why)
         last = fused[-1]
         op = GraphOp("conv" if not why else "torch", node.target, [self.value(node.args[0])], last.name, _shape(last),
-                     conv=folded, act=act, why=why, nonneg=act != "none",
+                     conv=folded, act=act, why=why, nonneg=act in NONNEG_ACTS,
                      fused=[n.name for n in fused if n is not node], in_shape=_shape(node.args[0]),
                      depthwise=depthwise(module) and not why, border=max(1, module.padding[0]) if not why else 1)
         if residual is not None:
@@ -334,7 +346,7 @@ class _Builder:
                                                  else " (its input comes from PyTorch)" if isinstance(module, nn.AdaptiveAvgPool2d)
                                                  else "")
         self._add(GraphOp("torch", node.name, ins, node.name, shape, fn=_torch_fn(node, self.modules), why=why,
-                          nonneg=activation(node, self.modules) is not None))
+                          nonneg=activation(node, self.modules) in NONNEG_ACTS))
 
     def _read_by_linear_only(self, node: fx.Node) -> bool:
         """Every reader of ``node``, through dropouts, is a ``Linear`` module (which then runs

@@ -60,7 +60,7 @@ class GraphEngine(NativeEngine):
                          dense_ok=not op.depthwise and op.border == 1, border=op.border)
             p.gemm_ok = self.gemm and not op.depthwise and op.border == 1 and gemm_eligible(op.conv, hin, win)
             p.direct = not p.span and direct_stride2(op.conv.stride, n)
-            p.winograd_ok = self.winograd and op.act != "relu6" and not op.depthwise and \
+            p.winograd_ok = self.winograd and not op.depthwise and \
                 winograd_eligible(op.conv, hin, win)
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads

@@ -19,7 +19,7 @@ from torch import nn
 from cnnprune.engine import DenseMaker, NativeEngine
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedResNet
-from cnnprune.graph import Graph
+from cnnprune.graph import ACT_NAMES, Graph, apply_activation
 from cnnprune.graph_engine import GraphEngine, from_nchw, to_nchw  # noqa: F401  (re-exported)
 from cnnprune.native_plan import ConvPlan
 from cnnprune.plancache import PlanCache
@@ -84,7 +84,7 @@ def fallback_names() -> tuple[str, ...]:
 
 def dense_conv(threads: int):
     """The oneDNN mode: one convolution in PyTorch on ``threads`` threads, layout conversion included."""
-    def make(p: ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool) -> Callable[[], None]:
+    def make(p: ConvPlan, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: int) -> Callable[[], None]:
         if p.dense_weight is None:
             p.dense_weight = torch.from_numpy(p.conv.dense())
         bias = torch.from_numpy(p.conv.bias)
@@ -94,11 +94,7 @@ def dense_conv(threads: int):
                 y = F.conv2d(to_nchw(src), p.dense_weight, bias, stride=p.conv.stride, padding=p.conv.padding)
                 if res is not None:
                     y += to_nchw(res)
-                if relu == 2:
-                    y.clamp_(0, 6)
-                elif relu:
-                    y.relu_()
-                from_nchw(y, dst)
+                from_nchw(apply_activation(y, ACT_NAMES[int(relu)]), dst)
         return run
     return make
 

@@ -113,6 +113,56 @@ def test_ops_without_kernels_run_in_pytorch_between_native_ones() -> None:
     assert "relu6" in rows["d"]["fused"], "ReLU6 fused into the convolution before it"
 
 
+class Swish(nn.Module):
+    """Hardswish after convolutions of every kind the kernels run (3x3, strided, depthwise, 1x1
+    as a span), as a module and as a function, and a max pool after it (hardswish output can be
+    negative, so that pool may not assume a zero border is a lower bound)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.act = nn.Hardswish()
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c = nn.Conv2d(16, 32, 1)
+        self.d = nn.Conv2d(32, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn(self.a(x)))
+        y = F.hardswish(self.c(F.hardswish(self.dw(y))))
+        y = self.pool(F.hardswish(self.d(y)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.parametrize("mode", ["sparse", "gemm", "winograd", None])
+def test_hardswish_is_fused_into_the_convolution_before_it(mode: str | None) -> None:
+    torch.manual_seed(6)
+    model = pruned(Swish(), 0.5)
+    with torch.no_grad():  # activations around 0 and beyond -3 and 3, where hardswish bends
+        model.a.weight.mul_(4)
+    for batch in (1, 3, library().vector_width()):
+        engine = check(model, 24, batch, calibrate=mode is None, layer_mode=mode)
+    ops = {op.name: op for op in engine.engine.graph.ops}
+    assert all(ops[name].kind == "conv" and ops[name].act == "hardswish" for name in ("a", "dw", "c", "d"))
+    rows = {r["op"]: r for r in engine.plan_summary(3)}
+    assert rows["a"]["runs"] != "pytorch" and "act" in rows["a"]["fused"]
+    assert rows["pool"]["runs"] == "pytorch", "a max pool over negative values keeps PyTorch's padding"
+    if mode == "winograd":
+        modes = {p.conv.name: p.mode for p in engine.engine._plans[3]["convs"].values()}
+        assert modes["d"] == "winograd", "Winograd's epilogue has hardswish too"
+
+
+def test_mobilenet_v3_matches_eager() -> None:
+    torch.manual_seed(0)
+    model = pruned(build("mobilenet_v3_large", 10), 0.8)
+    for batch in (1, 3):
+        engine = check(model, 64, batch, calibrate=False, layer_mode="sparse")
+    acts = {op.act for op in engine.engine.graph.ops if op.kind == "conv"}
+    assert "hardswish" in acts
+
+
 class Heads(nn.Module):
     """A native global pool feeding a Linear through a flatten and a dropout, and also (so that
     flatten must stay a tensor) the flattened features themselves."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune.fold import FoldedConv
+from cnnprune.graph import ACT_NAMES, apply_activation
 from cnnprune.kernels import Step, conv_pool_step, conv_step, gemm_step, library, span_step, split_step, subsample_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
@@ -58,11 +59,12 @@ def random_conv(cin: int, cout: int, k: int, stride: int, density: float, seed: 
     return FoldedConv("c", weight.numpy(), torch.randn(cout, generator=g).numpy(), stride, 1 if k == 3 else 0)
 
 
-def reference(conv: FoldedConv, x: torch.Tensor, res: torch.Tensor | None, relu: bool) -> torch.Tensor:
+def reference(conv: FoldedConv, x: torch.Tensor, res: torch.Tensor | None, relu: int) -> torch.Tensor:
+    """F.conv2d, the residual, and the activation of code ``relu`` (``graph.ACTS``; True = ReLU)."""
     y = F.conv2d(x, torch.from_numpy(conv.weight), torch.from_numpy(conv.bias), stride=conv.stride, padding=conv.padding)
     if res is not None:
         y = y + res
-    return y.relu() if relu else y
+    return apply_activation(y, ACT_NAMES[int(relu)])
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 16, 32])
@@ -107,15 +109,15 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
 def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) -> None:
     """1x1 convolutions over each plane's interior span: every map width (spans shorter than a
     vector, rounded up into the bottom border, or not), stride 2 on the subsampled input,
-    residual, ReLU and ReLU6, and the border zero afterwards (the span computes the border
+    residual, ReLU, ReLU6 and hardswish, and the border zero afterwards (the span computes the border
     pixels between rows)."""
     conv = random_conv(20, 40, 1, stride, density, seed=n * 7 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
     res = torch.randn(n, 40, hw // stride, hw // stride, generator=torch.Generator().manual_seed(n))
     plain = reference(conv, x, None, False)
-    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2)):
+    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2), (res, 3)):
         want = plain if r is None else plain + r
-        want = want.relu() if act == 1 else want.clamp(0, 6) if act == 2 else want
+        want = apply_activation(want.clone(), ACT_NAMES[act])
         for group, threads, narrow, gemm in ((20, 1, True, False), (3, 2, True, False), (7, 2, False, False),
                                              (20, 1, True, True), (20, 2, True, True)):
             dst = run_span(conv, x, group, threads, r, act, narrow, gemm)
@@ -203,7 +205,7 @@ def test_winograd_matches_conv2d(n: int, hw: int, fused: bool) -> None:
     conv = random_conv(20, 24, 3, 1, 0.6, seed=n * 10 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(n))
     res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n + 1))
-    for r, relu in ((None, True), (res, True), (res, False)):
+    for r, relu in ((None, True), (res, True), (res, False), (res, 2), (res, 3)):
         want = reference(conv.__class__(conv.name, conv.weight.astype(np.float64), conv.bias.astype(np.float64), 1, 1), x.double(),
                          None if r is None else r.double(), relu)
         for threads in (1, 2):

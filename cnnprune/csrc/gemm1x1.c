@@ -15,17 +15,10 @@
 
 #define GEMM_NV 6  /* vectors per tile */
 
-/* acc (bias) + res, then ReLU (relu 1) or ReLU6 (relu 2), stored at out. */
+/* acc (bias) + res, then the activation (relu: ACT_*, kernels.h), stored at out. */
 static inline vf epilogue(vf a, const float *res, int relu) {
     if (res) a += *(const vf *)res;
-    const vf z = {0};
-    if (relu) a = (vf)((i_vf)a & (a > z));
-    if (relu == 2) {
-        const vf six = z + 6.0f;
-        const i_vf m = a > six;
-        a = (vf)(((i_vf)a & ~m) | ((i_vf)six & m));
-    }
-    return a;
+    return relu ? ACTIVATE(vf, a, relu) : a;
 }
 
 #define DEFINE_GEMM_TILE(NV)                                                                    \
@@ -67,9 +60,7 @@ static void gemm_tail(const float *src, int64_t plane, const float *w, int cin, 
             float a = bias[o];
             for (int ci = 0; ci < cin; ci++) a += w[ci * 4 + o] * src[ci * plane + i];
             if (res) a += res[o * dplane + i];
-            if (relu && a < 0.f) a = 0.f;
-            if (relu == 2 && a > 6.f) a = 6.f;
-            out[o * dplane + i] = a;
+            out[o * dplane + i] = relu ? ACTIVATE(v1, (v1){a}, relu)[0] : a;
         }
 }
 

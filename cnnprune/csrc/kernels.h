@@ -27,6 +27,21 @@ typedef int32_t i_v4 __attribute__((vector_size(16)));
 typedef int32_t i_v2 __attribute__((vector_size(8)));
 typedef int32_t i_v1 __attribute__((vector_size(4)));
 
+/* The activations fused into a convolution's store (step_t.relu; graph.ACTS): max(a, 0),
+ * min(max(a, 0), 6), and hardswish a * min(max(a + 3, 0), 6) / 6 (MobileNetV3), on a vector
+ * type VT of any width (its integer twin i_VT masks the lanes). */
+enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3 };
+#define RELU6_OF(VT, x) ({                                                                     \
+        const VT z_ = {0}, six_ = z_ + 6.0f;                                                    \
+        VT r_ = (VT)((i_##VT)(x) & ((x) > z_));                                                 \
+        const i_##VT m_ = r_ > six_;                                                            \
+        (VT)(((i_##VT)r_ & ~m_) | ((i_##VT)six_ & m_)); })
+#define ACTIVATE(VT, x, act) ({                                                                \
+        const VT a_ = (x), z0_ = {0};                                                           \
+        (act) == ACT_RELU ? (VT)((i_##VT)a_ & (a_ > z0_))                                       \
+        : (act) == ACT_RELU6 ? RELU6_OF(VT, a_)                                                 \
+        : a_ * RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f); })
+
 /* A forward pass as a list of steps run inside one parallel region: the threads meet at the
  * barrier that closes each step's loop instead of being started and stopped per operation,
  * and Python calls once per run of consecutive native steps. Field use per kind: see each

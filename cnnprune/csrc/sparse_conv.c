@@ -59,7 +59,7 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 /* One tile position for the output channels c = 0..nch-1 of a chunk (one input-channel group
  * of each): channel c's run of nonzeros has its segments at p + c*pstride (see seg_sel), its
  * output at out + c*dplane. first: start from the bias, else from what earlier groups left in
- * out; last: add the residual and apply the activation (relu: 1 ReLU, 2 ReLU6) before the store. The channel loop is inside the
+ * out; last: add the residual and apply the activation (relu: ACT_*, kernels.h) before the store. The channel loop is inside the
  * tile so that a channel's short run of nonzeros costs no call. */
 typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, const float *restrict,
                         const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
@@ -102,12 +102,7 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
             VT a = acc[0][r][v];                                                               \
             _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) a += acc[u][r][v];             \
             if (last && res) a += *(const VT *)(res + r * drow + v * (V));                     \
-            if (last && relu) { VT z = {0}; a = (VT)((i_##VT)a & (a > z)); }                   \
-            if (last && relu == 2) { /* ReLU6 */                                               \
-                const VT six = (VT){0} + 6.0f;                                                 \
-                const i_##VT m = a > six;                                                      \
-                a = (VT)(((i_##VT)a & ~m) | ((i_##VT)six & m));                                \
-            }                                                                                  \
+            if (last && relu) a = ACTIVATE(VT, a, relu);                                       \
             *(VT *)(out + r * drow + v * (V)) = a;                                             \
         }                                                                                      \
     }                                                                                          \

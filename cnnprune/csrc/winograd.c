@@ -148,7 +148,7 @@ static void wg_out_##VT(const float *restrict m, int64_t xstride, float b, float
         _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {                                  \
             const int64_t at = r * drow + (int64_t)k * N;                                      \
             if (res) o[k] += *(const VT *)(res + at);                                          \
-            if (relu) { const VT z = {0}; o[k] = (VT)((i_##VT)o[k] & (o[k] > z)); }               \
+            if (relu) o[k] = ACTIVATE(VT, o[k], relu);                                             \
             *(VT *)(d + at) = o[k];                                                            \
         }                                                                                      \
     }                                                                                          \
