@@ -43,9 +43,8 @@ from cnnprune.plancache import PlanCache
 SPARSE_TIE = 0.1
 # Calibration times every candidate briefly first and times on only those this close (fraction)
 # to the fastest: a layer's ways (``raced_ms``) and the whole network's engines (``_undecided``).
-# A wider margin times more; a narrower one lets a single noisy call decide (calls on a shared
-# machine scatter by ~10 %). ResNet-50 at 224, 90 %, batch 16: calibration 54 s -> 22 s, the same
-# engine chosen (the README has the figures).
+# A wider margin times more; a narrower one lets a single noisy call decide. ResNet-50 at 224,
+# 90 %, batch 16: calibration 54 s -> 22 s, the same engine chosen (the README has the figures).
 RACE_CLOSE = 0.25
 # (plan, src, dst, residual or None, relu) -> a call that runs that convolution densely
 DenseConv = Callable[[ConvPlan, np.ndarray, np.ndarray, "np.ndarray | None", bool], Callable[[], object]]
