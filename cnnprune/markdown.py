@@ -30,9 +30,13 @@ def _fallback_passes(used: str | None) -> str:
     return "" if not ran - {"sparse"} else "some" if "sparse" in ran else "all"
 
 
+def _fallback_names(a: Analysis) -> list[str]:
+    """The sparse engine's whole-network dense fallbacks in this run (onnxruntime alone before they were recorded)."""
+    return a.results["machine"].get("sparse_fallbacks") or ["onnxruntime"]
+
+
 def _fallbacks(a: Analysis) -> str:
-    """The sparse engine's whole-network dense fallback(s) in this run (onnxruntime alone before they were recorded)."""
-    names = a.results["machine"].get("sparse_fallbacks") or ["onnxruntime"]
+    names = _fallback_names(a)
     return f"{names[0]} fallback" if len(names) == 1 else f"fallback to the fastest of {', '.join(names)}"
 
 
@@ -157,7 +161,7 @@ def _latency_table(a: Analysis, device: str, batch: int) -> list[str]:
 
 def _fallback_ran(a: Analysis) -> str:
     """What the † of the latency tables says the sparse engine ran instead of its sparse path."""
-    names = a.results["machine"].get("sparse_fallbacks") or ["onnxruntime"]
+    names = _fallback_names(a)
     if len(names) == 1:
         return f"slower than dense {names[0]} at this batch size and ran {names[0]}"
     return (f"slower than the fastest of {', '.join(names)} at this batch size and ran that engine (which one: "

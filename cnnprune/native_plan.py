@@ -75,16 +75,14 @@ class ConvPlan:
     def release(self, everything: bool = False) -> None:
         """Drop the operands of the modes not chosen (what the plan holds is what it runs), or
         with ``everything`` of all modes (the network runs on a dense engine)."""
-        if everything:
-            self.ptr = self.chan = self.off = self.val = self.u = self.dense_weight = self.g = None
-            return
-        if self.mode != "sparse":
+        kept = None if everything else self.mode
+        if kept != "sparse":
             self.ptr = self.chan = self.off = self.val = None
-        if self.mode != "winograd":
+        if kept != "winograd":
             self.u = None
-        if self.mode != "dense":
+        if kept != "dense":
             self.dense_weight = None
-        if self.mode != "gemm":
+        if kept != "gemm":
             self.g = None
 
 

@@ -111,18 +111,23 @@ def test_interleaved_timing_tells_the_slower_functions() -> None:
     assert slow > middle > fast >= 1.0
 
 
-def test_interleaved_timing_times_on_only_what_is_still_open() -> None:
+def counting_sleep(calls, key, seconds: float):
+    """A function that sleeps ``seconds`` and counts its calls in ``calls[key]``."""
     import time
 
+    def run() -> None:
+        calls[key] += 1
+        time.sleep(seconds)
+    return run
+
+
+def test_interleaved_timing_times_on_only_what_is_still_open() -> None:
     from cnnprune.native_plan import interleaved_ms
 
     calls = [0, 0, 0]
 
     def sleeper(i: int, s: float):
-        def run() -> None:
-            calls[i] += 1
-            time.sleep(s)
-        return run
+        return counting_sleep(calls, i, s)
 
     seen: list[list[float]] = []
 
@@ -143,17 +148,12 @@ def test_interleaved_timing_times_on_only_what_is_still_open() -> None:
 
 
 def test_raced_timing_times_close_ways_again_and_plain_losers_once() -> None:
-    import time
-
     from cnnprune.native_plan import raced_ms
 
     calls = {"fast": 0, "near": 0, "slow": 0}
 
     def way(name: str, s: float):
-        def run() -> None:
-            calls[name] += 1
-            time.sleep(s)
-        return run
+        return counting_sleep(calls, name, s)
 
     ms = raced_ms({"fast": way("fast", 0.011), "near": way("near", 0.012), "slow": way("slow", 0.03)},
                   repeats=4, close=0.25)
