@@ -4,7 +4,7 @@ mapped to a native operation or kept as a PyTorch one.
 
 What runs natively (``GraphOp.kind``):
 
-- ``conv``: a convolution (groups 1, dilation 1, square kernel, padding at most 1 — the padded
+- ``conv``: a convolution (any groups, dilation 1, square kernel, padding at most 1 — the padded
   layout's one-pixel border —, stride 1, or stride 2 on an even map), with the BatchNorm after
   it folded in, and fused after it: ReLU or ReLU6, or a residual add (then optionally ReLU),
   when it is their only input of that kind. It then runs as the engine's per-layer choice of
@@ -15,9 +15,9 @@ What runs natively (``GraphOp.kind``):
 - ``linear``: a ``Linear`` layer reading a native global average pool through a flatten (and
   dropouts, the identity in eval mode): the classifier of ResNets and MobileNets.
 
-Depthwise convolutions are ``conv`` ops too: the diagonal of the equivalent dense convolution.
-Everything else — grouped convolutions, other pooling, other linear layers, concatenation,
-attention, layer norms — is a ``torch`` op: it runs in
+Grouped convolutions (depthwise ones included) run as the block diagonal of the equivalent dense
+convolution: the sparse kernel only ever touches its nonzeros. Everything else — other pooling,
+other linear layers, concatenation, attention, layer norms — is a ``torch`` op: it runs in
 PyTorch between native segments, on tensors converted from and to the native layout, so the
 plan is always correct; ``why`` says what kept it there (``plan_summary``).
 """
@@ -61,7 +61,7 @@ class GraphOp:
     nonneg: bool = False
     fused: list[str] = field(default_factory=list)
     in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
-    depthwise: bool = False  # a depthwise convolution, its weight the diagonal of a dense one
+    grouped: bool = False  # a grouped (or depthwise) convolution, its weight block-diagonal in a dense one
     border: int = 1  # zero border (pixels) of its input buffer: its padding, for a first conv padded wider than 1
 
 
@@ -147,7 +147,7 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 def fold_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, native: bool = True) -> FoldedConv:
     """The convolution with ``bn`` (eval statistics) folded in, float32 numpy, zeros kept; a
-    depthwise one that runs natively as the diagonal of a dense one (``depthwise``)."""
+    grouped one that runs natively as the block diagonal of a dense one (``_block_diagonal``)."""
     w = conv.weight.detach().float().numpy()
     bias = conv.bias.detach().float().numpy() if conv.bias is not None else np.zeros(w.shape[0], np.float32)
     if bn is not None:
@@ -157,28 +157,25 @@ def fold_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, native: boo
         w = w * scale.reshape(-1, 1, 1, 1)
     padding = conv.padding[0] if isinstance(conv.padding, tuple) else -1
     bias = np.ascontiguousarray(bias, dtype=np.float32)
-    if native and depthwise(conv):
-        return FoldedConv(name, _diagonal(w.astype(np.float32)), bias, conv.stride[0], padding,
-                          (w.shape[0], w.shape[0], *w.shape[2:]))
+    if native and conv.groups > 1:
+        return FoldedConv(name, _block_diagonal(w.astype(np.float32), conv.groups), bias, conv.stride[0], padding,
+                          (w.shape[0], conv.in_channels, *w.shape[2:]))
     return FoldedConv(name, np.ascontiguousarray(w, dtype=np.float32), bias, conv.stride[0], padding)
 
 
-def _diagonal(w: np.ndarray) -> Csr:
-    """A depthwise weight (C, 1, k, k) as the CSR of the (C, C·k·k) matrix of the equivalent
-    dense convolution: row c holds channel c's nonzero taps at columns c·k·k + tap."""
-    c, _, kh, kw = w.shape
-    flat = w.reshape(c, kh * kw)
-    rows, taps = np.nonzero(flat)
-    indptr = np.zeros(c + 1, dtype=np.int32)
-    indptr[1:] = np.cumsum(np.bincount(rows, minlength=c))
-    return Csr(indptr, (rows * kh * kw + taps).astype(np.int32), np.ascontiguousarray(flat[rows, taps]))
-
-
-def depthwise(conv: nn.Conv2d) -> bool:
-    """One filter per channel (groups = in = out channels): the sparse kernel runs it as a
-    convolution whose (C, C, k, k) weight is nonzero on the diagonal only (k·k nonzeros per
-    output channel, all reading its own input channel)."""
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+def _block_diagonal(w: np.ndarray, groups: int) -> Csr:
+    """A grouped weight (Cout, Cin/g, k, k) as the CSR of the (Cout, Cin·k·k) matrix of the
+    equivalent dense convolution: output channel o of group o // (Cout/g) reads only that group's
+    input channels, so row o holds its nonzero taps at columns (first input channel of its group +
+    i)·k·k + tap. Depthwise (g = Cin = Cout): the diagonal, k·k nonzeros per output channel, each
+    reading its own input channel."""
+    cout, cin_g, kh, kw = w.shape
+    flat = w.reshape(cout, cin_g * kh * kw)
+    rows, cols = np.nonzero(flat)
+    first = (rows // (cout // groups)) * cin_g  # the first input channel of each row's group
+    indptr = np.zeros(cout + 1, dtype=np.int32)
+    indptr[1:] = np.cumsum(np.bincount(rows, minlength=cout))
+    return Csr(indptr, (first * kh * kw + cols).astype(np.int32), np.ascontiguousarray(flat[rows, cols]))
 
 
 def conv_why(conv: nn.Conv2d, hin: int, win: int, reads_input: bool = False) -> str:
@@ -186,8 +183,6 @@ def conv_why(conv: nn.Conv2d, hin: int, win: int, reads_input: bool = False) -> 
     it is the only reader of the model's input, which is packed with a border as wide as its
     padding (other buffers have a 1-pixel border)."""
     k, s, p = conv.kernel_size, conv.stride, conv.padding
-    if conv.groups != 1 and not depthwise(conv):
-        return f"grouped ({conv.groups} groups)"
     if isinstance(p, str) or conv.padding_mode != "zeros" or conv.dilation != (1, 1):
         return "padding mode or dilation"
     if k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
@@ -282,7 +277,7 @@ class _Builder:
         op = GraphOp("conv" if not why else "torch", node.target, [self.value(node.args[0])], last.name, _shape(last),
                      conv=folded, act=act, why=why, nonneg=act in NONNEG_ACTS,
                      fused=[n.name for n in fused if n is not node], in_shape=_shape(node.args[0]),
-                     depthwise=depthwise(module) and not why, border=max(1, module.padding[0]) if not why else 1)
+                     grouped=module.groups > 1 and not why, border=max(1, module.padding[0]) if not why else 1)
         if residual is not None:
             op.residual = residual.name  # resolved when emitted
             op.inputs.append(residual.name)

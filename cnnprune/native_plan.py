@@ -53,7 +53,7 @@ class ConvPlan:
     u: np.ndarray | None = None
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
-    dense_ok: bool = True  # the host's dense mode may run it (not a depthwise one: its dense weight is C times larger)
+    dense_ok: bool = True  # the host's dense mode may run it (not a grouped one: its dense weight is groups times larger)
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
     border: int = 1  # pixels of zero border around its input buffer (wider only for a first conv with wider padding)
     direct: bool = False  # stride 2 read from the input itself, no phase planes (``kernels.direct_stride2``)

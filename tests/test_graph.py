@@ -18,7 +18,7 @@ from torch.nn.utils import prune
 from cnnprune import csr, sparse
 from cnnprune.archs import ModelSpec, build
 from cnnprune.errors import CnnpruneError
-from cnnprune.graph import trace
+from cnnprune.graph import fold_conv, trace
 from cnnprune.graph_engine import GraphEngine
 from cnnprune.kernels import library
 from cnnprune.native import NativeSparseResNet, fallback_names
@@ -76,8 +76,8 @@ def test_stride_2_at_one_vector_per_pixel_reads_its_input_directly(arch: str, am
 
 class Odd(nn.Module):
     """Ops the kernels lack between native ones: concatenation, sigmoid gating, a 5x5 padding-2
-    convolution, average pooling, a grouped convolution, a 5x5 depthwise one; and a native 3x3
-    depthwise convolution, a residual add of two convolutions."""
+    convolution, average pooling, a 5x5 depthwise one; and native ones: a 3x3 depthwise
+    convolution, a grouped one, a residual add of two convolutions."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,7 +108,7 @@ def test_ops_without_kernels_run_in_pytorch_between_native_ones() -> None:
     assert rows["b"]["runs"] == "pytorch" and "padding 2" in rows["b"]["why"]
     assert rows["dw"]["runs"] == "sparse", "a 3x3 depthwise convolution runs natively"
     assert rows["dw5"]["runs"] == "pytorch" and "padding 2" in rows["dw5"]["why"]
-    assert rows["grouped"]["runs"] == "pytorch" and rows["grouped"]["why"] == "grouped (4 groups)"
+    assert rows["grouped"]["runs"] == "sparse", "a grouped convolution runs natively (block diagonal)"
     assert rows["cat"]["runs"] == "pytorch" and "cat" in rows["cat"]["why"]
     assert "relu6" in rows["d"]["fused"], "ReLU6 fused into the convolution before it"
 
@@ -161,6 +161,55 @@ def test_mobilenet_v3_matches_eager() -> None:
         engine = check(model, 64, batch, calibrate=False, layer_mode="sparse")
     acts = {op.act for op in engine.engine.graph.ops if op.kind == "conv"}
     assert "hardswish" in acts
+
+
+class Grouped(nn.Module):
+    """Grouped convolutions of every kind the kernels run: 3x3 stride 1 and 2 (the direct
+    stride-2 kernel at one vector per pixel), a 1x1 one (a span), with more and fewer output
+    channels than input ones, a residual add and ReLU after them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.g3 = nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False)
+        self.bn = nn.BatchNorm2d(32)
+        self.g3s2 = nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=8)
+        self.g1 = nn.Conv2d(32, 16, 1, groups=2)
+        self.g1b = nn.Conv2d(16, 32, 1, groups=16)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.g3(torch.relu(self.a(x)))))
+        y = torch.relu(self.g3s2(y))
+        y = torch.relu(self.g1b(torch.relu(self.g1(y))) + y)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_block_diagonal_is_the_grouped_convolution() -> None:
+    """The CSR of a grouped weight, expanded, convolves like the grouped convolution itself."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(12, 8, 3, padding=1, groups=4)
+    with torch.no_grad():
+        conv.weight[conv.weight.abs() < 0.1] = 0
+    folded = fold_conv("g", conv, None)
+    assert folded.shape == (8, 12, 3, 3) and folded.nnz == int((conv.weight != 0).sum())
+    x = torch.randn(2, 12, 9, 9)
+    with torch.no_grad():
+        want = conv(x)
+    got = F.conv2d(x, torch.from_numpy(folded.dense()), torch.from_numpy(folded.bias), padding=1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "gemm", "winograd", None])
+def test_grouped_convolutions_run_natively(mode: str | None) -> None:
+    torch.manual_seed(7)
+    model = pruned(Grouped(), 0.5)
+    for batch in (1, 3, library().vector_width()):
+        engine = check(model, 16, batch, calibrate=mode is None, layer_mode=mode)
+    rows = {r["op"]: r for r in engine.plan_summary(3)}
+    assert all(rows[name]["runs"] == "sparse" for name in ("g3", "g3s2", "g1", "g1b")), \
+        "grouped layers run the sparse kernel in every mode (no dense, GEMM or Winograd form)"
+    assert "bn" in rows["g3"]["fused"] and "add" in rows["g1b"]["fused"]
 
 
 class Heads(nn.Module):
