@@ -12,8 +12,9 @@ What runs natively (``GraphOp.kind``):
 - ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative map (the zero
   border stands for -inf only where every value is ≥ 0), after a native op or a PyTorch one.
 - ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)`` or the function) of a native map.
-- ``linear``: a ``Linear`` layer reading a native global average pool through a flatten (and
-  dropouts, the identity in eval mode): the classifier of ResNets and MobileNets.
+- ``linear``: a ``Linear`` layer reading a native global average pool through a flatten: the
+  classifier of ResNets and MobileNets. Dropouts and stochastic depth, the identity in eval
+  mode, are removed from the graph first (``_drop_identities``).
 
 Grouped convolutions (depthwise ones included) run as the block diagonal of the equivalent dense
 convolution: the sparse kernel only ever touches its nonzeros. Everything else — other pooling,
@@ -37,9 +38,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import BN_EPS, Csr, FoldedConv
 
-ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}  # the kernels' activation codes (step_t.relu)
+ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}  # the kernels' activation codes (step_t.relu)
 ACT_NAMES = {code: name for name, code in ACTS.items()}
-NONNEG_ACTS = ("relu", "relu6")  # activations whose output is never negative (hardswish's reaches -3/8)
+NONNEG_ACTS = ("relu", "relu6")  # activations whose output is never negative (hardswish's reaches -3/8, silu's -0.28)
 
 
 @dataclass
@@ -88,8 +89,8 @@ def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
 
 
 def activation(node: fx.Node, modules: dict) -> str | None:
-    """"relu", "relu6" or "hardswish" where ``node`` is that activation (module, function or
-    method), else None."""
+    """"relu", "relu6", "hardswish" or "silu" where ``node`` is that activation (module, function
+    or method), else None."""
     if node.op == "call_module":
         m = modules[node.target]
         if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
@@ -102,8 +103,8 @@ def activation(node: fx.Node, modules: dict) -> str | None:
     return None
 
 
-_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish"}
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish"}
+_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.silu: "silu"}
 
 
 def apply_activation(y: torch.Tensor, act: str) -> torch.Tensor:
@@ -114,6 +115,8 @@ def apply_activation(y: torch.Tensor, act: str) -> torch.Tensor:
         return y.clamp_(0, 6)
     if act == "hardswish":
         return F.hardswish(y, inplace=True)
+    if act == "silu":
+        return F.silu(y, inplace=True)
     return y
 
 
@@ -312,9 +315,6 @@ class _Builder:
     def other(self, node: fx.Node) -> None:
         module = self.modules.get(node.target) if node.op == "call_module" else None
         ins = [self.value(n) for n in node.all_input_nodes]
-        if isinstance(module, nn.Dropout):  # eval mode: the identity
-            self.alias[node] = node.args[0]
-            return
         shape = _shape(node)
         if isinstance(module, nn.MaxPool2d):  # native even after a PyTorch op: PyTorch's NCHW pool is slower than the conversion
             k, s, p = module.kernel_size, module.stride, module.padding
@@ -344,17 +344,10 @@ class _Builder:
                           nonneg=activation(node, self.modules) in NONNEG_ACTS))
 
     def _read_by_linear_only(self, node: fx.Node) -> bool:
-        """Every reader of ``node``, through dropouts, is a ``Linear`` module (which then runs
-        natively on the flat pool; any other reader would need the flattened tensor)."""
+        """Every reader of ``node`` is a ``Linear`` module (which then runs natively on the flat
+        pool; any other reader would need the flattened tensor)."""
         readers = list(node.users)
-        for user in readers:
-            module = self.modules.get(user.target) if user.op == "call_module" else None
-            if isinstance(module, nn.Dropout):
-                if not self._read_by_linear_only(user):
-                    return False
-            elif not isinstance(module, nn.Linear):
-                return False
-        return bool(readers)
+        return bool(readers) and all(_is_module(user, self.modules, nn.Linear) for user in readers)
 
     def _add(self, op: GraphOp) -> None:
         self.ops.append(op)
@@ -395,6 +388,31 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
     except Exception as e:  # torch.fx raises many kinds, all meaning the same to the user
         raise CnnpruneError(f"the native engine could not trace {type(model).__name__} with torch.fx: "
                             f"{str(e).splitlines()[0][:160]}") from None
+    _drop_identities(gm)
     with torch.no_grad():
         ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
     return _Builder(gm).build(input_shape)
+
+
+def _drop_identities(gm: fx.GraphModule) -> None:
+    """Remove the nodes that are the identity in eval mode — dropouts, ``nn.Identity``,
+    torchvision's stochastic depth (EfficientNet's, before its residual add) — so that what they
+    stand between fuses (a residual add into the convolution before it, a classifier into the
+    pool)."""
+    from torchvision.ops import stochastic_depth
+
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        module = modules.get(node.target) if node.op == "call_module" else None
+        dropout = isinstance(module, (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity)) and not module.training
+        depth = node.op == "call_function" and node.target is stochastic_depth and _eval_call(node, 3, "training")
+        if (dropout or depth) and node.args:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _eval_call(node: fx.Node, index: int, name: str) -> bool:
+    """The call's ``training`` argument (position ``index`` or keyword ``name``) is False."""
+    value = node.args[index] if len(node.args) > index else node.kwargs.get(name, True)
+    return value is False

@@ -163,6 +163,17 @@ def test_mobilenet_v3_matches_eager() -> None:
     assert "hardswish" in acts
 
 
+def test_efficientnet_fuses_silu_and_the_residual_past_stochastic_depth() -> None:
+    torch.manual_seed(0)
+    model = pruned(build("efficientnet_b0", 10), 0.8)
+    for batch in (1, 3):
+        engine = check(model, 64, batch, calibrate=False, layer_mode="sparse")
+    convs = [op for op in engine.engine.graph.ops if op.kind == "conv"]
+    assert sum(op.act == "silu" for op in convs) >= 30, "SiLU fused into the convolutions before it"
+    assert sum(op.residual is not None for op in convs) == 9, "stochastic depth (eval: identity) removed before the add"
+    assert not any("stochastic_depth" in op.why or "Dropout" in op.why for op in engine.engine.graph.ops)
+
+
 class Grouped(nn.Module):
     """Grouped convolutions of every kind the kernels run: 3x3 stride 1 and 2 (the direct
     stride-2 kernel at one vector per pixel), a 1x1 one (a span), with more and fewer output

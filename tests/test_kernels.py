@@ -109,13 +109,13 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
 def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) -> None:
     """1x1 convolutions over each plane's interior span: every map width (spans shorter than a
     vector, rounded up into the bottom border, or not), stride 2 on the subsampled input,
-    residual, ReLU, ReLU6 and hardswish, and the border zero afterwards (the span computes the border
+    residual, ReLU, ReLU6, hardswish and SiLU, and the border zero afterwards (the span computes the border
     pixels between rows)."""
     conv = random_conv(20, 40, 1, stride, density, seed=n * 7 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
     res = torch.randn(n, 40, hw // stride, hw // stride, generator=torch.Generator().manual_seed(n))
     plain = reference(conv, x, None, False)
-    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2), (res, 3)):
+    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2), (res, 3), (None, 4)):
         want = plain if r is None else plain + r
         want = apply_activation(want.clone(), ACT_NAMES[act])
         for group, threads, narrow, gemm in ((20, 1, True, False), (3, 2, True, False), (7, 2, False, False),
@@ -125,13 +125,29 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
             assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm)
 
 
+@pytest.mark.parametrize("act", [1, 2, 3, 4])
+def test_activations_match_pytorch_over_their_whole_range(act: int) -> None:
+    """Each fused activation (graph.ACTS) through an identity 1x1 convolution, on values from
+    -120 to 120 (SiLU's exp is clamped beyond about +-88) and around the bends: within float
+    rounding of PyTorch's in float64."""
+    c = 8
+    conv = FoldedConv("identity", np.eye(c, dtype=np.float32).reshape(c, c, 1, 1), np.zeros(c, np.float32), 1, 0)
+    values = torch.cat([torch.linspace(-120, 120, 4001), torch.linspace(-4, 4, 3001), torch.tensor([0.0, -0.0, 1e-30])])
+    x = torch.zeros(c * 80 * 96)
+    x[:values.numel()] = values
+    x = x.reshape(1, c, 80, 96)
+    got = to_nchw(run_span(conv, x, c, 2, None, act)).double()
+    want = apply_activation(x.double(), ACT_NAMES[act])
+    assert ((got - want).abs() <= 1e-6 * want.abs() + 1e-30).all(), (got - want).abs().max()
+
+
 def test_residual_and_no_relu() -> None:
     conv = random_conv(16, 16, 3, 1, 0.3, seed=7)
     x = torch.randn(3, 16, 6, 6)
     res = torch.randn(3, 16, 6, 6)
-    for relu in (False, True):
+    for relu in (False, True, 2, 3, 4):
         got = run_kernel(conv, x, group=4, threads=2, res=res, relu=relu)
-        assert (got - reference(conv, x, res, relu)).abs().max() <= 1e-4
+        assert (got - reference(conv, x, res, relu)).abs().max() <= 1e-4, relu
     assert (run_kernel(conv, x, group=4, threads=2, relu=False) < 0).any(), "negative outputs kept without ReLU"
 
 
@@ -205,7 +221,7 @@ def test_winograd_matches_conv2d(n: int, hw: int, fused: bool) -> None:
     conv = random_conv(20, 24, 3, 1, 0.6, seed=n * 10 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(n))
     res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n + 1))
-    for r, relu in ((None, True), (res, True), (res, False), (res, 2), (res, 3)):
+    for r, relu in ((None, True), (res, True), (res, False), (res, 2), (res, 3), (None, 4)):
         want = reference(conv.__class__(conv.name, conv.weight.astype(np.float64), conv.bias.astype(np.float64), 1, 1), x.double(),
                          None if r is None else r.double(), relu)
         for threads in (1, 2):

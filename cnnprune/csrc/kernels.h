@@ -28,19 +28,39 @@ typedef int32_t i_v2 __attribute__((vector_size(8)));
 typedef int32_t i_v1 __attribute__((vector_size(4)));
 
 /* The activations fused into a convolution's store (step_t.relu; graph.ACTS): max(a, 0),
- * min(max(a, 0), 6), and hardswish a * min(max(a + 3, 0), 6) / 6 (MobileNetV3), on a vector
- * type VT of any width (its integer twin i_VT masks the lanes). */
-enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3 };
+ * min(max(a, 0), 6), hardswish a * min(max(a + 3, 0), 6) / 6 (MobileNetV3), and SiLU
+ * a / (1 + exp(-a)) (EfficientNet), on a vector type VT of any width (its integer twin i_VT
+ * masks the lanes; GCC's C has no vector ?:). */
+enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3, ACT_SILU = 4 };
+#define VSELECT(VT, m, a, b) ((VT)(((i_##VT)(a) & (m)) | ((i_##VT)(b) & ~(m))))
 #define RELU6_OF(VT, x) ({                                                                     \
         const VT z_ = {0}, six_ = z_ + 6.0f;                                                    \
         VT r_ = (VT)((i_##VT)(x) & ((x) > z_));                                                 \
-        const i_##VT m_ = r_ > six_;                                                            \
-        (VT)(((i_##VT)r_ & ~m_) | ((i_##VT)six_ & m_)); })
+        VSELECT(VT, r_ > six_, six_, r_); })
+/* exp(x) for x in [-87, 88] (clamped there: beyond, SiLU is 0 or a within float rounding):
+ * x = n ln2 + r with n = round(x / ln2) (the 1.5 * 2^23 trick: adding it leaves n in the low
+ * mantissa bits), ln2 in two parts so r is exact, exp(r) on [-ln2/2, ln2/2] by Cephes' degree-7
+ * polynomial (relative error about 1e-7), times 2^n made in the exponent bits. */
+#define EXP_OF(VT, x) ({                                                                       \
+        const VT z_ = {0}, hi_ = z_ + 88.0f, lo_ = z_ - 87.0f, magic_ = z_ + 12582912.0f;       \
+        VT x_ = (x);                                                                           \
+        x_ = VSELECT(VT, x_ > hi_, hi_, x_);                                                    \
+        x_ = VSELECT(VT, x_ < lo_, lo_, x_);                                                    \
+        const VT t_ = x_ * 1.44269504088896341f + magic_, n_ = t_ - magic_;                     \
+        const VT r_ = x_ - n_ * 0.693359375f + n_ * 2.12194440e-4f;                             \
+        VT p_ = r_ * 1.9875691500e-4f + 1.3981999507e-3f;                                       \
+        p_ = p_ * r_ + 8.3334519073e-3f;                                                        \
+        p_ = p_ * r_ + 4.1665795894e-2f;                                                        \
+        p_ = p_ * r_ + 1.6666665459e-1f;                                                        \
+        p_ = p_ * r_ + 5.0000001201e-1f;                                                        \
+        p_ = p_ * r_ * r_ + r_ + 1.0f;                                                          \
+        p_ * (VT)((((i_##VT)t_ - (i_##VT)magic_) + 127) << 23); })
 #define ACTIVATE(VT, x, act) ({                                                                \
         const VT a_ = (x), z0_ = {0};                                                           \
         (act) == ACT_RELU ? (VT)((i_##VT)a_ & (a_ > z0_))                                       \
         : (act) == ACT_RELU6 ? RELU6_OF(VT, a_)                                                 \
-        : a_ * RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f); })
+        : (act) == ACT_HARDSWISH ? a_ * RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f)                 \
+        : a_ / (EXP_OF(VT, -a_) + 1.0f); })
 
 /* A forward pass as a list of steps run inside one parallel region: the threads meet at the
  * barrier that closes each step's loop instead of being started and stopped per operation,
