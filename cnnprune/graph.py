@@ -4,13 +4,16 @@ mapped to a native operation or kept as a PyTorch one.
 
 What runs natively (``GraphOp.kind``):
 
-- ``conv``: a convolution (any groups, dilation 1, square kernel, padding at most 1 — the padded
-  layout's one-pixel border —, stride 1, or stride 2 on an even map), with the BatchNorm after
+- ``conv``: a convolution (any groups, dilation 1, square kernel and padding — a padding wider
+  than the layout's one-pixel border reads a copy with a wider one —, stride 1, or stride 2 on
+  an even map), with the BatchNorm after
   it folded in, and fused after it: ReLU or ReLU6, or a residual add (then optionally ReLU),
   when it is their only input of that kind. It then runs as the engine's per-layer choice of
   sparse kernel, Winograd or dense oneDNN (:mod:`cnnprune.engine`).
 - ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative map (the zero
   border stands for -inf only where every value is ≥ 0), after a native op or a PyTorch one.
+- ``scale``: a native map times per-channel factors computed in PyTorch (the gate of a
+  squeeze-and-excitation block), so that the map stays in the padded layout.
 - ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)`` or the function) of a native map.
 - ``linear``: a ``Linear`` layer reading a native global average pool through a flatten: the
   classifier of ResNets and MobileNets. Dropouts and stochastic depth, the identity in eval
@@ -63,7 +66,7 @@ class GraphOp:
     fused: list[str] = field(default_factory=list)
     in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
     grouped: bool = False  # a grouped (or depthwise) convolution, its weight block-diagonal in a dense one
-    border: int = 1  # zero border (pixels) of its input buffer: its padding, for a first conv padded wider than 1
+    border: int = 1  # zero border (pixels) of its input buffer: its padding where that is wider than 1
 
 
 @dataclass
@@ -80,7 +83,7 @@ class Graph:
 
     @property
     def input_border(self) -> int:
-        """Zero border of the packed input: wide enough for the padding of the conv that reads it."""
+        """Zero border of the packed input: the widest padding of the convs that read it."""
         return max([op.border for op in self.ops if op.kind == "conv" and self.input in op.inputs], default=1)
 
 
@@ -144,6 +147,20 @@ def _is_flatten(node: fx.Node, module: nn.Module | None) -> bool:
     return call and node.args[1:] in ((1,), (1, -1)) and not node.kwargs
 
 
+def _channel_scale(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """(map, factors) where ``node`` multiplies a (C, H, W) map by (C, 1, 1) factors per image,
+    in either order (a squeeze-and-excitation gate), else None."""
+    if node.op != "call_function" or node.target not in (operator.mul, torch.mul) or node.kwargs \
+            or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return None
+    a, b = node.args
+    for x, s in ((a, b), (b, a)):
+        shape, factors = _shape(x), _shape(s)
+        if len(shape) == 3 and factors == (shape[0], 1, 1) and _shape(node) == shape:
+            return x, s
+    return None
+
+
 def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
@@ -181,17 +198,15 @@ def _block_diagonal(w: np.ndarray, groups: int) -> Csr:
     return Csr(indptr, (first * kh * kw + cols).astype(np.int32), np.ascontiguousarray(flat[rows, cols]))
 
 
-def conv_why(conv: nn.Conv2d, hin: int, win: int, reads_input: bool = False) -> str:
-    """Why the native kernels cannot run this convolution ("" where they can). ``reads_input``:
-    it is the only reader of the model's input, which is packed with a border as wide as its
-    padding (other buffers have a 1-pixel border)."""
+def conv_why(conv: nn.Conv2d, hin: int, win: int) -> str:
+    """Why the native kernels cannot run this convolution ("" where they can). Any padding: a
+    convolution padded by p > 1 reads its input with a p-pixel border (the packed model input
+    where it is the widest reader, else a copy, ``graph_engine._Program.padded``)."""
     k, s, p = conv.kernel_size, conv.stride, conv.padding
     if isinstance(p, str) or conv.padding_mode != "zeros" or conv.dilation != (1, 1):
         return "padding mode or dilation"
     if k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
         return "non-square kernel, stride or padding"
-    if p[0] > 1 and not reads_input:
-        return f"padding {p[0]} (the native layout has a 1-pixel border; only the input's is wider)"
     if s[0] not in (1, 2):
         return f"stride {s[0]}"
     if s[0] == 2 and (hin % 2 or win % 2):
@@ -272,9 +287,7 @@ class _Builder:
                 act, fused = "relu", fused + [after]
         self.absorbed.update(fused)
         hin, win = _shape(node.args[0])[1:3]
-        src = node.args[0]
-        reads_input = isinstance(src, fx.Node) and src.op == "placeholder" and len(src.users) == 1
-        why = conv_why(module, hin, win, reads_input)
+        why = conv_why(module, hin, win)
         folded = fold_conv(node.target, module, bn, native=not why)
         last = fused[-1]
         op = GraphOp("conv" if not why else "torch", node.target, [self.value(node.args[0])], last.name, _shape(last),
@@ -323,6 +336,10 @@ class _Builder:
                     and not module.ceil_mode and h % 2 == 0 and w % 2 == 0 and ins[0] in self.nonneg:
                 self._add(GraphOp("maxpool", node.name, ins, node.name, shape, nonneg=True))
                 return
+        gated = _channel_scale(node)
+        if gated is not None and self.value(gated[0]) in self.native:
+            self._add(GraphOp("scale", node.name, [self.value(gated[0]), self.value(gated[1])], node.name, shape))
+            return
         if _global_avgpool(node, module) and ins[0] in self.native:
             self._add(GraphOp("avgpool", node.name, ins[:1], node.name, shape))
             self.pooled.add(node.name)

@@ -120,8 +120,24 @@ class _Program:
         last[self.e.graph.output] = len(self.e.graph.ops)
         return last
 
-    def padded(self, v: str) -> np.ndarray:
-        """``v`` in the padded layout, converted from its tensor where it has none yet."""
+    def padded(self, v: str, border: int = 1) -> np.ndarray:
+        """``v`` in the padded layout with a zero border of ``border`` pixels: its buffer
+        (converted from its tensor where it has none yet), or a copy with that border, made now
+        for one reader (the caller gives it back to the pool after that reader: ``_conv``)."""
+        from cnnprune.kernels import REPAD, Step
+
+        buf = self._padded(v)
+        have = self.e.graph.input_border if v == self.e.graph.input else 1
+        if border == have:
+            return buf
+        c, h, w = self.shapes.get(v, self.e.input_shape)
+        wide = self.pool.padded(c, h, w, self.n, border)
+        self.items.append(Step(kind=REPAD, src=buf.ctypes.data, C=c, H=h, W=w, N=self.n, k=have, pad=border,
+                               dst=wide.ctypes.data))
+        self.keep += [buf, wide]
+        return wide
+
+    def _padded(self, v: str) -> np.ndarray:
         if v in self.pads:
             return self.pads[v]
         from cnnprune.kernels import PACK, Step
@@ -175,7 +191,8 @@ class _Program:
 
     def _conv(self, op: GraphOp) -> None:
         p = self.plan["convs"][op.output]
-        src = self.padded(op.inputs[0])
+        src = self.padded(op.inputs[0], op.border)
+        copy = src if src is not self.pads.get(op.inputs[0]) else None  # a wider-bordered copy for this conv only
         res = self.padded(op.residual) if op.residual is not None else None
         c, h, w = op.shape
         dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
@@ -183,6 +200,7 @@ class _Program:
         self.keep += [src, res, dst]
         if p.mode == "dense":
             self.items.append(self.e.dense_conv(p, src, dst, res, relu))
+            self.pool.give(copy)
             return
         phase = None
         if p.mode in ("sparse", "gemm") and p.conv.stride == 2 and not p.direct:  # see NativeEngine._phase
@@ -191,7 +209,7 @@ class _Program:
                 self.pool.phase(cin, (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
-        self.pool.give(phase)
+        self.pool.give(phase, copy)
 
     def _maxpool(self, op: GraphOp) -> None:
         from cnnprune.kernels import MAXPOOL, Step
@@ -202,6 +220,20 @@ class _Program:
         self.items.append(Step(kind=MAXPOOL, src=src.ctypes.data, C=c, H=src.shape[1] - 2, W=src.shape[2] - 2, N=self.n,
                                dst=dst.ctypes.data))
         self.keep += [src, dst]
+
+    def _scale(self, op: GraphOp) -> None:
+        from cnnprune.kernels import SCALE, Step
+
+        src = self.padded(op.inputs[0])
+        get = self.tensor(op.inputs[1])
+        c, h, w = op.shape
+        factors = self.arena.zeros((self.n, c))
+        view = torch.from_numpy(factors)
+        self.items.append(lambda: view.copy_(get().reshape(-1, c).expand(view.shape)))
+        dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
+        self.items.append(Step(kind=SCALE, src=src.ctypes.data, C=c, H=h, W=w, N=self.n, val=factors.ctypes.data,
+                               dst=dst.ctypes.data))
+        self.keep += [src, dst, factors]
 
     def _avgpool(self, op: GraphOp) -> None:
         from cnnprune.kernels import AVGPOOL, Step

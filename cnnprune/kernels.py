@@ -32,9 +32,10 @@ _SIGNATURES = {
     "run_steps": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
 }
 
-SOURCES = ("sparse_conv.c", "winograd.c", "gemm1x1.c", "kernels.h")
+SOURCES = ("sparse_conv.c", "winograd.c", "gemm1x1.c", "maps.c", "kernels.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2 = range(14)
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2, \
+    SCALE, REPAD = range(16)
 
 
 class Step(ctypes.Structure):

@@ -75,9 +75,11 @@ def test_stride_2_at_one_vector_per_pixel_reads_its_input_directly(arch: str, am
 
 
 class Odd(nn.Module):
-    """Ops the kernels lack between native ones: concatenation, sigmoid gating, a 5x5 padding-2
-    convolution, average pooling, a 5x5 depthwise one; and native ones: a 3x3 depthwise
-    convolution, a grouped one, a residual add of two convolutions."""
+    """Ops the kernels lack between native ones: concatenation, sigmoid gating, average pooling;
+    and native ones: a 5x5 padding-2 convolution beside a 3x3 one on the model's input (packed
+    with a 2-pixel border, copied with 1 for the other), a 5x5 depthwise one inside the network
+    (a copy of its input with a 2-pixel border), a 3x3 depthwise convolution, a grouped one, a
+    residual add of two convolutions."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,9 +107,9 @@ def test_ops_without_kernels_run_in_pytorch_between_native_ones() -> None:
     engine = check(model, 12, 2, calibrate=False, layer_mode="sparse")
     rows = {r["op"]: r for r in engine.plan_summary(2)}
     assert rows["a"]["runs"] == "sparse" and rows["d"]["runs"] == "sparse"
-    assert rows["b"]["runs"] == "pytorch" and "padding 2" in rows["b"]["why"]
+    assert rows["b"]["runs"] == "sparse", "padding 2 on the model's input"
     assert rows["dw"]["runs"] == "sparse", "a 3x3 depthwise convolution runs natively"
-    assert rows["dw5"]["runs"] == "pytorch" and "padding 2" in rows["dw5"]["why"]
+    assert rows["dw5"]["runs"] == "sparse", "padding 2 inside the network"
     assert rows["grouped"]["runs"] == "sparse", "a grouped convolution runs natively (block diagonal)"
     assert rows["cat"]["runs"] == "pytorch" and "cat" in rows["cat"]["why"]
     assert "relu6" in rows["d"]["fused"], "ReLU6 fused into the convolution before it"
@@ -171,6 +173,8 @@ def test_efficientnet_fuses_silu_and_the_residual_past_stochastic_depth() -> Non
     convs = [op for op in engine.engine.graph.ops if op.kind == "conv"]
     assert sum(op.act == "silu" for op in convs) >= 30, "SiLU fused into the convolutions before it"
     assert sum(op.residual is not None for op in convs) == 9, "stochastic depth (eval: identity) removed before the add"
+    assert sum(op.kind == "scale" for op in engine.engine.graph.ops) == 16, "every squeeze-excitation gate native"
+    assert {op.border for op in convs} == {1, 2}, "the 5x5 depthwise convolutions read 2-pixel borders"
     assert not any("stochastic_depth" in op.why or "Dropout" in op.why for op in engine.engine.graph.ops)
 
 

@@ -301,6 +301,31 @@ def test_pack_moves_each_image_into_the_padded_layout(n: int, c: int, h: int, w:
     assert np.array_equal(dst, want), "every pixel moved, the border left zero"
 
 
+@pytest.mark.parametrize("n, sb, db", [(1, 1, 2), (3, 3, 1), (16, 1, 3)])
+def test_repad_copies_the_interior_into_another_border(n: int, sb: int, db: int) -> None:
+    from cnnprune.kernels import REPAD
+
+    x = np.random.default_rng(n).standard_normal((5, 6, 7, n), dtype=np.float32)
+    src, dst = padded(5, 6, 7, n, border=sb), padded(5, 6, 7, n, border=db)
+    src[:, sb:-sb, sb:-sb] = x
+    step = Step(kind=REPAD, src=src.ctypes.data, C=5, H=6, W=7, N=n, k=sb, pad=db, dst=dst.ctypes.data)
+    library().run_steps((Step * 1)(step), 1, 2)
+    assert np.array_equal(dst, np.pad(x, ((0, 0), (db, db), (db, db), (0, 0))))
+
+
+@pytest.mark.parametrize("n", [1, 3, 16])
+def test_scale_multiplies_each_channel_of_each_image(n: int) -> None:
+    from cnnprune.kernels import SCALE
+
+    x = torch.randn(n, 6, 5, 4)
+    factors = np.random.default_rng(n).random((n, 6), dtype=np.float32)
+    src, dst = padded_from(x), padded(6, 5, 4, n)
+    step = Step(kind=SCALE, src=src.ctypes.data, C=6, H=5, W=4, N=n, val=factors.ctypes.data, dst=dst.ctypes.data)
+    library().run_steps((Step * 1)(step), 1, 2)
+    assert_zero_border(dst)
+    assert torch.equal(to_nchw(dst), x * torch.from_numpy(factors)[:, :, None, None])
+
+
 @pytest.mark.parametrize("k, pad, hw", [(3, 1, 8), (3, 1, 7), (3, 1, 2), (3, 1, 30), (1, 0, 8), (7, 3, 12), (5, 2, 9)])
 @pytest.mark.parametrize("density", [0.05, 0.6, 1.0])
 def test_direct_stride_2_matches_conv2d(k: int, pad: int, hw: int, density: float) -> None:

@@ -70,7 +70,7 @@ enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3, ACT_SILU = 4 };
  * sparse_conv.c). */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7,
        STEP_CONV_POOL = 8, STEP_LINEAR = 9, STEP_SPAN = 10,
-       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13 };
+       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13, STEP_SCALE = 14, STEP_REPAD = 15 };
 typedef struct {
     int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, k, stride, pad;
     int64_t src_row;
@@ -94,6 +94,10 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
 void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
+/* maps.c: each channel of a padded map times a per-(image, channel) factor (val: (N, C)); a
+ * padded map copied into one with another border (k: its border, pad: the new one). */
+void scale_body(const float *src, int C, int H, int W, int N, const float *scale, float *dst);
+void repad_body(const float *src, int C, int H, int W, int N, int sb, int db, float *dst);
 /* Per-thread scratch buffers (sparse_conv.c), by use: the fused stem's pooling window, the GEMM's
  * packed input block, Winograd's products of an item and a fused item's transformed input panel. */
 enum { SCRATCH_POOL = 0, SCRATCH_GEMM = 1, SCRATCH_WG_PRODUCTS = 2, SCRATCH_WG_PANEL = 3, SCRATCH_SLOTS = 4 };

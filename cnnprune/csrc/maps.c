@@ -1,0 +1,47 @@
+/* Operations on whole padded maps that are not convolutions.
+ *
+ * Per-channel scaling: the gate of a squeeze-and-excitation block (MobileNetV3,
+ * EfficientNet, RegNetY), y[n, c] = x[n, c] * s[n, c], where s is computed from the pooled map
+ * by PyTorch (a few hundred floats). Run natively, the map itself never leaves the padded
+ * layout: in PyTorch the multiply needed it converted to NCHW and its product converted back. */
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+
+#include "kernels.h"
+
+/* src, dst: padded (C, H+2, W+2, N); scale: (N, C). Only the interior is written (dst's border
+ * stays zero). Work items are rows of the C planes. */
+void scale_body(const float *src, int C, int H, int W, int N, const float *scale, float *dst) {
+    const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row;
+    #pragma omp for schedule(static)
+    for (int64_t i = 0; i < (int64_t)C * H; i++) {
+        const int c = (int)(i / H), y = (int)(i % H) + 1;
+        const int64_t at = c * plane + y * row + N;
+        const float *restrict s = src + at;
+        float *restrict d = dst + at;
+        if (N == 1) {
+            const float k = scale[c];
+            for (int x = 0; x < W; x++) d[x] = s[x] * k;
+            continue;
+        }
+        float k[N];
+        for (int n = 0; n < N; n++) k[n] = scale[(int64_t)n * C + c];
+        for (int x = 0; x < W; x++)
+            for (int n = 0; n < N; n++) d[(int64_t)x * N + n] = s[(int64_t)x * N + n] * k[n];
+    }
+}
+
+/* The same map with another zero border: src (C, H+2sb, W+2sb, N) -> dst (C, H+2db, W+2db, N),
+ * dst's border already zero. A convolution padded by p reads a border of p pixels (EfficientNet's
+ * and MobileNetV3's 5x5 depthwise layers: 2), where every other op writes a border of 1. */
+void repad_body(const float *src, int C, int H, int W, int N, int sb, int db, float *dst) {
+    const int64_t srow = (int64_t)(W + 2 * sb) * N, splane = (int64_t)(H + 2 * sb) * srow;
+    const int64_t drow = (int64_t)(W + 2 * db) * N, dplane = (int64_t)(H + 2 * db) * drow;
+    #pragma omp for schedule(static)
+    for (int64_t i = 0; i < (int64_t)C * H; i++) {
+        const int64_t c = i / H, y = i % H;
+        memcpy(dst + c * dplane + (y + db) * drow + (int64_t)db * N, src + c * splane + (y + sb) * srow + (int64_t)sb * N,
+               (size_t)W * N * sizeof(float));
+    }
+}
