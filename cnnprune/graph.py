@@ -41,9 +41,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import BN_EPS, Csr, FoldedConv
 
-ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}  # the kernels' activation codes (step_t.relu)
+# the kernels' activation codes (step_t.relu; ACT_* in csrc/kernels.h)
+ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "hardsigmoid": 6}
 ACT_NAMES = {code: name for name, code in ACTS.items()}
-NONNEG_ACTS = ("relu", "relu6")  # activations whose output is never negative (hardswish's reaches -3/8, silu's -0.28)
+NONNEG_ACTS = ("relu", "relu6", "sigmoid", "hardsigmoid")  # output never negative (hardswish's reaches -3/8, silu's -0.28)
 
 
 @dataclass
@@ -92,8 +93,8 @@ def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
 
 
 def activation(node: fx.Node, modules: dict) -> str | None:
-    """"relu", "relu6", "hardswish" or "silu" where ``node`` is that activation (module, function
-    or method), else None."""
+    """The name of the activation ``node`` is (module, function or method; a key of ``ACTS``),
+    else None."""
     if node.op == "call_module":
         m = modules[node.target]
         if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
@@ -101,13 +102,15 @@ def activation(node: fx.Node, modules: dict) -> str | None:
         return _ACT_MODULES.get(type(m))
     if node.op == "call_function" and len(node.args) == 1:
         return _ACT_FUNCTIONS.get(node.target)
-    if node.op == "call_method" and node.target == "relu" and len(node.args) == 1:
-        return "relu"
+    if node.op == "call_method" and node.target in ("relu", "sigmoid") and len(node.args) == 1:
+        return node.target
     return None
 
 
-_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.silu: "silu"}
+_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
+                nn.Hardsigmoid: "hardsigmoid"}
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.silu: "silu",
+                  torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.hardsigmoid: "hardsigmoid"}
 
 
 def apply_activation(y: torch.Tensor, act: str) -> torch.Tensor:
@@ -120,6 +123,10 @@ def apply_activation(y: torch.Tensor, act: str) -> torch.Tensor:
         return F.hardswish(y, inplace=True)
     if act == "silu":
         return F.silu(y, inplace=True)
+    if act == "sigmoid":
+        return y.sigmoid_()
+    if act == "hardsigmoid":
+        return F.hardsigmoid(y, inplace=True)
     return y
 
 
@@ -144,7 +151,11 @@ def _is_flatten(node: fx.Node, module: nn.Module | None) -> bool:
         return module.start_dim == 1 and module.end_dim == -1
     call = (node.op == "call_function" and node.target is torch.flatten) or \
         (node.op == "call_method" and node.target == "flatten")
-    return call and node.args[1:] in ((1,), (1, -1)) and not node.kwargs
+    if not call or len(node.args) > 3:
+        return False
+    bound = dict(zip(("input", "start_dim", "end_dim"), node.args)) | dict(node.kwargs)  # by position or keyword
+    return set(bound) <= {"input", "start_dim", "end_dim"} and bound.get("start_dim", 0) == 1 \
+        and bound.get("end_dim", -1) == -1
 
 
 def _channel_scale(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:

@@ -225,14 +225,19 @@ class _Program:
         from cnnprune.kernels import SCALE, Step
 
         src = self.padded(op.inputs[0])
-        get = self.tensor(op.inputs[1])
         c, h, w = op.shape
-        factors = self.arena.zeros((self.n, c))
-        view = torch.from_numpy(factors)
-        self.items.append(lambda: view.copy_(get().reshape(-1, c).expand(view.shape)))
-        dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
-        self.items.append(Step(kind=SCALE, src=src.ctypes.data, C=c, H=h, W=w, N=self.n, val=factors.ctypes.data,
-                               dst=dst.ctypes.data))
+        n = self.n
+        if op.inputs[1] in self.pads:  # a native (C, 1, 1) map: its interior pixel, 9N floats a channel
+            factors = self.pads[op.inputs[1]]
+            at, per_image, per_channel = factors.ctypes.data + 4 * n * factors.itemsize, 1, 9 * n
+        else:  # PyTorch's (N, C, 1, 1), copied per call
+            get, factors = self.tensor(op.inputs[1]), self.arena.zeros((n, c))
+            view = torch.from_numpy(factors)
+            self.items.append(lambda: view.copy_(get().reshape(-1, c).expand(view.shape)))
+            at, per_image, per_channel = factors.ctypes.data, c, 1
+        dst = self.pads[op.output] = self.pool.padded(c, h, w, n)
+        self.items.append(Step(kind=SCALE, src=src.ctypes.data, C=c, H=h, W=w, N=n, val=at, stride=per_image,
+                               src_row=per_channel, dst=dst.ctypes.data))
         self.keep += [src, dst, factors]
 
     def _avgpool(self, op: GraphOp) -> None:

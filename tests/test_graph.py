@@ -165,7 +165,9 @@ def test_mobilenet_v3_matches_eager() -> None:
     assert "hardswish" in acts
 
 
-def test_efficientnet_fuses_silu_and_the_residual_past_stochastic_depth() -> None:
+def test_efficientnet_runs_wholly_natively() -> None:
+    """SiLU fused, stochastic depth removed so the residual add fuses, the squeeze-excitation
+    gate (sigmoid fused, the scale native), the 5x5 depthwise convolutions on wider borders."""
     torch.manual_seed(0)
     model = pruned(build("efficientnet_b0", 10), 0.8)
     for batch in (1, 3):
@@ -174,7 +176,19 @@ def test_efficientnet_fuses_silu_and_the_residual_past_stochastic_depth() -> Non
     assert sum(op.act == "silu" for op in convs) >= 30, "SiLU fused into the convolutions before it"
     assert sum(op.residual is not None for op in convs) == 9, "stochastic depth (eval: identity) removed before the add"
     assert sum(op.kind == "scale" for op in engine.engine.graph.ops) == 16, "every squeeze-excitation gate native"
+    assert sum(op.act == "sigmoid" for op in convs) == 16, "the gate's sigmoid fused into the convolution before it"
     assert {op.border for op in convs} == {1, 2}, "the 5x5 depthwise convolutions read 2-pixel borders"
+    assert not [op.name for op in engine.engine.graph.ops if op.kind == "torch"], "nothing left in PyTorch"
+
+
+@pytest.mark.parametrize("arch, size, amount", [("regnet_y_400mf", 64, 0.8), ("resnext50_32x4d", 32, 0.9)])
+def test_grouped_networks_run_wholly_natively(arch: str, size: int, amount: float) -> None:
+    """RegNetY (grouped 3x3 convolutions, squeeze-excitation with ReLU and sigmoid, a flatten
+    given start_dim by keyword) and ResNeXt (grouped 3x3 convolutions): no op left in PyTorch."""
+    torch.manual_seed(0)
+    model = pruned(build(arch, 10), amount)
+    engine = check(model, size, 2, calibrate=False, layer_mode="sparse")
+    assert not [op.name for op in engine.engine.graph.ops if op.kind == "torch"]
     assert not any("stochastic_depth" in op.why or "Dropout" in op.why for op in engine.engine.graph.ops)
 
 

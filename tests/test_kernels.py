@@ -109,13 +109,13 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
 def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) -> None:
     """1x1 convolutions over each plane's interior span: every map width (spans shorter than a
     vector, rounded up into the bottom border, or not), stride 2 on the subsampled input,
-    residual, ReLU, ReLU6, hardswish and SiLU, and the border zero afterwards (the span computes the border
+    residual, every activation, and the border zero afterwards (the span computes the border
     pixels between rows)."""
     conv = random_conv(20, 40, 1, stride, density, seed=n * 7 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
     res = torch.randn(n, 40, hw // stride, hw // stride, generator=torch.Generator().manual_seed(n))
     plain = reference(conv, x, None, False)
-    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2), (res, 3), (None, 4)):
+    for r, act in ((None, 0), (None, 1), (res, 1), (res, 2), (res, 3), (None, 4), (res, 5), (None, 6)):
         want = plain if r is None else plain + r
         want = apply_activation(want.clone(), ACT_NAMES[act])
         for group, threads, narrow, gemm in ((20, 1, True, False), (3, 2, True, False), (7, 2, False, False),
@@ -125,10 +125,10 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
             assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm)
 
 
-@pytest.mark.parametrize("act", [1, 2, 3, 4])
+@pytest.mark.parametrize("act", [1, 2, 3, 4, 5, 6])
 def test_activations_match_pytorch_over_their_whole_range(act: int) -> None:
     """Each fused activation (graph.ACTS) through an identity 1x1 convolution, on values from
-    -120 to 120 (SiLU's exp is clamped beyond about +-88) and around the bends: within float
+    -120 to 120 (the exp of SiLU and sigmoid is clamped beyond about +-88) and around the bends: within float
     rounding of PyTorch's in float64."""
     c = 8
     conv = FoldedConv("identity", np.eye(c, dtype=np.float32).reshape(c, c, 1, 1), np.zeros(c, np.float32), 1, 0)
@@ -145,7 +145,7 @@ def test_residual_and_no_relu() -> None:
     conv = random_conv(16, 16, 3, 1, 0.3, seed=7)
     x = torch.randn(3, 16, 6, 6)
     res = torch.randn(3, 16, 6, 6)
-    for relu in (False, True, 2, 3, 4):
+    for relu in (False, True, 2, 3, 4, 5, 6):
         got = run_kernel(conv, x, group=4, threads=2, res=res, relu=relu)
         assert (got - reference(conv, x, res, relu)).abs().max() <= 1e-4, relu
     assert (run_kernel(conv, x, group=4, threads=2, relu=False) < 0).any(), "negative outputs kept without ReLU"
@@ -221,7 +221,7 @@ def test_winograd_matches_conv2d(n: int, hw: int, fused: bool) -> None:
     conv = random_conv(20, 24, 3, 1, 0.6, seed=n * 10 + hw)
     x = torch.randn(n, 20, hw, hw, generator=torch.Generator().manual_seed(n))
     res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n + 1))
-    for r, relu in ((None, True), (res, True), (res, False), (res, 2), (res, 3), (None, 4)):
+    for r, relu in ((None, True), (res, True), (res, False), (res, 2), (res, 3), (None, 4), (res, 5), (None, 6)):
         want = reference(conv.__class__(conv.name, conv.weight.astype(np.float64), conv.bias.astype(np.float64), 1, 1), x.double(),
                          None if r is None else r.double(), relu)
         for threads in (1, 2):
@@ -314,16 +314,25 @@ def test_repad_copies_the_interior_into_another_border(n: int, sb: int, db: int)
 
 
 @pytest.mark.parametrize("n", [1, 3, 16])
-def test_scale_multiplies_each_channel_of_each_image(n: int) -> None:
+@pytest.mark.parametrize("native", [False, True])
+def test_scale_multiplies_each_channel_of_each_image(n: int, native: bool) -> None:
+    """Factors from an (N, C) array, or from the interior pixel of a padded (C, 1, 1) map."""
     from cnnprune.kernels import SCALE
 
     x = torch.randn(n, 6, 5, 4)
-    factors = np.random.default_rng(n).random((n, 6), dtype=np.float32)
+    factors = torch.rand(n, 6, 1, 1, generator=torch.Generator().manual_seed(n))
     src, dst = padded_from(x), padded(6, 5, 4, n)
-    step = Step(kind=SCALE, src=src.ctypes.data, C=6, H=5, W=4, N=n, val=factors.ctypes.data, dst=dst.ctypes.data)
+    if native:
+        held = padded_from(factors)
+        at, per_image, per_channel = held.ctypes.data + 4 * n * 4, 1, 9 * n
+    else:
+        held = np.ascontiguousarray(factors.reshape(n, 6).numpy())
+        at, per_image, per_channel = held.ctypes.data, 6, 1
+    step = Step(kind=SCALE, src=src.ctypes.data, C=6, H=5, W=4, N=n, val=at, stride=per_image, src_row=per_channel,
+                dst=dst.ctypes.data)
     library().run_steps((Step * 1)(step), 1, 2)
     assert_zero_border(dst)
-    assert torch.equal(to_nchw(dst), x * torch.from_numpy(factors)[:, :, None, None])
+    assert torch.equal(to_nchw(dst), x * factors)
 
 
 @pytest.mark.parametrize("k, pad, hw", [(3, 1, 8), (3, 1, 7), (3, 1, 2), (3, 1, 30), (1, 0, 8), (7, 3, 12), (5, 2, 9)])

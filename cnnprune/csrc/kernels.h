@@ -28,10 +28,11 @@ typedef int32_t i_v2 __attribute__((vector_size(8)));
 typedef int32_t i_v1 __attribute__((vector_size(4)));
 
 /* The activations fused into a convolution's store (step_t.relu; graph.ACTS): max(a, 0),
- * min(max(a, 0), 6), hardswish a * min(max(a + 3, 0), 6) / 6 (MobileNetV3), and SiLU
- * a / (1 + exp(-a)) (EfficientNet), on a vector type VT of any width (its integer twin i_VT
- * masks the lanes; GCC's C has no vector ?:). */
-enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3, ACT_SILU = 4 };
+ * min(max(a, 0), 6), hardswish a * min(max(a + 3, 0), 6) / 6 (MobileNetV3), SiLU
+ * a / (1 + exp(-a)) (EfficientNet), and the gates of squeeze-and-excitation blocks: sigmoid
+ * 1 / (1 + exp(-a)) and hardsigmoid min(max(a + 3, 0), 6) / 6; on a vector type VT of any width
+ * (its integer twin i_VT masks the lanes; GCC's C has no vector ?:). */
+enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3, ACT_SILU = 4, ACT_SIGMOID = 5, ACT_HARDSIGMOID = 6 };
 #define VSELECT(VT, m, a, b) ((VT)(((i_##VT)(a) & (m)) | ((i_##VT)(b) & ~(m))))
 #define RELU6_OF(VT, x) ({                                                                     \
         const VT z_ = {0}, six_ = z_ + 6.0f;                                                    \
@@ -60,7 +61,9 @@ enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3, ACT_SILU = 4 };
         (act) == ACT_RELU ? (VT)((i_##VT)a_ & (a_ > z0_))                                       \
         : (act) == ACT_RELU6 ? RELU6_OF(VT, a_)                                                 \
         : (act) == ACT_HARDSWISH ? a_ * RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f)                 \
-        : a_ / (EXP_OF(VT, -a_) + 1.0f); })
+        : (act) == ACT_SILU ? a_ / (EXP_OF(VT, -a_) + 1.0f)                                     \
+        : (act) == ACT_SIGMOID ? 1.0f / (EXP_OF(VT, -a_) + 1.0f)                                \
+        : RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f); })
 
 /* A forward pass as a list of steps run inside one parallel region: the threads meet at the
  * barrier that closes each step's loop instead of being started and stopped per operation,
@@ -94,9 +97,10 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
 void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
-/* maps.c: each channel of a padded map times a per-(image, channel) factor (val: (N, C)); a
- * padded map copied into one with another border (k: its border, pad: the new one). */
-void scale_body(const float *src, int C, int H, int W, int N, const float *scale, float *dst);
+/* maps.c: each channel of a padded map times a per-(image, channel) factor (val[n * stride +
+ * c * src_row]); a padded map copied into one with another border (k: its border, pad: the new one). */
+void scale_body(const float *src, int C, int H, int W, int N, const float *scale, int64_t per_image,
+                int64_t per_channel, float *dst);
 void repad_body(const float *src, int C, int H, int W, int N, int sb, int db, float *dst);
 /* Per-thread scratch buffers (sparse_conv.c), by use: the fused stem's pooling window, the GEMM's
  * packed input block, Winograd's products of an item and a fused item's transformed input panel. */

@@ -10,9 +10,12 @@
 
 #include "kernels.h"
 
-/* src, dst: padded (C, H+2, W+2, N); scale: (N, C). Only the interior is written (dst's border
- * stays zero). Work items are rows of the C planes. */
-void scale_body(const float *src, int C, int H, int W, int N, const float *scale, float *dst) {
+/* src, dst: padded (C, H+2, W+2, N); image n's factor of channel c is scale[n * per_image +
+ * c * per_channel]: an (N, C) array PyTorch filled (per_image C, per_channel 1), or the interior
+ * pixel of a padded (C, 1, 1) map a native convolution wrote (1 and 9N, from that pixel). Only the
+ * interior is written (dst's border stays zero). Work items are rows of the C planes. */
+void scale_body(const float *src, int C, int H, int W, int N, const float *scale, int64_t per_image,
+                int64_t per_channel, float *dst) {
     const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row;
     #pragma omp for schedule(static)
     for (int64_t i = 0; i < (int64_t)C * H; i++) {
@@ -21,12 +24,12 @@ void scale_body(const float *src, int C, int H, int W, int N, const float *scale
         const float *restrict s = src + at;
         float *restrict d = dst + at;
         if (N == 1) {
-            const float k = scale[c];
+            const float k = scale[c * per_channel];
             for (int x = 0; x < W; x++) d[x] = s[x] * k;
             continue;
         }
         float k[N];
-        for (int n = 0; n < N; n++) k[n] = scale[(int64_t)n * C + c];
+        for (int n = 0; n < N; n++) k[n] = scale[n * per_image + c * per_channel];
         for (int x = 0; x < W; x++)
             for (int n = 0; n < N; n++) d[(int64_t)x * N + n] = s[(int64_t)x * N + n] * k[n];
     }

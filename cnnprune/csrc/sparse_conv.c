@@ -645,7 +645,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_SUBSAMPLE: subsample_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
-        case STEP_SCALE: scale_body(s->src, s->C, s->H, s->W, s->N, s->val, s->dst); break;
+        case STEP_SCALE: scale_body(s->src, s->C, s->H, s->W, s->N, s->val, s->stride, s->src_row, s->dst); break;
         case STEP_REPAD: repad_body(s->src, s->C, s->H, s->W, s->N, s->k, s->pad, s->dst); break;
         case STEP_LINEAR: linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst); break;
         case STEP_WG_INPUT: winograd_input_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
