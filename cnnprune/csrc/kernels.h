@@ -56,14 +56,27 @@ enum { ACT_RELU = 1, ACT_RELU6 = 2, ACT_HARDSWISH = 3, ACT_SILU = 4, ACT_SIGMOID
         p_ = p_ * r_ + 5.0000001201e-1f;                                                        \
         p_ = p_ * r_ * r_ + r_ + 1.0f;                                                          \
         p_ * (VT)((((i_##VT)t_ - (i_##VT)magic_) + 127) << 23); })
+/* The activations that need exp, out of line: inlined, their code in every tile's epilogue made
+ * the kernel library half as large again. */
+#define DEFINE_EXP_ACTIVATION(VT)                                                              \
+    static __attribute__((noinline, unused)) VT exp_activation_##VT(VT a, int act) {           \
+        const VT e = EXP_OF(VT, -a) + 1.0f;                                                     \
+        return act == ACT_SILU ? a / e : 1.0f / e;                                              \
+    }
+DEFINE_EXP_ACTIVATION(vf)
+DEFINE_EXP_ACTIVATION(v4)
+DEFINE_EXP_ACTIVATION(v2)
+DEFINE_EXP_ACTIVATION(v1)
+#if VW > 8
+DEFINE_EXP_ACTIVATION(v8)
+#endif
 #define ACTIVATE(VT, x, act) ({                                                                \
         const VT a_ = (x), z0_ = {0};                                                           \
         (act) == ACT_RELU ? (VT)((i_##VT)a_ & (a_ > z0_))                                       \
         : (act) == ACT_RELU6 ? RELU6_OF(VT, a_)                                                 \
         : (act) == ACT_HARDSWISH ? a_ * RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f)                 \
-        : (act) == ACT_SILU ? a_ / (EXP_OF(VT, -a_) + 1.0f)                                     \
-        : (act) == ACT_SIGMOID ? 1.0f / (EXP_OF(VT, -a_) + 1.0f)                                \
-        : RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f); })
+        : (act) == ACT_HARDSIGMOID ? RELU6_OF(VT, a_ + 3.0f) * (1.0f / 6.0f)                    \
+        : exp_activation_##VT(a_, act); })
 
 /* A forward pass as a list of steps run inside one parallel region: the threads meet at the
  * barrier that closes each step's loop instead of being started and stopped per operation,
