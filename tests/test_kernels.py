@@ -301,6 +301,18 @@ def test_pack_moves_each_image_into_the_padded_layout(n: int, c: int, h: int, w:
     assert np.array_equal(dst, want), "every pixel moved, the border left zero"
 
 
+@pytest.mark.parametrize("n, h, w", [(1, 7, 7), (1, 5, 19), (1, 56, 56), (3, 4, 9), (16, 7, 7)])
+def test_global_average_pool_is_each_channels_mean(n: int, h: int, w: int) -> None:
+    from cnnprune.kernels import AVGPOOL
+
+    x = torch.randn(n, 10, h, w, generator=torch.Generator().manual_seed(h * w))
+    out = np.full((n, 10), np.nan, dtype=np.float32)
+    src = padded_from(x)
+    step = Step(kind=AVGPOOL, src=src.ctypes.data, C=10, H=h, W=w, N=n, dst=out.ctypes.data)
+    library().run_steps((Step * 1)(step), 1, 2)
+    assert np.allclose(out, x.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("n, sb, db", [(1, 1, 2), (3, 3, 1), (16, 1, 3)])
 def test_repad_copies_the_interior_into_another_border(n: int, sb: int, db: int) -> None:
     from cnnprune.kernels import REPAD
