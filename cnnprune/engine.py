@@ -305,7 +305,8 @@ class NativeEngine:
 
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
         """Per layer: how it runs at this batch size ("sparse", "winograd" or "dense"), its
-        density (fraction 0-1 of nonzero weights) and the calibration timings (ms) of each
+        density (fraction 0-1 of nonzero weights; of a grouped convolution, of its dense
+        equivalent, the block diagonal) and the calibration timings (ms) of each
         mode tried (``sparse_ms``, ``winograd_ms``, ``dense_ms``; nan where not timed)."""
         plan = self._plan(batch_size)
         return {name: {"engine": p.mode, "density": p.conv.density,

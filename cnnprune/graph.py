@@ -6,14 +6,15 @@ What runs natively (``GraphOp.kind``):
 
 - ``conv``: a convolution (any groups, dilation 1, square kernel and padding — a padding wider
   than the layout's one-pixel border reads a copy with a wider one —, stride 1, or stride 2 on
-  an even map), with the BatchNorm after
-  it folded in, and fused after it: ReLU or ReLU6, or a residual add (then optionally ReLU),
-  when it is their only input of that kind. It then runs as the engine's per-layer choice of
+  an even map), with the BatchNorm after it folded in, and fused after it: an activation (a key
+  of ``ACTS``), or a residual add (then optionally ReLU), when it is their only input of that
+  kind. It then runs as the engine's per-layer choice of
   sparse kernel, Winograd or dense oneDNN (:mod:`cnnprune.engine`).
 - ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative map (the zero
   border stands for -inf only where every value is ≥ 0), after a native op or a PyTorch one.
-- ``scale``: a native map times per-channel factors computed in PyTorch (the gate of a
-  squeeze-and-excitation block), so that the map stays in the padded layout.
+- ``scale``: a native map times per-channel (C, 1, 1) factors (the gate of a
+  squeeze-and-excitation block), read from the native convolution that made them or copied
+  from PyTorch, so that the map stays in the padded layout.
 - ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)`` or the function) of a native map.
 - ``linear``: a ``Linear`` layer reading a native global average pool through a flatten: the
   classifier of ResNets and MobileNets. Dropouts and stochastic depth, the identity in eval

@@ -55,7 +55,7 @@ class ConvPlan:
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
     dense_ok: bool = True  # the host's dense mode may run it (not a grouped one: its dense weight is groups times larger)
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
-    border: int = 1  # pixels of zero border around its input buffer (wider only for a first conv with wider padding)
+    border: int = 1  # pixels of zero border around its input buffer: its padding where that is wider than 1
     direct: bool = False  # stride 2 read from the input itself, no phase planes (``kernels.direct_stride2``)
     g: np.ndarray | None = None  # its packed dense weight (``gemm_weights``)
     fused: bool = False
