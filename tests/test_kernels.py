@@ -301,7 +301,7 @@ def test_pack_moves_each_image_into_the_padded_layout(n: int, c: int, h: int, w:
     assert np.array_equal(dst, want), "every pixel moved, the border left zero"
 
 
-@pytest.mark.parametrize("n, h, w", [(1, 7, 7), (1, 5, 19), (1, 56, 56), (3, 4, 9), (16, 7, 7)])
+@pytest.mark.parametrize("n, h, w", [(1, 7, 7), (1, 5, 19), (1, 56, 56), (3, 4, 9), (16, 7, 7), (70, 3, 5)])
 def test_global_average_pool_is_each_channels_mean(n: int, h: int, w: int) -> None:
     from cnnprune.kernels import AVGPOOL
 
@@ -325,7 +325,7 @@ def test_repad_copies_the_interior_into_another_border(n: int, sb: int, db: int)
     assert np.array_equal(dst, np.pad(x, ((0, 0), (db, db), (db, db), (0, 0))))
 
 
-@pytest.mark.parametrize("n", [1, 3, 16])
+@pytest.mark.parametrize("n", [1, 3, 16, 70])  # 70: images in two blocks of the kernel's lanes
 @pytest.mark.parametrize("native", [False, True])
 def test_scale_multiplies_each_channel_of_each_image(n: int, native: bool) -> None:
     """Factors from an (N, C) array, or from the interior pixel of a padded (C, 1, 1) map."""

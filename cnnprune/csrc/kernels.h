@@ -110,6 +110,8 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
 void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
+/* Images per block where a loop keeps one value per image (the pools' and the scale's lanes). */
+#define LANES 64
 /* maps.c: each channel of a padded map times a per-(image, channel) factor (val[n * stride +
  * c * src_row]); a padded map copied into one with another border (k: its border, pad: the new one). */
 void scale_body(const float *src, int C, int H, int W, int N, const float *scale, int64_t per_image,

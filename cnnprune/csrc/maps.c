@@ -28,10 +28,13 @@ void scale_body(const float *src, int C, int H, int W, int N, const float *scale
             for (int x = 0; x < W; x++) d[x] = s[x] * k;
             continue;
         }
-        float k[N];
-        for (int n = 0; n < N; n++) k[n] = scale[n * per_image + c * per_channel];
-        for (int x = 0; x < W; x++)
-            for (int n = 0; n < N; n++) d[(int64_t)x * N + n] = s[(int64_t)x * N + n] * k[n];
+        for (int n0 = 0; n0 < N; n0 += LANES) {  /* images in blocks of LANES: k stays small, on the stack */
+            const int nb = N - n0 < LANES ? N - n0 : LANES;
+            float k[LANES];
+            for (int n = 0; n < nb; n++) k[n] = scale[(n0 + n) * per_image + c * per_channel];
+            for (int x = 0; x < W; x++)
+                for (int n = 0; n < nb; n++) d[(int64_t)x * N + n0 + n] = s[(int64_t)x * N + n0 + n] * k[n];
+        }
     }
 }
 

@@ -578,14 +578,16 @@ static void avgpool_body(const float *src, int C, int H, int W, int N, float *ds
             dst[c] = tail * inv;
             continue;
         }
-        float acc[N];
-        for (int n = 0; n < N; n++) acc[n] = 0.f;
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++) {
-                const float *restrict p = plane + y * srow + (int64_t)x * N;
-                for (int n = 0; n < N; n++) acc[n] += p[n];
-            }
-        for (int n = 0; n < N; n++) dst[(int64_t)n * C + c] = acc[n] * inv;
+        for (int n0 = 0; n0 < N; n0 += LANES) {  /* images in blocks of LANES: acc stays small, on the stack */
+            const int nb = N - n0 < LANES ? N - n0 : LANES;
+            float acc[LANES] = {0};
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    const float *restrict p = plane + y * srow + (int64_t)x * N + n0;
+                    for (int n = 0; n < nb; n++) acc[n] += p[n];
+                }
+            for (int n = 0; n < nb; n++) dst[(int64_t)(n0 + n) * C + c] = acc[n] * inv;
+        }
     }
 }
 
