@@ -16,8 +16,9 @@ What runs natively (``GraphOp.kind``):
   squeeze-and-excitation block), read from the native convolution that made them or copied
   from PyTorch, so that the map stays in the padded layout.
 - ``avgpool``: global average pooling (``AdaptiveAvgPool2d(1)`` or the function) of a native map.
-- ``linear``: a ``Linear`` layer reading a native global average pool through a flatten: the
-  classifier of ResNets and MobileNets. Dropouts and stochastic depth, the identity in eval
+- ``linear``: a ``Linear`` layer reading a native global average pool through a flatten, or
+  another native ``Linear``, with the activation after it fused: the classifier of ResNets and
+  MobileNets. Dropouts and stochastic depth, the identity in eval
   mode, are removed from the graph first (``_drop_identities``).
 
 Grouped convolutions (depthwise ones included) run as the block diagonal of the equivalent dense
@@ -273,7 +274,7 @@ class _Builder:
         self.alias: dict[fx.Node, fx.Node] = {}
         self.native: set[str] = set()  # values that native ops write
         self.nonneg: set[str] = set()
-        self.pooled: set[str] = set()  # outputs of native global average pools
+        self.flat: set[str] = set()  # native (N, C) values: outputs of global average pools and linear layers
         self.by_name = {n.name: n for n in gm.graph.nodes}
 
     def value(self, node: fx.Node) -> str:
@@ -354,16 +355,13 @@ class _Builder:
             return
         if _global_avgpool(node, module) and ins[0] in self.native:
             self._add(GraphOp("avgpool", node.name, ins[:1], node.name, shape))
-            self.pooled.add(node.name)
+            self.flat.add(node.name)
             return
-        if _is_flatten(node, module) and ins[0] in self.pooled and self._read_by_linear_only(node):
+        if _is_flatten(node, module) and ins[0] in self.flat and self._read_by_linear_only(node):
             self.alias[node] = node.args[0]  # the pool's (N, C) buffer is already flat
             return
-        if isinstance(module, nn.Linear) and ins[0] in self.pooled and len(_shape(node.args[0])) == 1:
-            w = module.weight.detach().float().numpy()
-            b = module.bias.detach().float().numpy() if module.bias is not None else np.zeros(w.shape[0], np.float32)
-            self._add(GraphOp("linear", node.target, ins, node.name, shape,
-                              conv=FoldedConv(node.target, np.ascontiguousarray(w), np.ascontiguousarray(b), 1, 0)))
+        if isinstance(module, nn.Linear) and ins[0] in self.flat and len(_shape(node.args[0])) == 1:
+            self._linear(node, module, ins)
             return
         what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
         why = f"no native kernel for {what}" + (" with this geometry or a negative input" if isinstance(module, nn.MaxPool2d)
@@ -371,6 +369,21 @@ class _Builder:
                                                  else "")
         self._add(GraphOp("torch", node.name, ins, node.name, shape, fn=_torch_fn(node, self.modules), why=why,
                           nonneg=activation(node, self.modules) in NONNEG_ACTS))
+
+    def _linear(self, node: fx.Node, module: nn.Linear, ins: list[str]) -> None:
+        """A Linear reading a native flat value (a pool's, through a flatten, or another Linear's),
+        with the activation after it fused (MobileNetV3's classifier: Linear, Hardswish, Linear)."""
+        w = module.weight.detach().float().numpy()
+        b = module.bias.detach().float().numpy() if module.bias is not None else np.zeros(w.shape[0], np.float32)
+        user = _only_user(node)
+        act = activation(user, self.modules) if user is not None else None
+        last = user if act else node
+        if act:
+            self.absorbed.add(user)
+        self._add(GraphOp("linear", node.target, ins, last.name, _shape(last), act=act or "none",
+                          fused=[user.name] if act else [], nonneg=act in NONNEG_ACTS,
+                          conv=FoldedConv(node.target, np.ascontiguousarray(w), np.ascontiguousarray(b), 1, 0)))
+        self.flat.add(last.name)
 
     def _read_by_linear_only(self, node: fx.Node) -> bool:
         """Every reader of ``node`` is a ``Linear`` module (which then runs natively on the flat

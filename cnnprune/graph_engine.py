@@ -258,9 +258,10 @@ class _Program:
         src, w, b = self.flat[op.inputs[0]], op.conv.weight, op.conv.bias
         dst = self.arena.zeros((self.n, w.shape[0]))
         self.items.append(Step(kind=LINEAR, src=src.ctypes.data, N=self.n, C=w.shape[1], Cout=w.shape[0],
-                               val=w.ctypes.data, bias=b.ctypes.data, dst=dst.ctypes.data))
+                               val=w.ctypes.data, bias=b.ctypes.data, dst=dst.ctypes.data, relu=ACTS[op.act]))
         out = torch.from_numpy(dst)
         self.tensors[op.output] = lambda: out
+        self.flat[op.output] = dst
         self.keep += [src, dst, w, b]
 
     def _torch(self, op: GraphOp) -> None:

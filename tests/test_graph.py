@@ -163,6 +163,9 @@ def test_mobilenet_v3_matches_eager() -> None:
         engine = check(model, 64, batch, calibrate=False, layer_mode="sparse")
     acts = {op.act for op in engine.engine.graph.ops if op.kind == "conv"}
     assert "hardswish" in acts
+    linear = [op for op in engine.engine.graph.ops if op.kind == "linear"]
+    assert [op.act for op in linear] == ["hardswish", "none"], "the classifier: Linear, Hardswish, Linear"
+    assert not [op.name for op in engine.engine.graph.ops if op.kind == "torch"], "nothing left in PyTorch"
 
 
 def test_efficientnet_runs_wholly_natively() -> None:

@@ -591,10 +591,11 @@ static void avgpool_body(const float *src, int C, int H, int W, int N, float *ds
     }
 }
 
-/* The classifier: dst (N, Cout) = src (N, C) x w^T (w: Cout x C, row-major) + bias. In C rather
+/* The classifier: dst (N, Cout) = act(src (N, C) x w^T (w: Cout x C, row-major) + bias). In C rather
  * than numpy so that every thread of a forward pass is one of the nthreads given (numpy's BLAS
  * starts its own threads, which keep spinning after a product). */
-static void linear_body(const float *src, int N, int C, int Cout, const float *w, const float *bias, float *dst) {
+static void linear_body(const float *src, int N, int C, int Cout, const float *w, const float *bias, float *dst,
+                        int relu) {
     /* Output by output: each weight row read from memory once and used for every image from L1
      * (a 2048 x 1000 classifier is 8 MB); products summed in vectors (a scalar sum is a chain of
      * dependent adds that the compiler may not reorder), the lanes added at the end. */
@@ -612,7 +613,8 @@ static void linear_body(const float *src, int N, int C, int Cout, const float *w
             float s = 0.f;
             for (int i = 0; i < VW; i++) s += v[i];
             for (; c < C; c++) s += x[c] * wk[c];
-            dst[(int64_t)n * Cout + k] = s + bias[k];
+            s += bias[k];
+            dst[(int64_t)n * Cout + k] = relu ? ACTIVATE(v1, (v1){s}, relu)[0] : s;
         }
     }
 }
@@ -670,7 +672,7 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SCALE: scale_body(s->src, s->C, s->H, s->W, s->N, s->val, s->stride, s->src_row, s->dst); break;
         case STEP_REPAD: repad_body(s->src, s->C, s->H, s->W, s->N, s->k, s->pad, s->dst); break;
-        case STEP_LINEAR: linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst); break;
+        case STEP_LINEAR: linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst, s->relu); break;
         case STEP_WG_INPUT: winograd_input_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_WG_CONV:
             winograd_conv_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->val, s->bias, s->dst, s->res, s->relu);
