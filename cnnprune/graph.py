@@ -6,8 +6,8 @@ What runs natively (``GraphOp.kind``):
 
 - ``conv``: a convolution (any groups, dilation 1, square kernel and padding — a padding wider
   than the layout's one-pixel border reads a copy with a wider one —, stride 1, or stride 2 on
-  an even map), with the BatchNorm after it folded in, and fused after it: an activation (a key
-  of ``ACTS``), or a residual add (then optionally ReLU), when it is their only input of that
+  an even map), with the BatchNorm after it folded in, and fused after it: an activation (one
+  of ``activations.ACTS``), or a residual add (then optionally ReLU), when it is their only input of that
   kind. It then runs as the engine's per-layer choice of
   sparse kernel, Winograd or dense oneDNN (:mod:`cnnprune.engine`).
 - ``maxpool``: 3×3 stride-2 padding-1 max pooling of an even, non-negative map (the zero
@@ -40,13 +40,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from cnnprune.activations import NONNEG_ACTS, activation, apply_activation
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import BN_EPS, Csr, FoldedConv
-
-# the kernels' activation codes (step_t.relu; ACT_* in csrc/kernels.h)
-ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "hardsigmoid": 6}
-ACT_NAMES = {code: name for name, code in ACTS.items()}
-NONNEG_ACTS = ("relu", "relu6", "sigmoid", "hardsigmoid")  # output never negative (hardswish's reaches -3/8, silu's -0.28)
 
 
 @dataclass
@@ -92,44 +88,6 @@ class Graph:
 
 def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
     return node.op == "call_module" and isinstance(modules[node.target], kinds)
-
-
-def activation(node: fx.Node, modules: dict) -> str | None:
-    """The name of the activation ``node`` is (module, function or method; a key of ``ACTS``),
-    else None."""
-    if node.op == "call_module":
-        m = modules[node.target]
-        if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
-            return "relu6"
-        return _ACT_MODULES.get(type(m))
-    if node.op == "call_function" and len(node.args) == 1:
-        return _ACT_FUNCTIONS.get(node.target)
-    if node.op == "call_method" and node.target in ("relu", "sigmoid") and len(node.args) == 1:
-        return node.target
-    return None
-
-
-_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
-                nn.Hardsigmoid: "hardsigmoid"}
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.silu: "silu",
-                  torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.hardsigmoid: "hardsigmoid"}
-
-
-def apply_activation(y: torch.Tensor, act: str) -> torch.Tensor:
-    """``act`` applied in place to ``y`` as the kernels' epilogue does (PyTorch's ops)."""
-    if act == "relu":
-        return y.relu_()
-    if act == "relu6":
-        return y.clamp_(0, 6)
-    if act == "hardswish":
-        return F.hardswish(y, inplace=True)
-    if act == "silu":
-        return F.silu(y, inplace=True)
-    if act == "sigmoid":
-        return y.sigmoid_()
-    if act == "hardsigmoid":
-        return F.hardsigmoid(y, inplace=True)
-    return y
 
 
 def _is_add(node: fx.Node) -> bool:

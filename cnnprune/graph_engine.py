@@ -16,9 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cnnprune.activations import ACTS
 from cnnprune.buffers import Arena
 from cnnprune.engine import NativeEngine, runs_sparse
-from cnnprune.graph import ACTS, Graph, GraphOp
+from cnnprune.graph import Graph, GraphOp
 from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnnprune.activations import ACT_NAMES, apply_activation
 from cnnprune.fold import FoldedConv
-from cnnprune.graph import ACT_NAMES, apply_activation
 from cnnprune.kernels import Step, conv_pool_step, conv_step, gemm_step, library, span_step, split_step, subsample_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
@@ -60,7 +60,7 @@ def random_conv(cin: int, cout: int, k: int, stride: int, density: float, seed: 
 
 
 def reference(conv: FoldedConv, x: torch.Tensor, res: torch.Tensor | None, relu: int) -> torch.Tensor:
-    """F.conv2d, the residual, and the activation of code ``relu`` (``graph.ACTS``; True = ReLU)."""
+    """F.conv2d, the residual, and the activation of code ``relu`` (``activations.ACTS``; True = ReLU)."""
     y = F.conv2d(x, torch.from_numpy(conv.weight), torch.from_numpy(conv.bias), stride=conv.stride, padding=conv.padding)
     if res is not None:
         y = y + res
@@ -127,7 +127,7 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
 
 @pytest.mark.parametrize("act", [1, 2, 3, 4, 5, 6])
 def test_activations_match_pytorch_over_their_whole_range(act: int) -> None:
-    """Each fused activation (graph.ACTS) through an identity 1x1 convolution, on values from
+    """Each fused activation (activations.ACTS) through an identity 1x1 convolution, on values from
     -120 to 120 (the exp of SiLU and sigmoid is clamped beyond about +-88) and around the bends: within float
     rounding of PyTorch's in float64."""
     c = 8

@@ -27,7 +27,7 @@ typedef int32_t i_v4 __attribute__((vector_size(16)));
 typedef int32_t i_v2 __attribute__((vector_size(8)));
 typedef int32_t i_v1 __attribute__((vector_size(4)));
 
-/* The activations fused into a convolution's store (step_t.relu; graph.ACTS): max(a, 0),
+/* The activations fused into a convolution's store (step_t.relu; activations.ACTS): max(a, 0),
  * min(max(a, 0), 6), hardswish a * min(max(a + 3, 0), 6) / 6 (MobileNetV3), SiLU
  * a / (1 + exp(-a)) (EfficientNet), and the gates of squeeze-and-excitation blocks: sigmoid
  * 1 / (1 + exp(-a)) and hardsigmoid min(max(a + 3, 0), 6) / 6; on a vector type VT of any width
