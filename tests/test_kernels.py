@@ -125,6 +125,22 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
             assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm)
 
 
+@pytest.mark.parametrize("cin, hw, n", [(700, 7, 3), (300, 14, 2), (64, 28, 16)])
+def test_gemm_blocks_and_panels_match_conv2d_run_after_run(cin: int, hw: int, n: int) -> None:
+    """The dense 1x1 kernel where a block is one tile (700 input channels), several tiles with a
+    partial last panel, and many blocks per thread (each thread packs a block once for all the
+    chunks it takes of it): equal to conv2d, and a second run on new input in the same buffer
+    packs the new input, not what the first run left."""
+    conv = random_conv(cin, 24, 1, 1, 1.0, seed=cin)
+    x = torch.randn(n, cin, hw, hw, generator=torch.Generator().manual_seed(hw))
+    src, dst, weights = padded_from(x), padded(24, hw, hw, n), gemm_weights(conv)
+    step = (Step * 1)(gemm_step(src, weights, conv.bias, dst, None, 1))  # raw addresses: the arrays stay named
+    for inp in (x, -x):
+        from_nchw(inp, src)
+        library().run_steps(step, 1, 2)
+        assert_zero_border(dst)
+        assert (to_nchw(dst) - reference(conv, inp, None, 1)).abs().max() <= 1e-3
+
 @pytest.mark.parametrize("act", [1, 2, 3, 4, 5, 6])
 def test_activations_match_pytorch_over_their_whole_range(act: int) -> None:
     """Each fused activation (activations.ACTS) through an identity 1x1 convolution, on values from

@@ -3,17 +3,30 @@
  * of their weights, where the sparse kernel's one loaded input vector per multiply-add costs
  * more than the multiply-adds it skips. Same span as sparse_span_body (the interior of a padded
  * (C, H+2, W+2, N) plane is one contiguous run of floats, border pixels between rows
- * included, zeroed again afterwards), but a tile is 4 output channels x up to 6 vectors: each
- * input vector loaded feeds 4 multiply-adds, each weight broadcast feeds 6 (24 accumulators,
- * 6 inputs and a broadcast: 31 of AVX-512's 32 registers). Weights packed [Cout/4][Cin][4]
- * (gemm.py's ``pack_gemm_weights``), so the 4 weights of one input channel are adjacent. */
+ * included, zeroed again afterwards), but a tile is 4 output channels x GEMM_NV vectors: each
+ * input vector loaded feeds 4 multiply-adds, each weight broadcast feeds GEMM_NV. With AVX-512,
+ * 6 vectors (24 accumulators, 6 inputs and a broadcast: 31 of its 32 registers); with AVX2, 3
+ * (12 + 3 + 1 of 16: the 6-vector tile spilled its accumulators to the stack and ran at half
+ * the speed). Weights packed [Cout/4][Cin][4] (native_plan.gemm_weights), so the 4
+ * weights of one input channel are adjacent. */
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
 
 #include "kernels.h"
 
-#define GEMM_NV 6  /* vectors per tile */
+#ifndef GEMM_NV
+#if VW > 8
+#define GEMM_NV 6
+#else
+#define GEMM_NV 3
+#endif
+#endif
+#define PANEL (GEMM_NV * VW)
+/* Keeps a loaded input vector in a register: without it GCC folded each load into the
+ * multiply-adds' memory operands, 12 loads per input channel instead of 3 with AVX2, and the
+ * tile ran about a quarter slower. */
+#define IN_REGISTER(x) __asm__("" : "+x"(x))
 
 /* acc (bias) + res, then the activation (relu: ACT_*, kernels.h), stored at out. */
 static inline vf epilogue(vf a, const float *res, int relu) {
@@ -30,7 +43,7 @@ static void gemm_tile_##NV(const float *restrict src, int64_t plane, const float
         _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[o][v] = (vf){0} + bias[o];     \
     for (int ci = 0; ci < cin; ci++, src += plane, w += 4) {                                     \
         vf x[NV];                                                                               \
-        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) x[v] = *(const vf *)(src + v * VW); \
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) { x[v] = *(const vf *)(src + v * VW); IN_REGISTER(x[v]); } \
         _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++) {                                   \
             const float b = w[o];                                                               \
             _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[o][v] += b * x[v];         \
@@ -49,7 +62,7 @@ DEFINE_GEMM_TILE(5)
 DEFINE_GEMM_TILE(6)
 typedef void (*gemm_fn)(const float *restrict, int64_t, const float *restrict, int, float *restrict, int64_t,
                         const float *restrict, const float *restrict, int);
-static const gemm_fn GEMM_TILES[GEMM_NV + 1] = {0, gemm_tile_1, gemm_tile_2, gemm_tile_3, gemm_tile_4, gemm_tile_5,
+static const gemm_fn GEMM_TILES[7] = {0, gemm_tile_1, gemm_tile_2, gemm_tile_3, gemm_tile_4, gemm_tile_5,
                                                 gemm_tile_6};
 
 /* The last n < VW floats of a span, one at a time. */
@@ -66,45 +79,56 @@ static void gemm_tail(const float *src, int64_t plane, const float *w, int cin, 
 
 /* Work items: blocks of the span x chunks of output channels (multiples of 4), about four per
  * thread and a multiple of the thread count where the layer allows it. A block is 1 to 4 tiles
- * wide, as many as keep its input (Cin x width) within GEMM_L2 bytes, and is first copied into
- * a contiguous per-thread buffer: read from the planes in place, 1024 channels 16 KB apart (a
- * 14x14 map at batch 16) fell into a few L2 sets and missed the cache at every tile; one group
- * of 4 channels' weights (4 x Cin floats) stays in L1 across the block's tiles. */
-#define GEMM_L2 (512 * 1024)
+ * wide, as many as keep its input (Cin x width) within GEMM_L2 bytes (half of a Zen 3 core's
+ * L2: 512 KB measured slower), and is first copied into a per-thread buffer, panel by panel:
+ * the GEMM_NV vectors of a tile for every input channel, one after another, so that a tile
+ * reads one sequential stream (read from the planes in place, 1024 channels 16 KB apart, a
+ * 14x14 map at batch 16, fell into a few L2 sets and missed the cache at every tile; the
+ * panels were 5-30 % faster than rows a block wide). A thread packs a block once for all the
+ * chunks it takes of it in one call (at batch 1 a 14x14 map is one block, and 8 chunks each
+ * copied all of it). One group of 4 channels' weights (4 x Cin floats) stays in L1 across
+ * the block's tiles. */
+#define GEMM_L2 (256 * 1024)
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads) {
     const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row, start = row + N;
     int64_t L = (int64_t)(H - 1) * row + (int64_t)W * N;
     const int64_t whole = (L + VW - 1) / VW * VW;
     if (start + whole <= plane) L = whole;
-    int64_t tiles = GEMM_L2 / ((int64_t)Cin * GEMM_NV * VW * (int64_t)sizeof(float));
+    int64_t tiles = GEMM_L2 / ((int64_t)Cin * PANEL * (int64_t)sizeof(float));
     tiles = tiles < 1 ? 1 : tiles > 4 ? 4 : tiles;
-    const int64_t block = tiles * GEMM_NV * VW;
+    const int64_t block = tiles * PANEL;
     const int nblocks = (int)((L + block - 1) / block), quads = Cout / 4;
     int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
     while ((nblocks * nchunks) % nthreads) nchunks++;
     if (nchunks > quads) nchunks = quads;
+    int held = -1;  /* the block this thread's buffer holds, packed in this call */
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < nblocks; b++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int q0 = quads * ch / nchunks, q1 = quads * (ch + 1) / nchunks;
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
             float *packed = thread_buffer(SCRATCH_GEMM, (int64_t)Cin * block);
-            for (int ci = 0; ci < Cin; ci++)
-                memcpy(packed + ci * block, src + ci * plane + start + t0, (size_t)(end - t0) * sizeof(float));
+            if (b != held)
+                for (int ci = 0; ci < Cin; ci++)
+                    for (int64_t t = t0; t < end; t += PANEL) {
+                        const int64_t n = end - t < PANEL ? end - t : PANEL;
+                        memcpy(packed + (t - t0) * Cin + ci * PANEL, src + ci * plane + start + t, (size_t)n * sizeof(float));
+                    }
+            held = b;
             for (int q = q0; q < q1; q++) {
                 const float *wq = w + (int64_t)q * Cin * 4;
                 const int64_t o = (int64_t)q * 4 * plane + start;
                 for (int64_t t = t0; t < end;) {
-                    const int64_t vecs = (end - t) / VW;
+                    const int64_t vecs = (end - t) / VW, within = (t - t0) % PANEL;
+                    const float *in = packed + (t - t0 - within) * Cin + within;
                     const float *r = res ? res + o + t : 0;
                     if (vecs == 0) {
-                        gemm_tail(packed + (t - t0), block, wq, Cin, dst + o + t, plane, bias + 4 * q, r, relu,
-                                  (int)(end - t));
+                        gemm_tail(in, PANEL, wq, Cin, dst + o + t, plane, bias + 4 * q, r, relu, (int)(end - t));
                         break;
                     }
                     const int nv = vecs < GEMM_NV ? (int)vecs : GEMM_NV;
-                    GEMM_TILES[nv](packed + (t - t0), block, wq, Cin, dst + o + t, plane, bias + 4 * q, r, relu);
+                    GEMM_TILES[nv](in, PANEL, wq, Cin, dst + o + t, plane, bias + 4 * q, r, relu);
                     t += (int64_t)nv * VW;
                 }
             }
