@@ -163,7 +163,7 @@ class NativeEngine:
         (the host's dense mode makes its own)."""
         if mode == "sparse" and p.val is None:
             group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span)
-            make = (lambda: span_operands(p.conv, p.ho, p.wo, n, group)) if p.span else \
+            make = (lambda: span_operands(p.conv, group)) if p.span else \
                 (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border, direct=p.direct))
             p.ptr, p.chan, p.ngroups, p.off, p.val = make()
         elif mode == "gemm" and p.g is None:

@@ -137,15 +137,7 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     ``direct``: a stride-2 convolution that reads the padded input itself
     (``kernels.direct_stride2``), offsets as for stride 1; else stride 2 reads phase planes."""
     cout, cin, kh, kw = conv.shape
-    co, ci, ky, kx, values = conv.coo()
-    ngroups = -(-cin // group)
-    segment = (((ci // group) * cout + co) * kw + kx) * kh + ky
-    order = np.argsort(segment, kind="stable")
-    co, ci, ky, kx = co[order], ci[order], ky[order], kx[order]
-    ptr = np.zeros(cout * ngroups * kh * kw + 1, dtype=np.int32)
-    ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh * kw))
-    chan = np.zeros(cout + 1, dtype=np.int32)
-    chan[1:] = np.cumsum(np.bincount(co, minlength=cout))
+    ptr, chan, ngroups, (ci, ky, kx, values) = _runs(conv, group)
     oy, ox = ky - conv.padding + border, kx - conv.padding + border
     if conv.stride == 1 or direct:
         row = (win + 2 * border) * n
@@ -160,8 +152,22 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     if top >= 2**31:
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
     narrow = narrow and top < 2**16
-    return ptr, chan, ngroups, off.astype(np.uint16 if narrow else np.int32), \
-        np.ascontiguousarray(values[order], dtype=np.float32)
+    return ptr, chan, ngroups, off.astype(np.uint16 if narrow else np.int32), values
+
+
+def _runs(conv: FoldedConv, group: int) -> tuple[np.ndarray, np.ndarray, int, tuple]:
+    """The nonzeros in kernel order (see ``sparse_operands``): ``ptr``, ``chan``, the group
+    count, and each nonzero's input channel, kernel row, kernel column and value (float32)."""
+    cout, cin, kh, kw = conv.shape
+    co, ci, ky, kx, values = conv.coo()
+    ngroups = -(-cin // group)
+    segment = (((ci // group) * cout + co) * kw + kx) * kh + ky
+    order = np.argsort(segment, kind="stable")
+    ptr = np.zeros(cout * ngroups * kh * kw + 1, dtype=np.int32)
+    ptr[1:] = np.cumsum(np.bincount(segment, minlength=cout * ngroups * kh * kw))
+    chan = np.zeros(cout + 1, dtype=np.int32)
+    chan[1:] = np.cumsum(np.bincount(co, minlength=cout))
+    return ptr, chan, ngroups, (ci[order], ky[order], kx[order], np.ascontiguousarray(values[order], dtype=np.float32))
 
 
 def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
@@ -186,10 +192,13 @@ def gemm_weights(conv: FoldedConv) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 1), dtype=np.float32)
 
 
-def span_operands(conv: FoldedConv, ho: int, wo: int, n: int, group: int, narrow: bool = True) -> tuple:
-    """``sparse_operands`` of a span convolution: stride 1 over the (subsampled) ho x wo input."""
-    unit = FoldedConv(conv.name, conv.weight, conv.bias, 1, 0, conv.shape)
-    return sparse_operands(unit, ho, wo, n, group, narrow)
+def span_operands(conv: FoldedConv, group: int, narrow: bool = True) -> tuple:
+    """``sparse_operands`` of a span convolution, but each nonzero's offset is its input channel:
+    the kernel reads channel c of a work item's block at c times the channel stride of wherever
+    the block lies (the planes themselves, or a packed copy, see ``sparse_span_body``)."""
+    ptr, chan, ngroups, (ci, _, _, values) = _runs(conv, group)
+    narrow = narrow and conv.shape[1] <= 2**16
+    return ptr, chan, ngroups, ci.astype(np.uint16 if narrow else np.int32), values
 
 
 def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32, span: bool = False) -> int:

@@ -88,7 +88,7 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
     n, cin, h, w = x.shape
     ho, wo = h // conv.stride, w // conv.stride
     src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], ho, wo, n), padded_from(res)
-    ptr, chan, ngroups, off, val = span_operands(conv, ho, wo, n, group, narrow)
+    ptr, chan, ngroups, off, val = span_operands(conv, group, narrow)
     steps, base = [], src
     if conv.stride == 2:  # the kernel reads the input subsampled
         base = np.full((cin, ho + 2, wo + 2, n), np.nan, dtype=np.float32)
@@ -125,21 +125,26 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
             assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm)
 
 
+@pytest.mark.parametrize("gemm", [False, True])
 @pytest.mark.parametrize("cin, hw, n", [(700, 7, 3), (300, 14, 2), (64, 28, 16)])
-def test_gemm_blocks_and_panels_match_conv2d_run_after_run(cin: int, hw: int, n: int) -> None:
-    """The dense 1x1 kernel where a block is one tile (700 input channels), several tiles with a
-    partial last panel, and many blocks per thread (each thread packs a block once for all the
-    chunks it takes of it): equal to conv2d, and a second run on new input in the same buffer
-    packs the new input, not what the first run left."""
-    conv = random_conv(cin, 24, 1, 1, 1.0, seed=cin)
+def test_span_blocks_match_conv2d_run_after_run(cin: int, hw: int, n: int, gemm: bool) -> None:
+    """The sparse span and the dense 1x1 kernel, which copy each block of their input before
+    use (once per thread for all the chunks it takes of it): a GEMM block of one tile (700
+    input channels), several tiles with a partial last panel, many blocks per thread; equal to
+    conv2d, and a second run on new input in the same buffer reads the new input, not the copy
+    the first run left."""
+    conv = random_conv(cin, 24, 1, 1, 0.3, seed=cin)
     x = torch.randn(n, cin, hw, hw, generator=torch.Generator().manual_seed(hw))
-    src, dst, weights = padded_from(x), padded(24, hw, hw, n), gemm_weights(conv)
-    step = (Step * 1)(gemm_step(src, weights, conv.bias, dst, None, 1))  # raw addresses: the arrays stay named
+    src, dst = padded_from(x), padded(24, hw, hw, n)
+    operands = (gemm_weights(conv),) if gemm else span_operands(conv, 50)  # raw addresses: kept named here
+    step = gemm_step(src, *operands, conv.bias, dst, None, 1) if gemm else \
+        span_step(src, 24, operands[2], *operands[:2], *operands[3:], conv.bias, dst, None, 1)
     for inp in (x, -x):
         from_nchw(inp, src)
-        library().run_steps(step, 1, 2)
+        library().run_steps((Step * 1)(step), 1, 2)
         assert_zero_border(dst)
         assert (to_nchw(dst) - reference(conv, inp, None, 1)).abs().max() <= 1e-3
+
 
 @pytest.mark.parametrize("act", [1, 2, 3, 4, 5, 6])
 def test_activations_match_pytorch_over_their_whole_range(act: int) -> None:

@@ -118,7 +118,9 @@ void scale_body(const float *src, int C, int H, int W, int N, const float *scale
                 int64_t per_channel, float *dst);
 void repad_body(const float *src, int C, int H, int W, int N, int sb, int db, float *dst);
 /* Per-thread scratch buffers (sparse_conv.c), by use: the fused stem's pooling window, the GEMM's
- * packed input block, Winograd's products of an item and a fused item's transformed input panel. */
-enum { SCRATCH_POOL = 0, SCRATCH_GEMM = 1, SCRATCH_WG_PRODUCTS = 2, SCRATCH_WG_PANEL = 3, SCRATCH_SLOTS = 4 };
+ * packed input block, Winograd's products of an item and a fused item's transformed input panel,
+ * the sparse span's input block. */
+enum { SCRATCH_POOL = 0, SCRATCH_GEMM = 1, SCRATCH_WG_PRODUCTS = 2, SCRATCH_WG_PANEL = 3, SCRATCH_SPAN = 4,
+       SCRATCH_SLOTS = 5 };
 float *thread_buffer(int slot, int64_t floats);
 #endif
