@@ -22,15 +22,23 @@ MODES = ("sparse", "winograd", "dense", "gemm")
 # panels the two-step variant spreads the work better.
 FUSED_PANELS_PER_THREAD = 2
 # Input-channel groups of a 1x1 span convolution: each (output channel, group) pass reloads and
-# stores its 24 accumulators, so a group should hold SPAN_RUN nonzeros of a channel on average,
-# but its input block (channels x up to 384 floats) should also stay within SPAN_GROUP_BYTES of
-# L2; the group is never below SPAN_MIN_RUN nonzeros a channel. Timed on ResNet-50 at 224, 90 %,
-# batch 16 (groups of 32 to all channels, 1-3 tile rows): 1024x256 at 15 % density ran 6.0 ms in
-# groups of 64 against 9.5 ms in one group; 2048x512 at 4 %, 1.1 ms in one group against 1.9 in
-# groups of 64; 256x1024 at 47 %, best in groups of 64.
-SPAN_RUN = 32
+# stores its accumulators, so a group should hold SPAN_RUN nonzeros of a channel on average,
+# but its input block (channels x the span's block, which the kernel copies channel after
+# channel) should also stay within SPAN_GROUP_BYTES of L2; the group is never below SPAN_MIN_RUN
+# nonzeros a channel nor below SPAN_LEAST_BYTES of the block (the L1 data cache).
+# SPAN_ROWS: the span tile's pieces of 8 vectors by vector width (csrc/sparse_conv.c). Timed per
+# layer (interleaved runs of one layer at groups of 16 channels to all of them, four runs) on
+# ResNet-50 at 224, 90 %, batch 16, on a Zen 3 (AVX2: 256-byte blocks), after the block copy
+# came in: the former groups of 45-109 channels (32 nonzeros a channel, blocks taken as
+# AVX-512's 1536 bytes) ran up to 2x slower than groups of 128-512 in layers under 35 % dense
+# (256x1024 at 15 %: 12.3 ms in groups of 109, 4.7-6.4 ms in 256); in denser layers groups of
+# 128 beat 64 by up to 30 % in three runs and lost by up to 10 % in one (the machine's load
+# moved the best group); at batch 1 these rules give groups within 15 % of each layer's best.
+SPAN_RUN = 40
 SPAN_MIN_RUN = 16
 SPAN_GROUP_BYTES = 128 * 1024
+SPAN_LEAST_BYTES = 32 * 1024
+SPAN_ROWS = {8: 1, 16: 3}
 
 
 @dataclass
@@ -209,9 +217,11 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     nnz = max(conv.nnz, 1)
     if span:
         span_floats = (ho - 1) * (row_floats + 2 * n) + row_floats  # the interior span of a plane
-        block = min(span_floats, 384) * 4  # bytes of one input channel in a work item's block
+        # bytes of one input channel in a work item's block: SPAN_ROWS pieces of 8 vectors
+        block = min(span_floats, 8 * lib.vector_width() * SPAN_ROWS[lib.vector_width()]) * 4
         fit = max(1, SPAN_GROUP_BYTES // block)
-        run, least = -(-SPAN_RUN * cout * cin // nnz), -(-SPAN_MIN_RUN * cout * cin // nnz)
+        run = -(-SPAN_RUN * cout * cin // nnz)
+        least = max(-(-SPAN_MIN_RUN * cout * cin // nnz), SPAN_LEAST_BYTES // block)
         return min(cin, max(least, min(run, fit)))
     l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
