@@ -1,9 +1,11 @@
 /* Operations on whole padded maps that are not convolutions.
  *
  * Per-channel scaling: the gate of a squeeze-and-excitation block (MobileNetV3,
- * EfficientNet, RegNetY), y[n, c] = x[n, c] * s[n, c], where s is computed from the pooled map
- * by PyTorch (a few hundred floats). Run natively, the map itself never leaves the padded
- * layout: in PyTorch the multiply needed it converted to NCHW and its product converted back. */
+ * EfficientNet, RegNetY), y[n, c] = x[n, c] * s[n, c], where s is the output of the gate's last
+ * convolution (its sigmoid or hardsigmoid fused), read from that native convolution's padded
+ * (C, 1, 1) map, or from an (N, C) array PyTorch filled where the gate is not native. Run
+ * natively, the map itself never leaves the padded layout: in PyTorch the multiply needed it
+ * converted to NCHW and its product converted back. */
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
