@@ -202,8 +202,8 @@ def gemm_weights(conv: FoldedConv) -> np.ndarray:
 
 def span_operands(conv: FoldedConv, group: int, narrow: bool = True) -> tuple:
     """``sparse_operands`` of a span convolution, but each nonzero's offset is its input channel:
-    the kernel reads channel c of a work item's block at c times the channel stride of wherever
-    the block lies (the planes themselves, or a packed copy, see ``sparse_span_body``)."""
+    the kernel reads channel c of a work item's block at c times the block's width in its
+    per-thread copy of the block (``sparse_span_body``)."""
     ptr, chan, ngroups, (ci, _, _, values) = _runs(conv, group)
     narrow = narrow and conv.shape[1] <= 2**16
     return ptr, chan, ngroups, ci.astype(np.uint16 if narrow else np.int32), values

@@ -126,10 +126,10 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
 
 
 @pytest.mark.parametrize("gemm", [False, True])
-@pytest.mark.parametrize("cin, hw, n", [(700, 7, 3), (300, 14, 2), (64, 28, 16)])
+@pytest.mark.parametrize("cin, hw, n", [(1400, 7, 3), (300, 14, 2), (64, 28, 16)])
 def test_span_blocks_match_conv2d_run_after_run(cin: int, hw: int, n: int, gemm: bool) -> None:
     """The sparse span and the dense 1x1 kernel, which copy each block of their input before
-    use (once per thread for all the chunks it takes of it): a GEMM block of one tile (700
+    use (once per thread for all the chunks it takes of it): a GEMM block of one tile (1400
     input channels), several tiles with a partial last panel, many blocks per thread; equal to
     conv2d, and a second run on new input in the same buffer reads the new input, not the copy
     the first run left."""

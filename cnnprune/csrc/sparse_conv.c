@@ -28,7 +28,8 @@
  * column over the pixels it reads inside the input: cols[kx] = 3 both, 1 the first, 2 the
  * second, 0 neither. whole: nothing skipped, the run is one range. unit: floats per unit of
  * the nonzeros' offsets (the batch: every offset is a whole pixel, so that 16 bits hold the
- * offsets of every layer at batch 32 and each nonzero is 6 bytes). */
+ * offsets of every layer at batch 32 and each nonzero is 6 bytes; in a span, whose offsets are
+ * input channels, the width of the block copy). */
 typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 
 /* The multiply-adds of nonzeros J0..J1-1 into the accumulator vectors V0..V1-1 of each row
