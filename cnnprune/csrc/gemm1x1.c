@@ -10,7 +10,6 @@
  * the speed). Weights packed [Cout/4][Cin][4] (native_plan.gemm_weights), so the 4
  * weights of one input channel are adjacent. */
 #include <stdint.h>
-#include <string.h>
 #include <omp.h>
 
 #include "kernels.h"
@@ -109,12 +108,7 @@ void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, co
             const int q0 = quads * ch / nchunks, q1 = quads * (ch + 1) / nchunks;
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
             float *packed = thread_buffer(SCRATCH_GEMM, (int64_t)Cin * block);
-            if (b != held)
-                for (int ci = 0; ci < Cin; ci++)
-                    for (int64_t t = t0; t < end; t += PANEL) {
-                        const int64_t n = end - t < PANEL ? end - t : PANEL;
-                        memcpy(packed + (t - t0) * Cin + ci * PANEL, src + ci * plane + start + t, (size_t)n * sizeof(float));
-                    }
+            if (b != held) copy_panels(src + start + t0, Cin, plane, end - t0, PANEL, packed);
             held = b;
             for (int q = q0; q < q1; q++) {
                 const float *wq = w + (int64_t)q * Cin * 4;

@@ -106,10 +106,12 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
                          const float *bias, float *dst, const float *res, int relu);
 
 /* gemm1x1.c: a dense 1x1 convolution over each plane's span (weights [Cout/4][Cin][4]);
- * sparse_conv.c: zero what a span wrote outside a padded plane's interior. */
+ * sparse_conv.c: zero what a span wrote outside a padded plane's interior, and copy a block of
+ * a span's planes into panels (the span kernels' per-thread input copy). */
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
 void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
+void copy_panels(const float *src, int C, int64_t plane, int64_t n, int64_t panel, float *dst);
 /* Images per block where a loop keeps one value per image (the pools' and the scale's lanes). */
 #define LANES 64
 /* maps.c: each channel of a padded map times a per-(image, channel) factor (val[n * stride +

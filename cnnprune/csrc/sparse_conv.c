@@ -340,6 +340,16 @@ void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int
     }
 }
 
+/* Floats [0, n) of each of C planes (plane floats apart, from src) into dst in panels of panel
+ * floats: panel p holds floats p*panel .. of channel 0, then of channel 1, ... (the last panel
+ * may be partial). The span kernels' per-thread copy of a work item's block: the sparse span's
+ * is one panel, the GEMM's one per tile. */
+void copy_panels(const float *src, int C, int64_t plane, int64_t n, int64_t panel, float *dst) {
+    for (int c = 0; c < C; c++)
+        for (int64_t t = 0; t < n; t += panel)
+            memcpy(dst + t * C + c * panel, src + c * plane + t, (size_t)(n - t < panel ? n - t : panel) * sizeof(float));
+}
+
 /* A 1x1 stride-1 convolution without padding as one sparse x dense product over the whole
  * interior of each plane: in the padded (C, H+2, W+2, N) layout the pixels (1, 1) .. (H, W) are
  * one contiguous span of (H-1)(W+2)N + WN floats, border pixels between the rows included, so a
@@ -382,9 +392,7 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L, o = c0 * plane + start;
             const seg_sel sel = {0, 1, 1, 1, (int)block, {3}};  /* offsets: input channels, block floats apart */
             float *in = thread_buffer(SCRATCH_SPAN, (int64_t)C * block);
-            if (b != held)
-                for (int c = 0; c < C; c++)
-                    memcpy(in + c * block, src + c * plane + start + t0, (size_t)(end - t0) * sizeof(float));
+            if (b != held) copy_panels(src + start + t0, C, plane, end - t0, block, in);
             held = b;
             for (int64_t t = t0; t < end;) {
                 const int64_t rem = end - t;
