@@ -66,7 +66,7 @@ typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, co
                         const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
                         int64_t, int, const float *restrict, int, const float *restrict, int);
 
-#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW, VI)                                  \
+#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW, VI, PF)                              \
 static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow_in,          \
         const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
         int pstride, const seg_sel *restrict sel, int nch, float *restrict out, int64_t drow_in,\
@@ -80,6 +80,12 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     const int64_t unit = sel->unit;                                                            \
     for (int c = 0; c < nch; c++, p += pstride, out += dplane, res = res ? res + dplane : 0) { \
     const float b = bias[c];                                                                   \
+    if (PF && c + 1 < nch)                                                                     \
+        _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                   \
+            _Pragma("GCC unroll 16") for (int q = 0; q < NV * (V); q += 64 / sizeof(float)) {  \
+                if (last && res) __builtin_prefetch(res + dplane + r * drow + q, 0, 3);        \
+                __builtin_prefetch(out + dplane + r * drow + q, 1, 3);                         \
+            }                                                                                  \
     VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
@@ -109,20 +115,24 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     }                                                                                          \
 }
 
-#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in, V) \
-    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in, V)
+#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in, V, 0) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in, V, 0)
 /* Stride-2 tiles reading the input directly, for a batch of exactly one vector (N == VW): output
  * pixel x is vector x, and it reads input pixels 2x + kx, whole vectors 2V apart, so the
  * convolution needs no phase planes (at batch 16 MobileNetV2's four stride-2 depthwise inputs
  * are 130 MB that a split would read and write again). */
-#define DEFINE_TILE_S2(R, NV) DEFINE_TILE_OT(R, NV, vf, VW, int32_t, _s2, srow_in, drow_in, 2 * VW) \
-    DEFINE_TILE_OT(R, NV, vf, VW, uint16_t, _16_s2, srow_in, drow_in, 2 * VW)
+#define DEFINE_TILE_S2(R, NV) DEFINE_TILE_OT(R, NV, vf, VW, int32_t, _s2, srow_in, drow_in, 2 * VW, 0) \
+    DEFINE_TILE_OT(R, NV, vf, VW, uint16_t, _16_s2, srow_in, drow_in, 2 * VW, 0)
 /* Tiles whose rows follow each other in memory (a span's pieces of NV vectors): the row
  * strides are constants, so every load of the inner loop is one base register plus an
  * immediate offset (with strides passed in, GCC kept a register or a stack slot per row and
- * vector: ~40 scalar instructions and stack loads beside the 24 multiply-adds of a nonzero). */
-#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V), V) \
-    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V), V)
+ * vector: ~40 scalar instructions and stack loads beside the 24 multiply-adds of a nonzero).
+ * They prefetch the next channel's output lines (for writing) and residual while multiplying
+ * this one's nonzeros (PF): each channel's piece lies a plane away from the last, so no hardware
+ * stream covers it, and at batch 16 an expansion layer's 8-40 nonzeros a channel took less time
+ * than the memory latency of the residual load and the store's line fill that followed them. */
+#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V), V, 1) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V), V, 1)
 
 #define ROWS_1_TO_3(NV, VT, V) DEFINE_TILE(1, NV, VT, V) DEFINE_TILE(2, NV, VT, V) DEFINE_TILE(3, NV, VT, V)
 #define ROWS_4_TO_6(NV, VT, V) DEFINE_TILE(4, NV, VT, V) DEFINE_TILE(5, NV, VT, V) DEFINE_TILE(6, NV, VT, V)
