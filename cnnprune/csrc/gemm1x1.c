@@ -76,31 +76,26 @@ static void gemm_tail(const float *src, int64_t plane, const float *w, int cin, 
         }
 }
 
-/* Work items: blocks of the span x chunks of output channels (multiples of 4), about four per
- * thread and a multiple of the thread count where the layer allows it. A block is 1 to 4 tiles
- * wide, as many as keep its input (Cin x width) within GEMM_L2 bytes (half of a Zen 3 core's
- * L2: 512 KB measured slower), and is first copied into a per-thread buffer, panel by panel:
- * the GEMM_NV vectors of a tile for every input channel, one after another, so that a tile
- * reads one sequential stream (read from the planes in place, 1024 channels 16 KB apart, a
- * 14x14 map at batch 16, fell into a few L2 sets and missed the cache at every tile; the
+/* Work items: blocks of the span x chunks of output channels (multiples of 4, item_chunks). A
+ * block is 1 to 4 tiles wide, as many as keep its input (Cin x width) within GEMM_L2 bytes (half
+ * of a Zen 3 core's L2: 512 KB measured slower), and is first copied into a per-thread buffer,
+ * panel by panel: the GEMM_NV vectors of a tile for every input channel, one after another, so
+ * that a tile reads one sequential stream (read from the planes in place, 1024 channels 16 KB
+ * apart, a 14x14 map at batch 16, fell into a few L2 sets and missed the cache at every tile; the
  * panels were 5-30 % faster than rows a block wide). A thread packs a block once for all the
  * chunks it takes of it in one call (at batch 1 a 14x14 map is one block, and 8 chunks each
- * copied all of it). One group of 4 channels' weights (4 x Cin floats) stays in L1 across
- * the block's tiles. */
+ * copied all of it). One group of 4 channels' weights (4 x Cin floats) stays in L1 across the
+ * block's tiles. */
 #define GEMM_L2 (256 * 1024)
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads) {
-    const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row, start = row + N;
-    int64_t L = (int64_t)(H - 1) * row + (int64_t)W * N;
-    const int64_t whole = (L + VW - 1) / VW * VW;
-    if (start + whole <= plane) L = whole;
+    const span_geom sg = span_of(H, W, N);
+    const int64_t row = sg.row, plane = sg.plane, start = sg.start, L = sg.len;
     int64_t tiles = GEMM_L2 / ((int64_t)Cin * PANEL * (int64_t)sizeof(float));
     tiles = tiles < 1 ? 1 : tiles > 4 ? 4 : tiles;
     const int64_t block = tiles * PANEL;
     const int nblocks = (int)((L + block - 1) / block), quads = Cout / 4;
-    int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
-    while ((nblocks * nchunks) % nthreads) nchunks++;
-    if (nchunks > quads) nchunks = quads;
+    const int nchunks = item_chunks(nblocks, quads, nthreads);
     int held = -1;  /* the block this thread's buffer holds, packed in this call */
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < nblocks; b++) {

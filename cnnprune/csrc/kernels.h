@@ -111,6 +111,11 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
 void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
+/* sparse_conv.c: where a padded plane's interior span lies (floats: a padded row, the plane,
+ * the span's start and length), and how many output-channel chunks a layer's work items take. */
+typedef struct { int64_t row, plane, start, len; } span_geom;
+span_geom span_of(int H, int W, int N);
+int item_chunks(int nblocks, int most, int nthreads);
 void copy_panels(const float *src, int C, int64_t plane, int64_t n, int64_t panel, float *dst);
 /* Images per block where a loop keeps one value per image (the pools' and the scale's lanes). */
 #define LANES 64

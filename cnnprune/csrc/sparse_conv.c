@@ -278,6 +278,30 @@ static int chunk_start(const int32_t *chan, int Cout, int64_t target) {
     return lo;
 }
 
+/* Output-channel chunks per row block (or span block), for nblocks blocks: about four work
+ * items per thread, a multiple of the thread count where the layer allows it, at most `most`
+ * chunks (so that a chunk keeps enough channels to amortise its tile's setup), at least one. */
+int item_chunks(int nblocks, int most, int nthreads) {
+    int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
+    while ((nblocks * nchunks) % nthreads) nchunks++;
+    if (nchunks > most) nchunks = most;
+    return nchunks < 1 ? 1 : nchunks;
+}
+
+/* The span of a padded (H+2, W+2, N) plane's interior (see sparse_span_body): it starts at
+ * pixel (1, 1) and runs (H-1)(W+2)N + WN floats, rounded up to whole vectors where that stays
+ * inside the plane. */
+span_geom span_of(int H, int W, int N) {
+    span_geom g;
+    g.row = (int64_t)(W + 2) * N;
+    g.plane = (int64_t)(H + 2) * g.row;
+    g.start = g.row + N;
+    g.len = (int64_t)(H - 1) * g.row + (int64_t)W * N;
+    const int64_t whole = (g.len + VW - 1) / VW * VW;
+    if (g.start + whole <= g.plane) g.len = whole;
+    return g;
+}
+
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
  * planes make stride 2 look like stride 1; direct: a stride-2 convolution at N == VW reads
  * the padded input itself: src_row is then two input rows, and output float t reads from
@@ -302,11 +326,7 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int64_t dplane = (int64_t)(Ho + 2) * drow;
     const int L = Wo * N;
     const int nyb = (Ho + row_block(L) - 1) / row_block(L);
-    int nchunks = (4 * nthreads + nyb - 1) / nyb;
-    while ((nyb * nchunks) % nthreads) nchunks++;
-    const int most = Cout / 8 > 1 ? Cout / 8 : 1;
-    if (nchunks > most) nchunks = most;
-    if (nchunks < 1) nchunks = 1;
+    const int nchunks = item_chunks(nyb, Cout / 8, nthreads);
     const int per_run = k * k;
     const int64_t total = chan[Cout];
     #pragma omp for schedule(dynamic, 1) collapse(2)
@@ -381,17 +401,12 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
                              const int32_t *chan, const void *off, int off16, const float *val, const float *bias,
                              float *dst, const float *res, int relu, int rows, int nthreads) {
     const int SR = rows >= 1 && rows <= SPAN_ROWS ? rows : SPAN_ROWS;
-    const int64_t row = (int64_t)(W + 2) * N, plane = (int64_t)(H + 2) * row, start = row + N;
-    int64_t L = (int64_t)(H - 1) * row + (int64_t)W * N;
-    const int64_t whole = (L + VW - 1) / VW * VW;
-    if (start + whole <= plane) L = whole;
+    const span_geom sg = span_of(H, W, N);
+    const int64_t row = sg.row, plane = sg.plane, start = sg.start, L = sg.len;
     const int TW = 8 * VW;
     const int64_t block = (int64_t)SR * TW;
     const int nblocks = (int)((L + block - 1) / block);
-    int nchunks = (4 * nthreads + nblocks - 1) / nblocks;
-    while ((nblocks * nchunks) % nthreads) nchunks++;
-    const int most = Cout / 8 > 1 ? Cout / 8 : 1;
-    if (nchunks > most) nchunks = most;
+    const int nchunks = item_chunks(nblocks, Cout / 8, nthreads);
     const int64_t total = chan[Cout];
     int held = -1;  /* the block this thread's buffer holds, packed in this call */
     #pragma omp for schedule(dynamic, 1) collapse(2)
