@@ -139,10 +139,10 @@ class NativeEngine:
         """Every convolution's geometry at this batch size (operands come with its mode)."""
         plans: dict[str, ConvPlan] = {}
 
-        def add(conv: FoldedConv, hin: int, win: int) -> tuple[int, int]:
+        def add(conv: FoldedConv, hin: int, win: int, residual: bool = False) -> tuple[int, int]:
             ho, wo = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
-            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32))
+            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32), residual=residual)
             p.winograd_ok = self.winograd and winograd_eligible(conv, hin, win)
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
@@ -155,7 +155,7 @@ class NativeEngine:
             if b.downsample is not None:
                 add(b.downsample, h, w)
             h, w = add(b.conv1, h, w)
-            add(b.conv2, h, w)
+            add(b.conv2, h, w, residual=True)
         return plans
 
     def _operands(self, p: ConvPlan, n: int, mode: str) -> None:
@@ -210,7 +210,9 @@ class NativeEngine:
         """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
         the shape allows, the host's dense convolution incl. layout conversion), best of
         ``repeats``, and keep the fastest (near ties: sparse, ``SPARSE_TIE``); the operands of the others are dropped at once, so
-        calibration never holds every layer's Winograd weights together."""
+        calibration never holds every layer's Winograd weights together. A layer whose output
+        takes a residual add is timed with one: the add's reads from memory cost the modes
+        differently (the sparse span prefetches them, the dense GEMM does not)."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
@@ -218,23 +220,26 @@ class NativeEngine:
             src = padded(cin, p.hin, p.win, n, arena, b)
             src[:, b:-b, b:-b, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
             dst = padded(cout, p.ho, p.wo, n, arena)
+            res = padded(cout, p.ho, p.wo, n, arena) if p.residual else None
+            if res is not None:  # written, so that its pages are real memory, not the shared zero page
+                res[:, 1:-1, 1:-1, :] = np.random.default_rng(1).random((cout, p.ho, p.wo, n), dtype=np.float32)
             phase = self._phase(p, n, arena.zeros)
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
             self._operands(p, n, "sparse")
-            runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, None, True, phase, None), [])}
+            runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, res, True, phase, None), [])}
             if self.dense_conv is not None and p.dense_ok:
-                runs["dense"] = self.dense_conv(p, src, dst, None, True)
+                runs["dense"] = self.dense_conv(p, src, dst, res, True)
             if p.gemm_ok:
                 self._operands(p, n, "gemm")
-                runs["gemm"] = self._native(self._conv_steps(p, "gemm", src, dst, None, True, phase, None), [])
+                runs["gemm"] = self._native(self._conv_steps(p, "gemm", src, dst, res, True, phase, None), [])
             if p.winograd_ok:
                 self._operands(p, n, "winograd")
-                runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, None, True, None, scratch), [])
+                runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, res, True, None, scratch), [])
             p.ms = raced_ms(runs, repeats, RACE_CLOSE)
             p.mode = min(p.ms, key=p.ms.get)
             if p.ms["sparse"] <= (1 + SPARSE_TIE) * p.ms[p.mode]:
                 p.mode = "sparse"
-            del runs, src, dst, phase, scratch
+            del runs, src, dst, res, phase, scratch
             p.release()
             self._drop_unused_u()
 

@@ -58,7 +58,7 @@ class GraphEngine(NativeEngine):
             _, hin, win = op.in_shape
             _, ho, wo = op.shape
             p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win),
-                         dense_ok=not op.grouped and op.border == 1, border=op.border)
+                         dense_ok=not op.grouped and op.border == 1, border=op.border, residual=op.residual is not None)
             p.gemm_ok = self.gemm and not op.grouped and op.border == 1 and gemm_eligible(op.conv, hin, win)
             p.direct = not p.span and direct_stride2(op.conv.stride, n)
             p.winograd_ok = self.winograd and not op.grouped and \

@@ -67,6 +67,7 @@ class ConvPlan:
     direct: bool = False  # stride 2 read from the input itself, no phase planes (``kernels.direct_stride2``)
     g: np.ndarray | None = None  # its packed dense weight (``gemm_weights``)
     fused: bool = False
+    residual: bool = False  # the forward pass adds a residual into its output: calibrated with one (``_choose_layers``)
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)
 

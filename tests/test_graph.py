@@ -287,6 +287,23 @@ def test_fusion_of_batchnorm_relu_and_residual() -> None:
     assert not any(op.name.startswith("bn") or ".bn" in op.name for op in graph.ops), "every BatchNorm folded"
 
 
+def test_layers_that_add_a_residual_are_calibrated_with_one(monkeypatch) -> None:
+    graph = trace(pruned(build("resnet50", 10), 0.9), (3, 64, 64))
+    engine = GraphEngine(graph, 2)
+    want = {op.output for op in graph.ops if op.kind == "conv" and op.residual is not None}
+    assert want and {name for name, p in engine._layer_plans(2).items() if p.residual} == want
+    calls = []
+    original = engine._conv_steps
+
+    def spy(p, mode, src, dst, res, *rest, **kw):
+        calls.append((p.residual, res is not None))
+        return original(p, mode, src, dst, res, *rest, **kw)
+    monkeypatch.setattr(engine, "_conv_steps", spy)
+    engine.run(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
+    assert sum(r for r, _ in calls) > len(want), "calibration and the program both built the residual layers"
+    assert all(residual == given for residual, given in calls)
+
+
 def test_plan_summary_and_whole_network_fallback() -> None:
     torch.manual_seed(2)
     model = pruned(build("resnet18", 10), 0.2)
