@@ -54,7 +54,7 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
               off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
               geometry: tuple[int, int, int, int, int], direct: bool = False) -> Step:
     """The CONV step of one sparse convolution over padded (C, H, W, N) ``src`` (phase planes for
-    stride 2, or with ``direct`` the padded input itself: a batch of exactly one vector,
+    stride 2, or with ``direct`` the padded input itself: a batch of one or two whole vectors,
     ``direct_stride2``); ``ptr``, ``chan``, ``off`` (uint16 or int32) and ``val`` as
     ``native_plan.sparse_operands`` made them; ``geometry``: kernel size, stride, padding, input
     height and width (which taps of an output pixel read only the zero border, and are
@@ -62,7 +62,7 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
     n = src.shape[3]
     k, stride, pad, hin, win = geometry
     if direct and not direct_stride2(stride, n):
-        raise ValueError(f"a direct stride-2 step needs stride 2 and a batch of {library().vector_width()}, "
+        raise ValueError(f"a direct stride-2 step needs stride 2 and a batch of {library().vector_width()} or twice that, "
                          f"not stride {stride}, batch {n}")
     return Step(kind=CONV_S2 if direct else CONV, src=src.ctypes.data, src_row=src.shape[2] * n * (2 if direct else 1),
                 Ho=ho, Wo=wo, N=n, Cout=cout,
@@ -74,8 +74,9 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
 
 def direct_stride2(stride: int, n: int) -> bool:
     """Whether a stride-2 convolution at batch ``n`` reads its input without phase planes: where
-    each pixel is one vector of the machine's width (batch 16 with AVX-512, 8 with AVX2)."""
-    return stride == 2 and n == library().vector_width()
+    each pixel is one or two whole vectors of the machine's width (batch 16 or 32 with AVX-512, 8
+    or 16 with AVX2)."""
+    return stride == 2 and n in (library().vector_width(), 2 * library().vector_width())
 
 
 def span_step(src: np.ndarray, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray, off: np.ndarray,

@@ -64,11 +64,11 @@ def test_graph_engine_matches_eager(arch: str, size: int, amount: float, mode: s
 
 
 @pytest.mark.parametrize("arch, amount", [("resnet50", 0.9), ("mobilenet_v2", 0.8), ("resnet18", 0.5)])
-def test_stride_2_at_one_vector_per_pixel_reads_its_input_directly(arch: str, amount: float) -> None:
+def test_stride_2_at_one_or_two_vectors_per_pixel_reads_its_input_directly(arch: str, amount: float) -> None:
     torch.manual_seed(0)
     model = pruned(build(arch, 10), amount)
-    batch = library().vector_width()
-    for mode in ("sparse", None):
+    for batch, mode in ((library().vector_width(), "sparse"), (library().vector_width(), None),
+                        (2 * library().vector_width(), "sparse")):
         plans = check(model, 64, batch, calibrate=mode is None, layer_mode=mode).engine._plans[batch]["convs"]
         assert any(p.direct for p in plans.values()), "the stem and the stride-2 3x3 convolutions"
         assert all(p.direct == (p.conv.stride == 2 and not p.span) for p in plans.values())

@@ -370,10 +370,11 @@ def test_scale_multiplies_each_channel_of_each_image(n: int, native: bool) -> No
 
 @pytest.mark.parametrize("k, pad, hw", [(3, 1, 8), (3, 1, 7), (3, 1, 2), (3, 1, 30), (1, 0, 8), (7, 3, 12), (5, 2, 9)])
 @pytest.mark.parametrize("density", [0.05, 0.6, 1.0])
-def test_direct_stride_2_matches_conv2d(k: int, pad: int, hw: int, density: float) -> None:
-    """Stride 2 without phase planes, at a batch of one vector per pixel: every tile width and
-    row count, border taps skipped, the input's border as wide as its padding (a stem)."""
-    n, border = library().vector_width(), max(1, pad)
+@pytest.mark.parametrize("vectors", [1, 2])
+def test_direct_stride_2_matches_conv2d(k: int, pad: int, hw: int, density: float, vectors: int) -> None:
+    """Stride 2 without phase planes, at a batch of one or two vectors per pixel: every tile
+    width and row count, border taps skipped, the input's border as wide as its padding (a stem)."""
+    n, border = vectors * library().vector_width(), max(1, pad)
     base = random_conv(6, 24, k, 2, density, seed=hw * 10 + k)
     conv = FoldedConv("c", base.weight, base.bias, 2, pad)
     x = torch.randn(n, 6, hw, hw, generator=torch.Generator().manual_seed(hw))
@@ -392,9 +393,10 @@ def test_direct_stride_2_matches_conv2d(k: int, pad: int, hw: int, density: floa
             assert_zero_border(dst)
 
 
-def test_direct_stride_2_needs_one_vector_per_pixel() -> None:
+@pytest.mark.parametrize("vectors", [0.5, 3])
+def test_direct_stride_2_needs_one_or_two_vectors_per_pixel(vectors: float) -> None:
     conv = random_conv(4, 8, 3, 2, 0.5, seed=1)
-    n = library().vector_width() // 2
+    n = int(library().vector_width() * vectors)
     src, dst = padded(4, 8, 8, n), padded(8, 4, 4, n)
     ptr, chan, ngroups, off, val = sparse_operands(conv, 8, 8, n, 4, direct=True)
     with pytest.raises(ValueError, match="batch of"):

@@ -34,9 +34,11 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 
 /* The multiply-adds of nonzeros J0..J1-1 into the accumulator vectors V0..V1-1 of each row
  * (expanded inside a tile function: acc, U, base, off, val, srow, unit are its locals); the
- * input of accumulator v is VI floats after that of v-1 (V, or 2V for a stride-2 tile whose
- * vectors are whole pixels). */
-#define RUN_SEG(J0, J1, V0, V1, R, VT, VI)                                                      \
+ * input of accumulator v lies IN_AT(v) floats from the nonzero's offset: v*V in a stride-1
+ * tile; in a direct stride-2 tile, whose pixels are PV whole vectors (1 or 2), the v % PV-th
+ * vector of input pixel 2 (v / PV): there VI = 2V floats per vector of an output pixel. */
+#define IN_AT(v, VI, PV) (((v) / (PV)) * (VI) * (PV) + ((v) % (PV)) * ((VI) / 2))
+#define RUN_SEG(J0, J1, V0, V1, R, VT, VI, PV)                                                 \
     do {                                                                                       \
         int j = (J0);                                                                          \
         const int jend = (J1);                                                                 \
@@ -46,14 +48,14 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
                 const float *restrict s = base + (int64_t)off[j + u] * unit;                   \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                           \
                     _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                     \
-                        acc[u][r][v] += w * *(const VT *)(s + r * srow + v * (VI));            \
+                        acc[u][r][v] += w * *(const VT *)(s + r * srow + IN_AT(v, VI, PV));    \
             }                                                                                  \
         for (; j < jend; j++) {                                                                \
             const float w = val[j];                                                            \
             const float *restrict s = base + (int64_t)off[j] * unit;                           \
             _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
                 _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                         \
-                    acc[0][r][v] += w * *(const VT *)(s + r * srow + v * (VI));                \
+                    acc[0][r][v] += w * *(const VT *)(s + r * srow + IN_AT(v, VI, PV));        \
         }                                                                                      \
     } while (0)
 
@@ -66,7 +68,7 @@ typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, co
                         const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
                         int64_t, int, const float *restrict, int, const float *restrict, int);
 
-#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW, VI, PF)                              \
+#define DEFINE_TILE_OT(R, NV, VT, V, OT, SUF, SROW, DROW, VI, PV, PF)                          \
 static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow_in,          \
         const void *restrict offp, const float *restrict val, const int32_t *restrict p,       \
         int pstride, const seg_sel *restrict sel, int nch, float *restrict out, int64_t drow_in,\
@@ -93,14 +95,14 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
             _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) acc[u][r][v] = (VT){0};        \
         }                                                                                      \
     if (sel->whole)                                                                            \
-        RUN_SEG(p[0], p[k * k], 0, NV, R, VT, VI);                                             \
+        RUN_SEG(p[0], p[k * k], 0, NV, R, VT, VI, PV);                                         \
     else                                                                                       \
         for (int kx = 0; kx < k; kx++) {                                                       \
             const int a = p[kx * k + lo], z = p[kx * k + hi];                                  \
             switch (sel->cols[kx]) {                                                           \
-            case 3: RUN_SEG(a, z, 0, NV, R, VT, VI); break;                                    \
-            case 1: RUN_SEG(a, z, 0, NV / 2, R, VT, VI); break;                                \
-            case 2: RUN_SEG(a, z, NV / 2, NV, R, VT, VI); break;                               \
+            case 3: RUN_SEG(a, z, 0, NV, R, VT, VI, PV); break;                                \
+            case 1: RUN_SEG(a, z, 0, NV / 2, R, VT, VI, PV); break;                            \
+            case 2: RUN_SEG(a, z, NV / 2, NV, R, VT, VI, PV); break;                           \
             default: break;                                                                    \
             }                                                                                  \
         }                                                                                      \
@@ -115,14 +117,16 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     }                                                                                          \
 }
 
-#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in, V, 0) \
-    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in, V, 0)
-/* Stride-2 tiles reading the input directly, for a batch of exactly one vector (N == VW): output
- * pixel x is vector x, and it reads input pixels 2x + kx, whole vectors 2V apart, so the
+#define DEFINE_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, , srow_in, drow_in, V, 1, 0) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16, srow_in, drow_in, V, 1, 0)
+/* Stride-2 tiles reading the input directly, for a batch of one or two whole vectors (N == PV
+ * VW): output pixel x is vectors PV x .. PV x + PV-1, and it reads input pixel 2x + kx, so the
  * convolution needs no phase planes (at batch 16 MobileNetV2's four stride-2 depthwise inputs
- * are 130 MB that a split would read and write again). */
-#define DEFINE_TILE_S2(R, NV) DEFINE_TILE_OT(R, NV, vf, VW, int32_t, _s2, srow_in, drow_in, 2 * VW, 0) \
-    DEFINE_TILE_OT(R, NV, vf, VW, uint16_t, _16_s2, srow_in, drow_in, 2 * VW, 0)
+ * are 130 MB that a split would read and write again; with AVX2, batch 16 is two vectors). */
+#define DEFINE_TILE_S2(R, NV) DEFINE_TILE_OT(R, NV, vf, VW, int32_t, _s2, srow_in, drow_in, 2 * VW, 1, 0) \
+    DEFINE_TILE_OT(R, NV, vf, VW, uint16_t, _16_s2, srow_in, drow_in, 2 * VW, 1, 0)
+#define DEFINE_TILE_S2P(R, NV) DEFINE_TILE_OT(R, NV, vf, VW, int32_t, _s2p, srow_in, drow_in, 2 * VW, 2, 0) \
+    DEFINE_TILE_OT(R, NV, vf, VW, uint16_t, _16_s2p, srow_in, drow_in, 2 * VW, 2, 0)
 /* Tiles whose rows follow each other in memory (a span's pieces of NV vectors): the row
  * strides are constants, so every load of the inner loop is one base register plus an
  * immediate offset (with strides passed in, GCC kept a register or a stack slot per row and
@@ -131,8 +135,8 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
  * this one's nonzeros (PF): each channel's piece lies a plane away from the last, so no hardware
  * stream covers it, and at batch 16 an expansion layer's 8-40 nonzeros a channel took less time
  * than the memory latency of the residual load and the store's line fill that followed them. */
-#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V), V, 1) \
-    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V), V, 1)
+#define DEFINE_SPAN_TILE(R, NV, VT, V) DEFINE_TILE_OT(R, NV, VT, V, int32_t, _c, NV * (V), NV * (V), V, 1, 1) \
+    DEFINE_TILE_OT(R, NV, VT, V, uint16_t, _16_c, NV * (V), NV * (V), V, 1, 1)
 
 #define ROWS_1_TO_3(NV, VT, V) DEFINE_TILE(1, NV, VT, V) DEFINE_TILE(2, NV, VT, V) DEFINE_TILE(3, NV, VT, V)
 #define ROWS_4_TO_6(NV, VT, V) DEFINE_TILE(4, NV, VT, V) DEFINE_TILE(5, NV, VT, V) DEFINE_TILE(6, NV, VT, V)
@@ -158,6 +162,10 @@ DEFINE_TILE_S2(1, 4) DEFINE_TILE_S2(2, 4) DEFINE_TILE_S2(3, 4)
 DEFINE_TILE_S2(1, 2) DEFINE_TILE_S2(2, 2) DEFINE_TILE_S2(3, 2) DEFINE_TILE_S2(4, 2) DEFINE_TILE_S2(5, 2) DEFINE_TILE_S2(6, 2)
 DEFINE_TILE_S2(1, 1) DEFINE_TILE_S2(2, 1) DEFINE_TILE_S2(3, 1) DEFINE_TILE_S2(4, 1) DEFINE_TILE_S2(5, 1) DEFINE_TILE_S2(6, 1)
 DEFINE_TILE_S2(7, 1) DEFINE_TILE_S2(8, 1)
+DEFINE_TILE_S2P(1, 8)
+DEFINE_TILE_S2P(1, 4) DEFINE_TILE_S2P(2, 4) DEFINE_TILE_S2P(3, 4)
+DEFINE_TILE_S2P(1, 2) DEFINE_TILE_S2P(2, 2) DEFINE_TILE_S2P(3, 2) DEFINE_TILE_S2P(4, 2) DEFINE_TILE_S2P(5, 2)
+DEFINE_TILE_S2P(6, 2)
 
 #define LIST_1_TO_8(NV, VT, S) {0, tile_##VT##_##NV##_1##S, tile_##VT##_##NV##_2##S, tile_##VT##_##NV##_3##S, \
     tile_##VT##_##NV##_4##S, tile_##VT##_##NV##_5##S, tile_##VT##_##NV##_6##S, tile_##VT##_##NV##_7##S, tile_##VT##_##NV##_8##S}
@@ -187,6 +195,13 @@ static const tile_kind KINDS_S2[] = {
     {4 * VW, 3, {LIST_1_TO_3(4, vf, _s2), LIST_1_TO_3(4, vf, _16_s2)}},
     {2 * VW, 6, {LIST_1_TO_6(2, vf, _s2), LIST_1_TO_6(2, vf, _16_s2)}},
     {VW, 8, {LIST_1_TO_8(1, vf, _s2), LIST_1_TO_8(1, vf, _16_s2)}},
+};
+/* And for pixels of two vectors: the first three kinds (rows of 4, 2 and 1 pixels; a row of
+ * whole pixels never leaves a one-vector rest). */
+static const tile_kind KINDS_S2P[] = {
+    {8 * VW, 1, {{0, tile_vf_8_1_s2p}, {0, tile_vf_8_1_16_s2p}}},
+    {4 * VW, 3, {LIST_1_TO_3(4, vf, _s2p), LIST_1_TO_3(4, vf, _16_s2p)}},
+    {2 * VW, 6, {LIST_1_TO_6(2, vf, _s2p), LIST_1_TO_6(2, vf, _16_s2p)}},
 };
 /* The widest tile with 1 to 3 rows, for the span of a 1x1 convolution (sparse_span_body): 8, 16
  * or 24 accumulators; with AVX2's 16 registers only the first fits. */
@@ -303,7 +318,7 @@ span_geom span_of(int H, int W, int N) {
 }
 
 /* One convolution. src: input planes whose output row y starts at src + y*src_row (phase
- * planes make stride 2 look like stride 1; direct: a stride-2 convolution at N == VW reads
+ * planes make stride 2 look like stride 1; direct: a stride-2 convolution at N == VW or 2 VW reads
  * the padded input itself: src_row is then two input rows, and output float t reads from
  * float 2t, see DEFINE_TILE_S2); off[j]*N: offset of nonzero j from there. The
  * nonzeros of input-channel group g, output channel co form run r = g*Cout+co, cut by kernel
@@ -337,7 +352,7 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
             const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
-                const tile_kind *kind = &(direct ? KINDS_S2 : KINDS)[pick_kind(L - t, r)];
+                const tile_kind *kind = &(!direct ? KINDS : N == VW ? KINDS_S2 : KINDS_S2P)[pick_kind(L - t, r)];
                 const tile_fn fn = kind->fn[off16 != 0][r];
                 const int64_t o = c0 * dplane + (y + 1) * drow + N + t;
                 seg_sel sel;
@@ -697,10 +712,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         switch (s->kind) {
         case STEP_PACK: pack_input_body(s->src, s->N, s->C, s->H, s->W, s->pad > 1 ? s->pad : 1, s->dst); break;
         case STEP_CONV:
-        case STEP_CONV_S2:  /* the Python side makes it only for N == VW (kernels.conv_step) */
+        case STEP_CONV_S2:  /* the Python side makes it only for N == VW or 2 VW (kernels.conv_step) */
             sparse_conv_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad, s->H, s->W,
                              s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, s->res, s->relu,
-                             s->kind == STEP_CONV_S2 && s->N == VW, nthreads);
+                             s->kind == STEP_CONV_S2 && (s->N == VW || s->N == 2 * VW), nthreads);
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_CONV_POOL:
