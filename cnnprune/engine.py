@@ -29,6 +29,7 @@ from cnnprune.native_plan import (
     interleaved_ms,
     padded,
     raced_ms,
+    random_padded,
     span_operands,
     sparse_operands,
     winograd_eligible,
@@ -210,19 +211,14 @@ class NativeEngine:
         """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
         the shape allows, the host's dense convolution incl. layout conversion), best of
         ``repeats``, and keep the fastest (near ties: sparse, ``SPARSE_TIE``); the operands of the others are dropped at once, so
-        calibration never holds every layer's Winograd weights together. A layer whose output
-        takes a residual add is timed with one: the add's reads from memory cost the modes
-        differently (the sparse span prefetches them, the dense GEMM does not)."""
+        calibration never holds every layer's Winograd weights together; one whose output takes a
+        residual add is timed with one (the span prefetches its reads, the GEMM does not)."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
-            b = p.border
-            src = padded(cin, p.hin, p.win, n, arena, b)
-            src[:, b:-b, b:-b, :] = np.random.default_rng(0).random((cin, p.hin, p.win, n), dtype=np.float32)
+            src = random_padded(cin, p.hin, p.win, n, arena, p.border)
             dst = padded(cout, p.ho, p.wo, n, arena)
-            res = padded(cout, p.ho, p.wo, n, arena) if p.residual else None
-            if res is not None:  # written, so that its pages are real memory, not the shared zero page
-                res[:, 1:-1, 1:-1, :] = np.random.default_rng(1).random((cout, p.ho, p.wo, n), dtype=np.float32)
+            res = random_padded(cout, p.ho, p.wo, n, arena, seed=1) if p.residual else None
             phase = self._phase(p, n, arena.zeros)
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
             self._operands(p, n, "sparse")

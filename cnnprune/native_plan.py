@@ -268,6 +268,14 @@ def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None, border: i
     return arena.zeros(shape) if arena is not None else np.zeros(shape, dtype=np.float32)
 
 
+def random_padded(c: int, h: int, w: int, n: int, arena: Arena, border: int = 1, seed: int = 0) -> np.ndarray:
+    """A padded map with a seeded random interior, for timing a layer: written, so that its
+    pages are real memory, not the shared zero page a fresh mapping reads."""
+    a = padded(c, h, w, n, arena, border)
+    a[:, border:-border, border:-border, :] = np.random.default_rng(seed).random((c, h, w, n), dtype=np.float32)
+    return a
+
+
 def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
                    warm_ms: float = 30.0, still_open: Callable[[list[float]], list[int]] | None = None) -> list[float]:
     """Median ms per call of each of ``fns`` over blocks in palindromic order (A B C C B A,
