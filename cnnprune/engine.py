@@ -4,15 +4,15 @@ each layer in the mode calibration found fastest at each batch size, on numpy ar
 Two hosts run it: :mod:`cnnprune.native` (an ``nn.Module`` that adds PyTorch's dense oneDNN
 convolution as a third per-layer mode and the whole-network dense fallbacks: onnxruntime, PyTorch
 eager, OpenVINO where installed) and :mod:`cnnprune.runtime` (numpy and the kernels only). What a
-host adds comes in as callables (``dense_conv``, ``fallbacks``), so this module imports neither
-torch nor onnxruntime. The
-scheme itself (sparse direct convolution, Winograd, per-layer calibration) is described in
-:mod:`cnnprune.sparse`.
+host adds comes in as callables (``dense_conv``, ``fallbacks``, ``sharing``), so this module imports
+neither torch nor onnxruntime. The scheme itself (sparse direct convolution, Winograd, per-layer
+calibration) is described in :mod:`cnnprune.sparse`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -51,14 +51,12 @@ RACE_CLOSE = 0.25
 DenseConv = Callable[[ConvPlan, np.ndarray, np.ndarray, "np.ndarray | None", bool], Callable[[], object]]
 # makes a dense whole-network engine: (N, C, H, W) float32 -> logits. Built when first timed, and
 # dropped again while no planned batch size runs it (an onnxruntime session of ResNet-50 holds
-# ~100 MB of weights of its own)
+# ~100 MB of weights of its own); those a decision makes share, in a ``Sharing`` block, what they
+# are made from (the host's dense model and its ONNX export: ``native.DenseSource.shared``)
 DenseMaker = Callable[[], Callable[[np.ndarray], np.ndarray]]
+Sharing = Callable[[], AbstractContextManager]
 # what a plan that runs a dense fallback keeps: the decision and the timings behind it
 DECISION_KEYS = ("convs", "engine", "sparse_ms", "dense_ms", "dense_engine")
-
-
-def _address(a) -> int:
-    return a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()
 
 
 def runs_sparse(plan: dict) -> bool:
@@ -83,7 +81,7 @@ class NativeEngine:
 
     def __init__(self, net: FoldedResNet, threads: int, calibrate: bool = True, winograd: bool = True,
                  layer_mode: str | None = None, dense_conv: DenseConv | None = None,
-                 fallbacks: dict[str, DenseMaker] | None = None,
+                 fallbacks: dict[str, DenseMaker] | None = None, sharing: Sharing | None = None,
                  cache: PlanCache | None = None, recalibrate: bool = False) -> None:
         from cnnprune.kernels import library
 
@@ -101,6 +99,7 @@ class NativeEngine:
         self.dense_conv = dense_conv
         self.fallbacks = dict(fallbacks or {}) if calibrate else {}
         self._dense: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # the fallbacks built now
+        self.sharing = sharing or nullcontext
         self.cache = cache
         self.recalibrate = recalibrate  # time afresh and replace the cached plan
         self._plans: dict[int, dict] = {}
@@ -132,7 +131,7 @@ class NativeEngine:
             for p in plan["convs"].values():
                 for a in p.operands():
                     if a is not None:
-                        arrays[_address(a)] = a.nbytes
+                        arrays[a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()] = a.nbytes
         return sum(arrays.values())
 
     # -- planning
@@ -267,7 +266,8 @@ class NativeEngine:
             return
         x = np.random.default_rng(0).standard_normal((n, *self.input_shape), dtype=np.float32)
         names = list(self.fallbacks)
-        dense = [self._dense_engine(name) for name in names]
+        with self.sharing():
+            dense = [self._dense_engine(name) for name in names]
         ms = interleaved_ms([lambda: self._run_sparse(x)] + [lambda f=f: f(x) for f in dense], rounds,
                             still_open=_undecided)
         best = min(range(len(names)), key=lambda i: ms[i + 1])

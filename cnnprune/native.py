@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,6 @@ from cnnprune.graph import Graph
 from cnnprune.graph_engine import GraphEngine, from_nchw, to_nchw  # noqa: F401  (re-exported)
 from cnnprune.native_plan import ConvPlan
 from cnnprune.plancache import PlanCache
-
-
-def ort_session_of(model: nn.Module, threads: int, input_size: int = 32):
-    """In-memory onnxruntime session of the dense model, same thread count (the fallback)."""
-    from cnnprune.export import onnx_bytes, ort_session
-
-    return ort_session(onnx_bytes(model, input_size), threads)
 
 
 class _Threads:
@@ -49,16 +43,54 @@ class _Threads:
             torch.set_num_threads(self.previous)
 
 
-def dense_engines(model_of: Callable[[], nn.Module], threads: int, input_size: int) -> dict[str, DenseMaker]:
-    """The whole-network dense fallbacks, each on ``threads`` threads and made from the dense
-    model ``model_of()`` returns when first timed: onnxruntime, PyTorch eager, and OpenVINO (fp32
-    hint) where installed, the engines the harness takes the best dense figure from."""
+class DenseSource:
+    """The dense model the whole-network fallbacks are made from, and its ONNX export, each made
+    when first asked for. Inside ``shared()`` (one whole-network decision builds every fallback
+    at once) each is made once and kept until the block ends; outside it, every engine makes its
+    own and nothing is held after (an onnxruntime session does not need the model again). Built
+    each for itself, ResNet-50 at 224 read and built the model three times and exported it twice:
+    the README has the times."""
+
+    def __init__(self, model_of: Callable[[], nn.Module], input_size: int) -> None:
+        self.model_of, self.input_size = model_of, input_size
+        self._held: dict[str, object] | None = None
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        self._held = {}
+        try:
+            yield
+        finally:
+            self._held = None
+
+    def model(self) -> nn.Module:
+        return self._get("model", self.model_of)
+
+    def onnx(self) -> bytes:
+        from cnnprune.export import onnx_bytes
+
+        return self._get("onnx", lambda: onnx_bytes(self.model(), self.input_size))
+
+    def _get(self, key: str, make: Callable[[], object]):
+        if self._held is None:
+            return make()
+        if key not in self._held:
+            self._held[key] = make()
+        return self._held[key]
+
+
+def dense_engines(source: DenseSource, threads: int) -> dict[str, DenseMaker]:
+    """The whole-network dense fallbacks, each on ``threads`` threads and made from ``source``
+    when first timed: onnxruntime, PyTorch eager, and OpenVINO (fp32 hint) where installed, the
+    engines the harness takes the best dense figure from."""
     def onnxruntime():
-        session = ort_session_of(model_of(), threads, input_size)
+        from cnnprune.export import ort_session
+
+        session = ort_session(source.onnx(), threads)
         return lambda x: session.run(None, {"input": x})[0]
 
     def eager():
-        model = model_of().eval()
+        model = source.model().eval()
 
         @torch.no_grad()
         def run(x: np.ndarray) -> np.ndarray:
@@ -67,11 +99,11 @@ def dense_engines(model_of: Callable[[], nn.Module], threads: int, input_size: i
         return run
 
     def openvino():
-        from cnnprune.export import onnx_bytes, openvino_session
+        from cnnprune.export import openvino_session
 
         with tempfile.TemporaryDirectory() as folder:  # compiled in memory: the file goes at once
             path = Path(folder) / "dense.onnx"
-            path.write_bytes(onnx_bytes(model_of(), input_size))
+            path.write_bytes(source.onnx())
             return openvino_session(path, threads)
 
     makers = {"onnxruntime": onnxruntime, "torch": eager, "openvino": openvino}
@@ -112,9 +144,10 @@ class NativeSparseResNet(nn.Module):
         threads = threads or torch.get_num_threads()
         size = net.input_shape[1] if isinstance(net, Graph) else 32
         model_of = (lambda: dense_fallback) if isinstance(dense_fallback, nn.Module) else dense_fallback
-        fallbacks = dense_engines(model_of, threads, size) if model_of is not None else None
+        source = DenseSource(model_of, size) if model_of is not None else None
         options = dict(calibrate=calibrate, winograd=winograd, layer_mode=layer_mode, dense_conv=dense_conv(threads),
-                       fallbacks=fallbacks, cache=cache)
+                       fallbacks=dense_engines(source, threads) if source else None,
+                       sharing=source.shared if source else None, cache=cache)
         self.engine = GraphEngine(net, threads, **options) if isinstance(net, Graph) else \
             NativeEngine(net, threads, **options)
         self.threads = threads

@@ -70,10 +70,19 @@ def unsupported(spec: ModelSpec, engine: str = "native") -> str | None:
 def read_state(path: str | Path, arch: str = DEFAULT_ARCH) -> dict[str, torch.Tensor]:
     """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint of ``arch``
     (any class count)."""
-    path = Path(path)
-    state = csr.load_state(path) if path.name.endswith(".csr.pt") else load_state_dict(path)
+    state = _file_state(Path(path))
     checked_model(state, str(path), arch)
     return state
+
+
+def read_model(path: str | Path, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """The dense model of such a file, checked and built once (the whole-network fallbacks'
+    source: ``read_state`` + ``checked_model`` built it twice)."""
+    return checked_model(_file_state(Path(path)), str(path), arch)
+
+
+def _file_state(path: Path) -> dict[str, torch.Tensor]:
+    return csr.load_state(path) if path.name.endswith(".csr.pt") else load_state_dict(path)
 
 
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
@@ -125,7 +134,7 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
-        dense = (lambda: checked_model(read_state(path), str(path))) if dense_fallback else None
+        dense = (lambda: read_model(path)) if dense_fallback else None
         cache = PlanCache(sha256_file(path)) if plan_cache else None
         return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode, cache)
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)
@@ -138,10 +147,9 @@ def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | N
 
     if device != "cpu":
         raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
-    model = checked_model(read_state(path, spec.arch), str(path), spec.arch)
-    graph = trace(model, (3, spec.input_size, spec.input_size))
+    graph = trace(read_model(path, spec.arch), (3, spec.input_size, spec.input_size))
     cache = PlanCache(sha256_file(path)) if plan_cache else None
-    dense = (lambda: checked_model(read_state(path, spec.arch), str(path), spec.arch)) if dense_fallback else None
+    dense = (lambda: read_model(path, spec.arch)) if dense_fallback else None
     return NativeSparseResNet(graph, threads, calibrate, dense, winograd, layer_mode, cache)
 
 
