@@ -26,7 +26,7 @@ FUSED_PANELS_PER_THREAD = 2
 # but its input block (channels x the span's block, which the kernel copies channel after
 # channel) should also stay within SPAN_GROUP_BYTES of L2; the group is never below SPAN_MIN_RUN
 # nonzeros a channel nor below SPAN_LEAST_BYTES of the block (the L1 data cache).
-# SPAN_ROWS: the span tile's pieces of 8 vectors by vector width (csrc/sparse_conv.c). Timed per
+# SPAN_ROWS: the span tile's pieces of 8 vectors by vector width (csrc/tiles.h). Timed per
 # layer (interleaved runs of one layer at groups of 16 channels to all of them, four runs) on
 # ResNet-50 at 224, 90 %, batch 16, on a Zen 3 (AVX2: 256-byte blocks), after the block copy
 # came in: the former groups of 45-109 channels (32 nonzeros a channel, blocks taken as

@@ -25,13 +25,14 @@ from typing import Any
 from cnnprune.config import PipelineConfig
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.hparams import add_args, from_args
+from cnnprune.kernels import SOURCES
 from cnnprune.steps import Ledger, Progress, Step
 
 # The code that produces the measured figures: a change to the engine invalidates earlier
 # timings, accuracies and memory; a change to the benchmark files, only the timings.
 ENGINE_CODE = ("sparse.py", "fold.py", "engine.py", "plancache.py", "native.py", "native_plan.py", "gemm.py", "kernels.py", "buffers.py",
                "layouts.py", "csrfile.py", "memprobe.py", "sessions.py", "runtime/__init__.py",
-               "measure.py", "csrc/sparse_conv.c", "csrc/winograd.c", "csrc/kernels.h")
+               "measure.py", *(f"csrc/{name}" for name in SOURCES))
 BENCH_CODE = ENGINE_CODE + ("bench/conftest.py", "bench/test_latency.py")
 
 

@@ -401,3 +401,20 @@ def test_direct_stride_2_needs_one_or_two_vectors_per_pixel(vectors: float) -> N
     ptr, chan, ngroups, off, val = sparse_operands(conv, 8, 8, n, 4, direct=True)
     with pytest.raises(ValueError, match="batch of"):
         conv_step(src, 4, 4, 8, ngroups, ptr, chan, off, val, conv.bias, dst, None, True, (3, 2, 1, 8, 8), direct=True)
+
+
+def test_a_failing_compile_is_one_line_and_leaves_nothing(tmp_path) -> None:
+    import stat
+
+    from cnnprune import kernels
+    from cnnprune.errors import CnnpruneError
+
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'note: compiling' >&2\necho 'tiles_s1.c:3: error: boom' >&2\nexit 1\n")
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "lib" / "k.so"
+    out.parent.mkdir()
+    sources = [str(kernels._source_folder() / name) for name in kernels.SOURCES if name.endswith(".c")]
+    with pytest.raises(CnnpruneError, match=r"failed: tiles_s1.c:3: error: boom$"):
+        kernels._build(str(cc), sources, str(out), kernels._source_folder())
+    assert list(out.parent.iterdir()) == [], "no object files or library left behind"
