@@ -339,12 +339,9 @@ class NativeEngine:
         return steps
 
     def _native(self, steps: list, keep: list) -> Callable[[], object]:
-        """Run consecutive native steps in one call (one parallel region); ``keep`` holds their arrays."""
-        from cnnprune.kernels import Step
+        from cnnprune.kernels import StepRun
 
-        array = (Step * len(steps))(*steps)
-        lib, t = self.lib, self.threads
-        return lambda array=array, keep=keep: lib.run_steps(array, len(array), t)
+        return StepRun(self.lib, steps, self.threads, keep)
 
     def _program(self, n: int) -> dict:
         """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``,

@@ -42,6 +42,11 @@ PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LIN
     SCALE, REPAD = range(16)
 
 
+# Step kinds by number, as the profile prints them
+STEP_NAMES = ("pack", "conv", "maxpool", "split", "avgpool", "wg_input", "wg_conv", "wg_fused", "conv_pool", "linear", "span",
+              "subsample", "gemm", "conv_s2", "scale", "repad")
+
+
 class Step(ctypes.Structure):
     """One operation of a native forward pass, ``step_t`` in ``csrc/kernels.h`` (the same
     fields in the same order): C, H, W, N describe the input, Ho, Wo, Cout the output; off16:
@@ -52,6 +57,18 @@ class Step(ctypes.Structure):
                                                      "k", "stride", "pad")]
                 + [("src_row", ctypes.c_int64)]
                 + [(name, ctypes.c_void_p) for name in ("src", "res", "dst", "ptr", "chan", "off", "val", "bias")])
+
+
+class StepRun:
+    """Consecutive native steps run in one call of ``run_steps`` (one parallel region);
+    ``keep`` holds the arrays their raw addresses point into."""
+
+    def __init__(self, lib: ctypes.CDLL, steps: list[Step], threads: int, keep: list) -> None:
+        self.lib, self.threads, self.keep = lib, threads, keep
+        self.array = (Step * len(steps))(*steps)
+
+    def __call__(self) -> None:
+        self.lib.run_steps(self.array, len(self.array), self.threads)
 
 
 def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,
@@ -68,8 +85,9 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
     if direct and not direct_stride2(stride, n):
         raise ValueError(f"a direct stride-2 step needs stride 2 and a batch of {library().vector_width()} or twice that, "
                          f"not stride {stride}, batch {n}")
+    phases = 4 if stride == 2 and not direct else 1  # C: input channels, for the profile (the kernel needs none)
     return Step(kind=CONV_S2 if direct else CONV, src=src.ctypes.data, src_row=src.shape[2] * n * (2 if direct else 1),
-                Ho=ho, Wo=wo, N=n, Cout=cout,
+                C=src.shape[0] // phases, Ho=ho, Wo=wo, N=n, Cout=cout,
                 k=k, stride=stride, pad=pad, H=hin, W=win,
                 ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),
                 val=val.ctypes.data, bias=bias.ctypes.data, dst=dst.ctypes.data,

@@ -1,0 +1,157 @@
+"""Where the native engine's time goes, step by step.
+
+``python -m cnnprune.profile --model artifacts/resnet50/one_shot_90.csr.pt --batch 16`` loads
+the model as ``sparse.load`` does (per-layer calibration included; no dense fallback, so that
+the native program is what runs), runs it once, then times every native step of the program on
+its own: each step in turn, ``--rounds`` rounds, medians, on the buffers the forward pass left,
+so a step starts from the cache state its predecessor leaves, as in the program. Each row gives
+the step's kind and shape, its median ms, the useful GFLOP/s (nonzeros × output pixels for the
+sparse steps, the dense count for GEMM, Winograd and linear steps) and the GB/s of the bytes
+it must move at least (its input and output maps, fp32, interior pixels; the residual it adds;
+its weights), which is near the machine's copy bandwidth where a step is bound by memory. Host
+work between the native runs (ops PyTorch runs, layout conversions) is not timed, so the sum of
+the steps is a little under a forward pass.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cnnprune import kernels as K
+from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
+from cnnprune.hparams import add_args, from_args, opt
+from cnnprune.kernels import STEP_NAMES, Step, StepRun
+
+FLOAT = 4  # bytes
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    model: str = opt("artifacts/one_shot_90.csr.pt", "the pruned model (.csr.pt or .pth) in its artifacts folder")
+    batch: int = opt(1, "batch size", parse=int)
+    rounds: int = opt(9, "times each step is timed (the median counts)", parse=int)
+    threads: int = opt(2, "threads of the native engine", parse=int)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    index: int
+    kind: str
+    shape: str  # input channels × height × width -> output channels × height × width
+    ms: float  # median
+    flops: float  # useful floating-point operations
+    bytes: float  # the least the step moves
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.ms / 1e6
+
+    @property
+    def gbytes(self) -> float:
+        return self.bytes / self.ms / 1e6
+
+
+def nonzeros(step: Step) -> int:
+    """A sparse step's nonzero count: the last entry of its per-output-channel prefix sums."""
+    return int(ctypes.cast(step.chan, ctypes.POINTER(ctypes.c_int32))[step.Cout])
+
+
+def work(step: Step) -> tuple[float, float, str]:
+    """Useful FLOPs, the least bytes moved and the shape of one step (input -> output map, per
+    image: channels × height × width)."""
+    n, c, h, w, co = step.N, step.C, step.H, step.W, step.Cout
+    if step.kind == K.SPLIT:  # its H, W are the padded input's
+        h, w = h - 2, w - 2
+    ho, wo = (step.Ho, step.Wo) if step.kind in (K.CONV, K.CONV_S2, K.CONV_POOL) else (h, w)
+    if step.kind in (K.SUBSAMPLE, K.MAXPOOL):
+        ho, wo = h // 2, w // 2
+    if step.kind in (K.SUBSAMPLE, K.MAXPOOL, K.SPLIT, K.SCALE, K.REPAD, K.PACK, K.WG_INPUT):
+        co = c
+    if step.kind in (K.LINEAR, K.AVGPOOL):
+        co = c if step.kind == K.AVGPOOL else co
+        ho = wo = 1
+        h = w = h if step.kind == K.AVGPOOL else 1
+    flops, weights, index = 0.0, 0, 2 if step.off16 else 4
+    if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL):
+        nnz = nonzeros(step)
+        flops, weights = 2.0 * nnz * ho * wo * n, nnz * (FLOAT + index)
+    elif step.kind in (K.GEMM, K.WG_CONV, K.WG_FUSED, K.LINEAR):
+        taps = 9 if step.kind in (K.WG_CONV, K.WG_FUSED) else 1  # Winograd: the direct convolution's count
+        flops, weights = 2.0 * taps * c * co * ho * wo * n, c * co * taps * FLOAT
+    if step.kind == K.CONV_POOL:  # only the pooled map is stored
+        ho, wo = ho // 2, wo // 2
+    out = co * ho * wo * n
+    moved = (c * h * w * n + out * (2 if step.res else 1)) * FLOAT + weights
+    return flops, float(moved), f"{c}×{h}×{w} -> {co}×{ho}×{wo}"
+
+
+def steps_of(program: list) -> list[tuple[Step, StepRun]]:
+    """Every native step of a forward pass (``plan["program"]``), with the run it belongs to."""
+    return [(run.array[i], run) for run in program if isinstance(run, StepRun) for i in range(len(run.array))]
+
+
+def profile(model, batch: int, rounds: int) -> list[StepTime]:
+    """Each native step of ``model`` (a ``cnnprune.native.NativeSparseResNet``) at ``batch``,
+    timed alone ``rounds`` times in program order (medians)."""
+    import torch
+
+    engine = model.engine
+    with torch.no_grad():
+        model(torch.randn(batch, *engine.input_shape))
+    plan = engine._program(batch)
+    if plan.get("engine", "sparse") != "sparse":
+        raise CnnpruneError(f"at batch {batch} the whole network runs {plan['engine']}: load without the dense fallback")
+    steps = steps_of(plan["program"])
+    singles = [((Step * 1)(step), run) for step, run in steps]
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for i, (one, run) in enumerate(singles):
+            t0 = time.perf_counter()
+            run.lib.run_steps(one, 1, run.threads)
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for i, ((step, _), ts) in enumerate(zip(steps, times)):
+        flops, moved, shape = work(step)
+        rows.append(StepTime(i, STEP_NAMES[step.kind] + ("+res" if step.res else ""), shape, statistics.median(ts),
+                             flops, moved))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnprune import sparse
+
+    parser = CliParser(prog="python -m cnnprune.profile", description=__doc__.splitlines()[0])
+    add_args(parser, ProfileConfig)
+    add_debug_flag(parser)
+    config = from_args(ProfileConfig, parser.parse_args(argv))
+    if config.batch < 1 or config.rounds < 1 or config.threads < 1:
+        raise CnnpruneError("--batch, --rounds and --threads must be at least 1")
+    model = sparse.load(config.model, threads=config.threads, dense_fallback=False)
+    rows = profile(model, config.batch, config.rounds)
+    table = Table(title=f"{config.model}, batch {config.batch}, {config.threads} threads: native steps, "
+                        f"median of {config.rounds}")
+    for col in ("#", "step", "maps", "ms", "GFLOP/s", "GB/s"):
+        table.add_column(col, justify="left" if col in ("step", "maps") else "right")
+    for r in rows:
+        table.add_row(str(r.index), r.kind, r.shape, f"{r.ms:.3f}", f"{r.gflops:.1f}" if r.flops else "",
+                      f"{r.gbytes:.1f}")
+    Console().print(table)
+    by_kind: dict[str, float] = {}
+    for r in rows:
+        by_kind[r.kind] = by_kind.get(r.kind, 0.0) + r.ms
+    total = sum(by_kind.values())
+    flops = sum(r.flops for r in rows)
+    print(f"sum of steps {total:.2f} ms, {flops / total / 1e6:.1f} GFLOP/s useful; by kind (ms): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,68 @@
+"""The per-step profile (cnnprune.profile): every native step of a program timed, its useful
+FLOPs equal to nonzeros × output pixels of the network's convolutions, its least bytes moved,
+and the command's one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnprune import kernels as K
+from cnnprune.graph import trace
+from cnnprune.kernels import conv_step, library, span_step
+from cnnprune.native import NativeSparseResNet
+from cnnprune.native_plan import padded
+from cnnprune.profile import main, profile, work
+
+
+def test_a_span_step_counts_its_nonzeros_and_its_maps() -> None:
+    library()
+    src, dst, res = padded(6, 5, 4, 3), padded(7, 5, 4, 3), padded(7, 5, 4, 3)
+    chan = np.array([0, 2, 2, 5, 6, 6, 9, 11], dtype=np.int32)  # 11 nonzeros over 7 output channels
+    ptr = chan.copy()
+    off, val, bias = np.zeros(11, np.uint16), np.ones(11, np.float32), np.zeros(7, np.float32)
+    flops, moved, shape = work(span_step(src, 7, 1, ptr, chan, off, val, bias, dst, res, True))
+    pixels = 5 * 4 * 3
+    assert flops == 2 * 11 * pixels
+    assert moved == (6 * pixels + 2 * 7 * pixels) * 4 + 11 * (4 + 2)
+    assert shape == "6×5×4 -> 7×5×4"
+
+
+def test_a_stride_2_convolution_on_phase_planes_names_its_input_channels() -> None:
+    phases = padded(4 * 5, 4, 4, 2)  # 4 phase planes of 5 channels of an 8x8 map
+    chan = np.array([0, 3, 9], dtype=np.int32)
+    ptr = np.zeros(2 * 9 + 1, dtype=np.int32)
+    step = conv_step(phases, 4, 4, 2, 1, ptr, chan, np.zeros(9, np.int32), np.ones(9, np.float32), np.zeros(2, np.float32),
+                     padded(2, 4, 4, 2), None, True, (3, 2, 1, 8, 8))
+    assert step.kind == K.CONV and step.C == 5
+    flops, moved, shape = work(step)
+    assert flops == 2 * 9 * 4 * 4 * 2 and shape == "5×8×8 -> 2×4×4"
+    assert moved == (5 * 8 * 8 * 2 + 2 * 4 * 4 * 2) * 4 + 9 * (4 + 4)
+
+
+def test_the_profile_times_every_step_and_counts_the_networks_work() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4)).eval()
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.data[torch.rand(m.weight.shape) < 0.6] = 0
+    host = NativeSparseResNet(trace(model, (3, 12, 12)), threads=2, layer_mode="sparse")
+    rows = profile(host, 2, 3)
+    assert rows and all(r.ms > 0 and r.bytes > 0 for r in rows)
+    assert [r.index for r in rows] == list(range(len(rows)))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    pixels = [12 * 12, 12 * 12, 6 * 6]
+    want = sum(2 * int((c.weight != 0).sum()) * p * 2 for c, p in zip(convs, pixels)) + 2 * 16 * 4 * 2
+    assert sum(r.flops for r in rows) == want
+    assert rows[-1].kind == "linear"
+
+
+def test_the_command_rejects_a_bad_batch_in_one_line(capsys) -> None:
+    from cnnprune.errors import run_cli
+
+    assert run_cli(main, ["--batch", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch" in err[0]
