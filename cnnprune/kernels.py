@@ -6,8 +6,8 @@ sparse direct convolution and the step executor, its tile functions in ``tiles.h
 
 The sources are compiled once per machine with the system C compiler (``gcc -O3
 -march=native -fopenmp``, as many files at once as there are cores; the README has the time)
-into a cache folder (``$CNNPRUNE_CACHE`` or ``~/.cache/cnnprune``), named by a hash of the sources, flags and CPU so that a copy never runs
-on a machine it was not built for. The library is written to a temporary name and renamed,
+into a cache folder (``$CNNPRUNE_CACHE`` or ``~/.cache/cnnprune``), named by a hash of the
+sources, flags and CPU so that a copy never runs on a machine it was not built for. The library is written to a temporary name and renamed,
 so concurrent first uses are safe.
 """
 
@@ -38,13 +38,11 @@ _SIGNATURES = {
 # The tile files first: they are most of the compile time (see _build)
 SOURCES = ("tiles_s1.c", "tiles_s2.c", "sparse_conv.c", "winograd.c", "gemm1x1.c", "maps.c", "kernels.h", "tiles.h")
 
-PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2, \
-    SCALE, REPAD = range(16)
-
-
-# Step kinds by number, as the profile prints them
+# Step kinds (step_t.kind), in the order of the C side's STEP_* numbers; their names as the profile prints them
 STEP_NAMES = ("pack", "conv", "maxpool", "split", "avgpool", "wg_input", "wg_conv", "wg_fused", "conv_pool", "linear", "span",
               "subsample", "gemm", "conv_s2", "scale", "repad")
+PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2, \
+    SCALE, REPAD = range(len(STEP_NAMES))
 
 
 class Step(ctypes.Structure):

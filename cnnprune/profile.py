@@ -71,10 +71,10 @@ def work(step: Step) -> tuple[float, float, str]:
         ho, wo = h // 2, w // 2
     if step.kind in (K.SUBSAMPLE, K.MAXPOOL, K.SPLIT, K.SCALE, K.REPAD, K.PACK, K.WG_INPUT):
         co = c
-    if step.kind in (K.LINEAR, K.AVGPOOL):
-        co = c if step.kind == K.AVGPOOL else co
-        ho = wo = 1
-        h = w = h if step.kind == K.AVGPOOL else 1
+    if step.kind == K.AVGPOOL:
+        co, ho, wo = c, 1, 1
+    elif step.kind == K.LINEAR:
+        h = w = ho = wo = 1
     flops, weights, index = 0.0, 0, 2 if step.off16 else 4
     if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL):
         nnz = nonzeros(step)

@@ -66,3 +66,12 @@ def test_the_command_rejects_a_bad_batch_in_one_line(capsys) -> None:
     assert run_cli(main, ["--batch", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch" in err[0]
+
+
+def test_step_kinds_and_names_match_the_c_header() -> None:
+    import re
+
+    header = (K._source_folder() / "kernels.h").read_text()
+    numbers = {name.lower(): int(n) for name, n in re.findall(r"STEP_(\w+) = (\d+)", header)}
+    assert numbers == {name: i for i, name in enumerate(K.STEP_NAMES)}
+    assert all(getattr(K, name.upper()) == i for i, name in enumerate(K.STEP_NAMES))
