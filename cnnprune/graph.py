@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,49 +40,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from cnnprune.activations import NONNEG_ACTS, activation, apply_activation
+from cnnprune.channels import remove_dead_channels
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import BN_EPS, Csr, FoldedConv
-
-
-@dataclass
-class GraphOp:
-    """One operation of the plan, in execution order. ``inputs``: the values it reads (names of
-    fx nodes); ``output``: the value it writes; ``shape``: that value's shape for batch 1
-    (C, H, W for maps); ``nonneg``: every output value is ≥ 0 (after ReLU or ReLU6)."""
-
-    kind: str
-    name: str
-    inputs: list[str]
-    output: str
-    shape: tuple[int, ...]
-    conv: FoldedConv | None = None
-    act: str = "none"
-    residual: str | None = None
-    fn: Callable[..., object] | None = None
-    why: str = ""
-    nonneg: bool = False
-    fused: list[str] = field(default_factory=list)
-    in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
-    grouped: bool = False  # a grouped (or depthwise) convolution, its weight block-diagonal in a dense one
-    border: int = 1  # zero border (pixels) of its input buffer: its padding where that is wider than 1
-
-
-@dataclass
-class Graph:
-    """A model's plan: its ops in order, the input value and the output value."""
-
-    ops: list[GraphOp]
-    input: str
-    output: str
-    input_shape: tuple[int, int, int]
-
-    def convs(self) -> list[FoldedConv]:
-        return [op.conv for op in self.ops if op.kind == "conv"]
-
-    @property
-    def input_border(self) -> int:
-        """Zero border of the packed input: the widest padding of the convs that read it."""
-        return max([op.border for op in self.ops if op.kind == "conv" and self.input in op.inputs], default=1)
+from cnnprune.plan import Graph, GraphOp
 
 
 def _is_module(node: fx.Node, modules: dict, kinds) -> bool:
@@ -380,8 +340,10 @@ class _Builder:
         return Graph(self.ops, inp, self.value(out), input_shape)
 
 
-def trace(model: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
-    """The plan of ``model`` (eval mode) for inputs (N, *input_shape); one-line error if it cannot be traced."""
+def trace(model: nn.Module, input_shape: tuple[int, int, int], dead_channels: bool = True) -> Graph:
+    """The plan of ``model`` (eval mode) for inputs (N, *input_shape); one-line error if it cannot be
+    traced. ``dead_channels``: take out the channels pruning left without effect
+    (:func:`cnnprune.channels.remove_dead_channels`)."""
     model = model.eval()
     try:
         gm = fx.symbolic_trace(model)
@@ -391,7 +353,10 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
     _drop_identities(gm)
     with torch.no_grad():
         ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
-    return _Builder(gm).build(input_shape)
+    graph = _Builder(gm).build(input_shape)
+    if dead_channels:
+        graph.cuts = remove_dead_channels(graph)
+    return graph
 
 
 def _drop_identities(gm: fx.GraphModule) -> None:

@@ -19,8 +19,8 @@ import torch
 from cnnprune.activations import ACTS
 from cnnprune.buffers import Arena
 from cnnprune.engine import NativeEngine, runs_sparse
-from cnnprune.graph import Graph, GraphOp
 from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
+from cnnprune.plan import Graph, GraphOp
 
 
 def to_nchw(buf: np.ndarray) -> torch.Tensor:

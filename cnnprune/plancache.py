@@ -22,8 +22,9 @@ from pathlib import Path
 from cnnprune.fileio import write_json
 from cnnprune.native_plan import MODES
 
-VERSION = 4  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms;
-# 4: the whole network may fall back to any of several dense engines (``dense_engine``)
+VERSION = 5  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms;
+# 4: the whole network may fall back to any of several dense engines (``dense_engine``);
+# 5: traced plans lose their dead channels (cnnprune.channels), so layers change shape
 
 
 @dataclass

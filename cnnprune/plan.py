@@ -1,0 +1,64 @@
+"""The native engine's plan of a traced model: its ops in execution order (:class:`GraphOp`) and
+the whole (:class:`Graph`). :mod:`cnnprune.graph` makes it from a model, :mod:`cnnprune.channels`
+rewrites it, :mod:`cnnprune.graph_engine` runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cnnprune.fold import FoldedConv
+
+
+@dataclass(frozen=True)
+class ChannelCut:
+    """What :mod:`cnnprune.channels` did to one convolution: its output channels before and
+    after, and how many constant input channels it folded into its bias."""
+
+    op: str
+    before: int
+    after: int
+    folded: int = 0
+
+
+@dataclass
+class GraphOp:
+    """One operation of the plan, in execution order. ``inputs``: the values it reads (names of
+    fx nodes); ``output``: the value it writes; ``shape``: that value's shape for batch 1
+    (C, H, W for maps); ``nonneg``: every output value is ≥ 0 (after ReLU or ReLU6)."""
+
+    kind: str
+    name: str
+    inputs: list[str]
+    output: str
+    shape: tuple[int, ...]
+    conv: FoldedConv | None = None
+    act: str = "none"
+    residual: str | None = None
+    fn: Callable[..., object] | None = None
+    why: str = ""
+    nonneg: bool = False
+    fused: list[str] = field(default_factory=list)
+    in_shape: tuple[int, ...] = ()  # a convolution's input (C, H, W)
+    grouped: bool = False  # a grouped (or depthwise) convolution, its weight block-diagonal in a dense one
+    border: int = 1  # zero border (pixels) of its input buffer: its padding where that is wider than 1
+
+
+@dataclass
+class Graph:
+    """A model's plan: its ops in order, the input value and the output value."""
+
+    ops: list[GraphOp]
+    input: str
+    output: str
+    input_shape: tuple[int, int, int]
+    cuts: list[ChannelCut] = field(default_factory=list)  # channels taken out (cnnprune.channels)
+
+    def convs(self) -> list[FoldedConv]:
+        return [op.conv for op in self.ops if op.kind == "conv"]
+
+    @property
+    def input_border(self) -> int:
+        """Zero border of the packed input: the widest padding of the convs that read it."""
+        return max([op.border for op in self.ops if op.kind == "conv" and self.input in op.inputs], default=1)
