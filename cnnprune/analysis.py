@@ -65,6 +65,7 @@ class LatencyRow:
     graph: bool | str | None = None         # CUDA: replayed from a graph, or why not
     backend: str | None = None              # CUDA 2:4: cusparselt or cutlass
     layers_2_4: int | None = None
+    conv_channels: tuple[int, ...] = ()     # sparse engine: convolution output channels in the model, and planned
 
     @classmethod
     def of(cls, row: dict) -> LatencyRow:
@@ -74,7 +75,7 @@ class LatencyRow:
                    sparse_engine_used=row.get("sparse_engine_used"), dense_layers=_ints(row.get("dense_layers")),
                    winograd_layers=_ints(row.get("winograd_layers")), sparsity=row.get("sparsity"),
                    graph=row.get("graph"), backend=row.get("semi_structured_backend"),
-                   layers_2_4=row.get("layers_2_4"))
+                   layers_2_4=row.get("layers_2_4"), conv_channels=tuple(row.get("conv_channels") or ()))
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,13 @@ class ModelResult:
     flop_limit: float
     memory: dict[str, Memory]   # per form, at the memory step's batch
     vs_unpruned: PairedTest | None
+    logit_spread: float | None = None   # largest difference between random inputs' logits (measure.logit_spread)
+    logit_scale: float | None = None
+
+    @property
+    def input_independent(self) -> bool:
+        """Every input gets the same logits (to 1e-6 of their magnitude)."""
+        return self.logit_spread is not None and self.logit_spread <= 1e-6 * (self.logit_scale or 0.0)
 
     @classmethod
     def of(cls, name: str, m: dict) -> ModelResult:
@@ -205,7 +213,8 @@ class ModelResult:
                    top1_agreement=min((e.get("top1_agreement_with_dense", 1.0) for e in acc.values()), default=1.0),
                    files=dict(m["files"]), params_nonzero=c["params_nonzero"], params_total=c["params_total"],
                    nonzero_macs=c["nonzero_macs"], dense_macs=c["dense_macs"], flop_limit=c["flop_limit_speedup"],
-                   memory=mem, vs_unpruned=PairedTest.of(m.get("vs_unpruned")))
+                   memory=mem, vs_unpruned=PairedTest.of(m.get("vs_unpruned")),
+                   logit_spread=c.get("logit_spread"), logit_scale=c.get("logit_scale"))
 
 
 @dataclass(frozen=True)

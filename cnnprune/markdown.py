@@ -224,7 +224,31 @@ def latency_section(a: Analysis) -> list[str]:
 
         L.append(f"Sparse engine: not run ({unsupported(a.spec) or 'not in this run'}); its columns are empty. "
                  "The dense engines' pruned / unpruned ratios still answer whether pruning alone speeds them up.\n")
-    return L + [LATENCY_NOTE.format(ran=_fallback_ran(a))] + goals_section(a)
+    return L + [LATENCY_NOTE.format(ran=_fallback_ran(a))] + dead_paths(a) + goals_section(a)
+
+
+def dead_paths(a: Analysis) -> list[str]:
+    """What the sparse engine took out of each model, and which models compute a constant."""
+    cut = {}
+    for s in a.speedups:
+        before, after = (s.row.conv_channels + (0, 0))[:2]
+        if s.row.engine == "sparse" and after < before:
+            cut[s.row.model] = (before, after)
+    L = []
+    if cut:
+        L.append("Dead channels: the sparse engine planned " + "; ".join(
+            f"{m} {after:,} of its {before:,} convolution output channels" for m, (before, after) in cut.items())
+            + ". The others are channels whose weights pruning zeroed entirely (their constant output folded into "
+            "the bias of the 1×1 convolution that reads it) and channels that fed only such ones "
+            "(`cnnprune.channels`); the logits are the same. The FLOP limit counts the nonzero weights of those "
+            "channels too, so the speedup can pass it.\n")
+    constant = [m for m, r in a.models.items() if r.input_independent]
+    if constant:
+        L.append(f"Logits independent of the input: {', '.join(constant)} (every one of 4 random inputs gets the "
+                 "same logits, `measure.logit_spread`). Pruning cut every path from the input to the output of "
+                 "these networks: they compute a constant, which engines that do not look for dead channels "
+                 "compute at full cost.\n")
+    return L
 
 
 def accuracy_section(a: Analysis) -> list[str]:

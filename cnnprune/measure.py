@@ -3,7 +3,9 @@
 - counts: total and nonzero parameters (conv+linear and all tensors), per layer;
 - MACs: dense and nonzero multiply-accumulates per image (the model's input size), per layer and global;
   their ratio is the theoretical speedup of unstructured sparsity (as ShrinkBench reports it):
-  the FLOP limit no sparse kernel can beat;
+  the FLOP limit of an engine that multiplies every nonzero (one that finds nonzeros without
+  effect on the output, in dead channels, can pass it);
+- logit spread: whether the logits depend on the input at all;
 - memory: peak RSS (bytes) of a fresh process that serves one form with the least it needs
   (:mod:`cnnprune.memprobe`) and runs inferences, next to the same process's RSS before loading,
   plus the bytes the weights take in memory;
@@ -82,6 +84,17 @@ def counts(state: dict[str, torch.Tensor], spec: ModelSpec | None = None) -> dic
             "dense_macs": dense_macs, "nonzero_macs": nz_macs,
             "flop_limit_speedup": dense_macs / nz_macs if nz_macs else float("inf"),
             "per_layer": per_layer}
+
+
+def logit_spread(model: torch.nn.Module, spec: ModelSpec, images: int = 4) -> dict[str, float]:
+    """How much the logits depend on the input, over ``images`` seeded random inputs: the largest
+    difference between two images' logits (``logit_spread``) beside the largest logit magnitude
+    (``logit_scale``). A spread of 0 means every input gets the same logits: pruning cut every path
+    from the input to the output (untrained weights pruned hard do that), and an engine that finds
+    the dead channels may skip most of the network."""
+    with torch.no_grad():
+        y = model.eval()(spec.example(images, seed=1)).float()
+    return {"logit_spread": float((y.max(0).values - y.min(0).values).max()), "logit_scale": float(y.abs().max())}
 
 
 # ---------------------------------------------------------------- loading forms

@@ -335,14 +335,21 @@ class _Timer:
         return value
 
 
+def _counts(path: Path, spec) -> dict:
+    """A model's parameter and MAC counts (``measure.counts``) and its logit spread."""
+    from cnnprune.measure import counts, logit_spread
+    from cnnprune.model import load_model, load_state_dict
+
+    return counts(load_state_dict(path), spec) | logit_spread(load_model(path, spec.arch), spec)
+
+
 def run(config: PipelineConfig) -> Path:
     """Run every step; returns the path of the written REPORT.md."""
     import torch
 
     from cnnprune.analysis import analyse
     from cnnprune.export import ExportConfig, run_export
-    from cnnprune.measure import counts
-    from cnnprune.model import load_state_dict, resolve_checkpoint, spec_of_folder
+    from cnnprune.model import resolve_checkpoint, spec_of_folder
     from cnnprune.prune import PruneConfig, run_pruning
     from cnnprune.report import write_report
     from cnnprune.results import assemble_results
@@ -364,8 +371,7 @@ def run(config: PipelineConfig) -> Path:
     bench = timed("benchmark", lambda: step_bench(config, work, hashes))
     accuracy = timed("accuracy", lambda: step_accuracy(config, work, hashes))
     memory = timed("memory", lambda: step_memory(config, work, hashes))
-    model_counts = timed("counts", lambda: {n: counts(load_state_dict(artifacts / f"{n}.pth"), spec)
-                                            for n in config.models})
+    model_counts = timed("counts", lambda: {n: _counts(artifacts / f"{n}.pth", spec) for n in config.models})
     finetune = timed("finetune", lambda: step_finetune(config, source))
     recalibrated = timed("BN recalibration", lambda: step_recalibrated(config, work, source))
     compare = timed("recipe comparison", lambda: step_compare(config, work))

@@ -58,6 +58,11 @@ class Graph:
     def convs(self) -> list[FoldedConv]:
         return [op.conv for op in self.ops if op.kind == "conv"]
 
+    def channel_totals(self) -> tuple[int, int]:
+        """Output channels of the native convolutions: in the model, and left after ``cuts``."""
+        after = sum(op.shape[0] for op in self.ops if op.kind == "conv")
+        return after + sum(c.before - c.after for c in self.cuts), after
+
     @property
     def input_border(self) -> int:
         """Zero border of the packed input: the widest padding of the convs that read it."""

@@ -81,3 +81,18 @@ def test_accuracy_by_method_table() -> None:
     assert "| one_shot_90 | 92.60% (Δ -0.40 pp, p = 1.000) | 93.10% (Δ +0.10 pp, p = 1.000) |" in text
     assert "| one_shot_50 | 93.00% (Δ +0.00 pp, p = 1.000) | – |" in text
     assert "| accuracy kept (≤ 1.0 pp lost) | 6 of 6 | 1 of 1 |" in text
+
+
+def test_dead_channels_and_constant_logits_are_said_where_measured() -> None:
+    r = synthetic()
+    text = render(r)
+    assert "Dead channels" not in text and "Logits independent" not in text
+    for row in r["latency"]:
+        if row["engine"] == "sparse":
+            row["conv_channels"] = [17056, 2524] if row["model"] == "one_shot_90" else [17056, 17056]
+    for m, entry in r["models"].items():
+        entry["counts"] |= {"logit_spread": 0.0 if m == "one_shot_90" else 0.3, "logit_scale": 0.02}
+    text = render(r)
+    assert "one_shot_90 2,524 of its 17,056 convolution output channels" in text
+    assert "one_shot_75 " not in text.split("Dead channels")[1].split("\n")[0]
+    assert "Logits independent of the input: one_shot_90 (" in text

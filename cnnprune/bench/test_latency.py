@@ -113,6 +113,9 @@ def test_latency(benchmark, artifacts: Path, threads: int, model_name: str, engi
         modes = [v["engine"] for v in model.layer_choice(batch).values()]
         benchmark.extra_info["dense_layers"] = modes.count("dense")
         benchmark.extra_info["winograd_layers"] = modes.count("winograd")
+        graph = getattr(model.engine, "graph", None)
+        if graph is not None:  # planned from its traced graph: the channels it took out
+            benchmark.extra_info["conv_channels"] = list(graph.channel_totals())
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=max(2, rounds // 10), iterations=1)
     del model, call
     gc.collect()  # free this engine's thread pools before the next case is timed
