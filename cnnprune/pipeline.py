@@ -32,6 +32,7 @@ from cnnprune.steps import Ledger, Progress, Step
 # timings, accuracies and memory; a change to the benchmark files, only the timings.
 ENGINE_CODE = ("sparse.py", "fold.py", "engine.py", "plancache.py", "native.py", "native_plan.py", "gemm.py", "kernels.py", "buffers.py",
                "layouts.py", "csrfile.py", "memprobe.py", "sessions.py", "runtime/__init__.py",
+               "graph.py", "graph_engine.py", "plan.py", "channels.py", "activations.py",
                "measure.py", *(f"csrc/{name}" for name in SOURCES))
 BENCH_CODE = ENGINE_CODE + ("bench/conftest.py", "bench/test_latency.py")
 

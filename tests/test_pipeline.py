@@ -81,3 +81,12 @@ def test_the_benchmark_runs_from_the_package(tmp_path: Path) -> None:
     cmd = bench_command(PipelineConfig(artifacts="A"), tmp_path / "b.json", tmp_path / "p")
     assert cmd[3] == str(FOLDER) and (FOLDER / "pytest.ini").is_file() and (FOLDER / "conftest.py").is_file()
     assert f"--bench-artifacts={Path('A').resolve()}" in cmd
+
+
+def test_the_engine_fingerprint_covers_every_module_of_the_native_engine() -> None:
+    """A change to any of them must invalidate the cached timings (``ENGINE_CODE``)."""
+    from cnnprune.pipeline import ENGINE_CODE
+
+    engine = ("graph", "graph_engine", "plan", "channels", "activations", "engine", "native", "native_plan",
+              "kernels", "fold", "buffers", "plancache", "sparse")
+    assert {f"{name}.py" for name in engine} <= set(ENGINE_CODE)
