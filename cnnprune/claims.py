@@ -126,6 +126,10 @@ def measure_speed(a: Analysis, threshold: float) -> Finding:
     elif sparse_wins:
         names = sorted({f"{s.row.model} (batch {s.row.batch})" for s in sparse_wins})
         verdict = "holds only for the cnnprune sparse engine: " + ", ".join(names)
+        constant = sorted({s.row.model for s in sparse_wins if a.models[s.row.model].input_independent})
+        if constant:
+            verdict += (f"; {', '.join(constant)} compute a constant (their logits do not depend on the input), "
+                        "which the engine's dead-channel pass mostly skips")
     else:
         verdict = "does not hold"
     return Finding(lines, verdict)

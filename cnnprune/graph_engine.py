@@ -86,14 +86,18 @@ class GraphEngine(NativeEngine):
         """Per op of the graph, in order: its name, kind, where it runs at this batch size
         (``sparse``, ``winograd`` or ``dense`` for native convolutions, ``native`` for pooling,
         ``pytorch``; the dense engine's name, e.g. ``onnxruntime``, for every op where the whole
-        network falls back), why it is not native, and the nodes fused into it."""
+        network falls back), why it is not native, the nodes fused into it, and its output channels
+        where dead ones were taken out (``"96 -> 13"``, :mod:`cnnprune.channels`)."""
         plan = self._program(batch_size)
         whole = plan["engine"]
+        cuts = {c.op: c for c in self.graph.cuts if c.after < c.before}
         rows = []
         for op in self.graph.ops:
             where = "pytorch" if op.kind == "torch" else plan["convs"][op.output].mode if op.kind == "conv" else "native"
+            cut = cuts.get(op.name)
             rows.append({"op": op.name, "kind": op.kind, "runs": where if whole == "sparse" else whole,
-                         "why": op.why, "fused": ", ".join(op.fused)})
+                         "why": op.why, "fused": ", ".join(op.fused),
+                         "channels": f"{cut.before} -> {cut.after}" if cut else ""})
         return rows
 
 

@@ -236,12 +236,14 @@ def dead_paths(a: Analysis) -> list[str]:
             cut[s.row.model] = (before, after)
     L = []
     if cut:
-        L.append("Dead channels: the sparse engine planned " + "; ".join(
+        totals = {before for before, _ in cut.values()}
+        planned = (f"of the {totals.pop():,} convolution output channels of each model, " + ", ".join(
+            f"{m} {after:,}" for m, (_, after) in cut.items())) if len(totals) == 1 else "; ".join(
             f"{m} {after:,} of its {before:,} convolution output channels" for m, (before, after) in cut.items())
-            + ". The others are channels whose weights pruning zeroed entirely (their constant output folded into "
-            "the bias of the 1×1 convolution that reads it) and channels that fed only such ones "
-            "(`cnnprune.channels`); the logits are the same. The FLOP limit counts the nonzero weights of those "
-            "channels too, so the speedup can pass it.\n")
+        L.append("Dead channels: the sparse engine planned, " + planned + ". The others are channels whose weights "
+                 "pruning zeroed entirely (their constant output folded into the bias of the 1×1 convolution that "
+                 "reads it) and channels that fed only such ones (`cnnprune.channels`); the logits are the same. "
+                 "The FLOP limit counts the nonzero weights of those channels too, so the speedup can pass it.\n")
     constant = [m for m, r in a.models.items() if r.input_independent]
     if constant:
         L.append(f"Logits independent of the input: {', '.join(constant)} (every one of 4 random inputs gets the "

@@ -89,7 +89,8 @@ def test_dead_depthwise_channels_leave_the_block_with_their_constants_in_the_pro
     assert cuts["blocks.0.dw.0"].before == 24 and cuts["blocks.0.dw.0"].after == 19
     assert cuts["blocks.1.project.0"].folded == len(dead)
     assert op(graph, "stem").shape[0] == 8, "the stem's output is read by a residual add: kept whole"
-    equal_logits(model)
+    rows = {r["op"]: r for r in equal_logits(model).plan_summary(3)}
+    assert rows["blocks.1.dw.0"]["channels"] == "24 -> 19" and rows["stem"]["channels"] == ""
 
 
 def test_the_projection_bias_holds_the_relu6_constants() -> None:
