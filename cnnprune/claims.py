@@ -126,13 +126,27 @@ def measure_speed(a: Analysis, threshold: float) -> Finding:
     elif sparse_wins:
         names = sorted({f"{s.row.model} (batch {s.row.batch})" for s in sparse_wins})
         verdict = "holds only for the cnnprune sparse engine: " + ", ".join(names)
-        constant = sorted({s.row.model for s in sparse_wins if a.models[s.row.model].input_independent})
-        if constant:
-            verdict += (f"; {', '.join(constant)} compute a constant (their logits do not depend on the input), "
-                        "which the engine's dead-channel pass mostly skips")
+        verdict += _constant_note(a, sparse_wins)
     else:
         verdict = "does not hold"
     return Finding(lines, verdict)
+
+
+def _constant_note(a: Analysis, wins: list[Speedup]) -> str:
+    """Which of the models the sparse engine wins on compute a constant, and whether it skipped
+    any of their work (dead channels: ``LatencyRow.conv_channels``)."""
+    constant = sorted({s.row.model for s in wins if a.models[s.row.model].input_independent})
+    if not constant:
+        return ""
+    cut = sorted({s.row.model for s in wins if s.row.model in constant and len(s.row.conv_channels) == 2
+                  and s.row.conv_channels[1] < s.row.conv_channels[0]})
+    if not cut:
+        how = "the sparse engine computes them in full (it found no dead channel to take out)"
+    elif cut == constant:
+        how = "the sparse engine's dead-channel pass skips part of that work"
+    else:
+        how = f"the sparse engine took dead channels out of {', '.join(cut)}"
+    return f"; {', '.join(constant)} compute a constant (their logits do not depend on the input): {how}"
 
 
 def _span(rows: list[CudaSpeedup], value: Callable[[CudaSpeedup], float]) -> str:
