@@ -48,6 +48,22 @@ class _Entries:
         return _Entries(self.co[mask], self.ci[mask], self.ky[mask], self.kx[mask], self.values[mask])
 
 
+def _row_counts(conv: FoldedConv) -> np.ndarray:
+    """Nonzero weights per output channel (without listing them: most layers have no empty row)."""
+    if isinstance(conv.weight, np.ndarray):
+        return np.count_nonzero(conv.weight.reshape(conv.shape[0], -1), axis=1)
+    return np.diff(conv.weight.indptr)
+
+
+def _reads(conv: FoldedConv) -> np.ndarray:
+    """Per input channel, whether any nonzero weight reads it."""
+    if isinstance(conv.weight, np.ndarray):
+        return np.any(conv.weight != 0, axis=(0, 2, 3))
+    used = np.zeros(conv.shape[1], dtype=bool)
+    used[conv.weight.indices // (conv.shape[2] * conv.shape[3])] = True
+    return used
+
+
 def _rebuilt(conv: FoldedConv, e: _Entries, bias: np.ndarray, cout: int, cin: int) -> FoldedConv:
     """``conv`` with only the entries ``e`` (already renumbered), in the form its weight had."""
     k0, k1 = conv.shape[2:]
@@ -81,8 +97,7 @@ def _fold_constants(graph: Graph, readers: dict[str, list[tuple[GraphOp, bool]]]
     for op in graph.ops:
         if op.kind != "conv" or op.residual is not None:
             continue
-        rows = np.bincount(_Entries.of(op.conv).co, minlength=op.conv.shape[0])
-        dead = np.flatnonzero(rows == 0)
+        dead = np.flatnonzero(_row_counts(op.conv) == 0)
         if dead.size == 0:
             continue
         value = np.zeros(op.conv.shape[0], dtype=np.float32)
@@ -93,10 +108,10 @@ def _fold_constants(graph: Graph, readers: dict[str, list[tuple[GraphOp, bool]]]
             pointwise = reader.conv.shape[2:] == (1, 1) and reader.conv.padding == 0
             gone = np.zeros(op.conv.shape[0], dtype=bool)
             gone[dead if pointwise else dead[value[dead] == 0]] = True
+            if not (gone & _reads(reader.conv)).any():
+                continue
             e = _Entries.of(reader.conv)
             hit = gone[e.ci]
-            if not hit.any():
-                continue
             bias = reader.conv.bias.astype(np.float64)
             np.add.at(bias, e.co[hit], e.values[hit].astype(np.float64) * value[e.ci[hit]])
             reader.conv = _rebuilt(reader.conv, e.keep(~hit), bias, *reader.conv.shape[:2])
@@ -118,7 +133,7 @@ def _needed(op: GraphOp, readers: dict[str, list[tuple[GraphOp, bool]]], output:
         if not main:
             need[:] = True
             break
-        need[np.unique(_Entries.of(reader.conv).ci)] = True
+        need |= _reads(reader.conv)
     if op.output == output or op.output not in readers:
         need[:] = True
     if not need.any():
