@@ -67,6 +67,11 @@ class LatencyRow:
     layers_2_4: int | None = None
     conv_channels: tuple[int, ...] = ()     # sparse engine: convolution output channels in the model, and planned
 
+    @property
+    def channels_cut(self) -> bool:
+        """The sparse engine took dead channels out of this model (``cnnprune.channels``)."""
+        return len(self.conv_channels) == 2 and self.conv_channels[1] < self.conv_channels[0]
+
     @classmethod
     def of(cls, row: dict) -> LatencyRow:
         return cls(model=row["model"], engine=row["engine"], batch=int(row["batch"]), device=row["device"],

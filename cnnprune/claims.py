@@ -134,12 +134,11 @@ def measure_speed(a: Analysis, threshold: float) -> Finding:
 
 def _constant_note(a: Analysis, wins: list[Speedup]) -> str:
     """Which of the models the sparse engine wins on compute a constant, and whether it skipped
-    any of their work (dead channels: ``LatencyRow.conv_channels``)."""
+    any of their work (dead channels: ``LatencyRow.channels_cut``)."""
     constant = sorted({s.row.model for s in wins if a.models[s.row.model].input_independent})
     if not constant:
         return ""
-    cut = sorted({s.row.model for s in wins if s.row.model in constant and len(s.row.conv_channels) == 2
-                  and s.row.conv_channels[1] < s.row.conv_channels[0]})
+    cut = sorted({s.row.model for s in wins if s.row.model in constant and s.row.channels_cut})
     if not cut:
         how = "the sparse engine computes them in full (it found no dead channel to take out)"
     elif cut == constant:

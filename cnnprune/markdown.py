@@ -229,11 +229,7 @@ def latency_section(a: Analysis) -> list[str]:
 
 def dead_paths(a: Analysis) -> list[str]:
     """What the sparse engine took out of each model, and which models compute a constant."""
-    cut = {}
-    for s in a.speedups:
-        before, after = (s.row.conv_channels + (0, 0))[:2]
-        if s.row.engine == "sparse" and after < before:
-            cut[s.row.model] = (before, after)
+    cut = {s.row.model: s.row.conv_channels for s in a.speedups if s.row.engine == "sparse" and s.row.channels_cut}
     L = []
     if cut:
         totals = {before for before, _ in cut.values()}
