@@ -158,3 +158,26 @@ def test_random_dead_channels_keep_the_logits(seed: int) -> None:
         if isinstance(m, nn.Conv2d) and m.groups == 1:
             m.weight.data[torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(seed)) < 0.6] = 0
     equal_logits(model, batch=2)
+
+
+@pytest.mark.parametrize("arch, amount", [("densenet121", 0.97), ("regnet_y_400mf", 0.9), ("mobilenet_v3_large", 0.9)])
+def test_torchvision_networks_with_dead_channels_keep_their_logits(arch: str, amount: float) -> None:
+    """Global L1 pruning of torchvision's initialisation leaves dead channels in front of a
+    concatenation (DenseNet), squeeze-and-excitation gates and grouped convolutions (RegNetY) and
+    hardswish blocks (MobileNetV3); the plan drops some and computes the same logits."""
+    from torch.nn.utils import prune
+
+    from cnnprune.archs import build
+
+    torch.manual_seed(0)
+    model = build(arch, 10).eval()
+    convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
+    prune.global_unstructured(convs, pruning_method=prune.L1Unstructured, amount=amount)
+    for m, name in convs:
+        prune.remove(m, name)
+    for m in model.modules():  # statistics that are not the identity, so that folding is tested
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.data.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.2, 0.2)
+    engine = equal_logits(model, size=32, batch=2)
+    assert engine.engine.graph.cuts, "pruning this hard leaves channels to cut"
