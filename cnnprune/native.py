@@ -51,8 +51,9 @@ class DenseSource:
     each for itself, ResNet-50 at 224 read and built the model three times and exported it twice:
     the README has the times."""
 
-    def __init__(self, model_of: Callable[[], nn.Module], input_size: int) -> None:
+    def __init__(self, model_of: Callable[[], nn.Module], input_size: int, onnx_file: Path | None = None) -> None:
         self.model_of, self.input_size = model_of, input_size
+        self.onnx_file = onnx_file  # the model's checked export (export.exported_onnx): used instead of exporting
         self._held: dict[str, object] | None = None
 
     @contextmanager
@@ -86,7 +87,7 @@ def dense_engines(source: DenseSource, threads: int) -> dict[str, DenseMaker]:
     def onnxruntime():
         from cnnprune.export import ort_session
 
-        session = ort_session(source.onnx(), threads)
+        session = ort_session(source.onnx_file or source.onnx(), threads)
         return lambda x: session.run(None, {"input": x})[0]
 
     def eager():
@@ -101,6 +102,8 @@ def dense_engines(source: DenseSource, threads: int) -> dict[str, DenseMaker]:
     def openvino():
         from cnnprune.export import openvino_session
 
+        if source.onnx_file is not None:
+            return openvino_session(source.onnx_file, threads)
         with tempfile.TemporaryDirectory() as folder:  # compiled in memory: the file goes at once
             path = Path(folder) / "dense.onnx"
             path.write_bytes(source.onnx())
@@ -137,14 +140,15 @@ class NativeSparseResNet(nn.Module):
 
     def __init__(self, net: FoldedResNet | Graph, threads: int | None = None, calibrate: bool = True,
                  dense_fallback: nn.Module | Callable[[], nn.Module] | None = None, winograd: bool = True,
-                 layer_mode: str | None = None, cache: PlanCache | None = None) -> None:
+                 layer_mode: str | None = None, cache: PlanCache | None = None, onnx_file: Path | None = None) -> None:
         """``dense_fallback``: the dense model, or a function that loads it (then it is held only
-        while a fallback made from it is: ``sparse.load`` reads the file again)."""
+        while a fallback made from it is: ``sparse.load`` reads the file again); ``onnx_file``: its
+        checked ONNX export, which the onnxruntime and OpenVINO fallbacks then run."""
         super().__init__()
         threads = threads or torch.get_num_threads()
         size = net.input_shape[1] if isinstance(net, Graph) else 32
         model_of = (lambda: dense_fallback) if isinstance(dense_fallback, nn.Module) else dense_fallback
-        source = DenseSource(model_of, size) if model_of is not None else None
+        source = DenseSource(model_of, size, onnx_file) if model_of is not None else None
         options = dict(calibrate=calibrate, winograd=winograd, layer_mode=layer_mode, dense_conv=dense_conv(threads),
                        fallbacks=dense_engines(source, threads) if source else None,
                        sharing=source.shared if source else None, cache=cache)

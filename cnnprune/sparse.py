@@ -134,10 +134,21 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
-        dense = (lambda: read_model(path)) if dense_fallback else None
-        cache = PlanCache(sha256_file(path)) if plan_cache else None
-        return NativeSparseResNet(net, threads, calibrate, dense, winograd, layer_mode, cache)
+        return NativeSparseResNet(net, threads, calibrate, winograd=winograd, layer_mode=layer_mode,
+                                  **_native_extras(Path(path), spec, dense_fallback, plan_cache))
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)
+
+
+def _native_extras(path: Path, spec: ModelSpec, dense_fallback: bool, plan_cache: bool) -> dict:
+    """The native engine's dense fallback (read from ``path`` again when first needed, with the
+    ONNX export that ``export.json`` vouches for, if any) and plan cache, both keyed by one
+    sha256 of the file."""
+    from cnnprune.export import exported_onnx
+
+    sha = sha256_file(path) if dense_fallback or plan_cache else ""
+    return {"dense_fallback": (lambda: read_model(path, spec.arch)) if dense_fallback else None,
+            "onnx_file": exported_onnx(path, sha, spec) if dense_fallback else None,
+            "cache": PlanCache(sha) if plan_cache else None}
 
 
 def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | None, calibrate: bool,
@@ -148,9 +159,8 @@ def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | N
     if device != "cpu":
         raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
     graph = trace(read_model(path, spec.arch), (3, spec.input_size, spec.input_size))
-    cache = PlanCache(sha256_file(path)) if plan_cache else None
-    dense = (lambda: read_model(path, spec.arch)) if dense_fallback else None
-    return NativeSparseResNet(graph, threads, calibrate, dense, winograd, layer_mode, cache)
+    return NativeSparseResNet(graph, threads, calibrate, winograd=winograd, layer_mode=layer_mode,
+                              **_native_extras(Path(path), spec, dense_fallback, plan_cache))
 
 
 def _check_2_4(device: str, dtype: torch.dtype, backend: str) -> None:

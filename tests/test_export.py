@@ -85,3 +85,53 @@ def test_openvino_runs_the_onnx_file_like_onnxruntime(artifacts: Path) -> None:
     got = openvino_session(artifacts / "one_shot_90.onnx", 1)(x)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_the_recorded_onnx_export_of_a_file_is_found_only_while_it_is_the_checked_one(tmp_path: Path,
+                                                                                      artifacts: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from cnnprune.export import exported_onnx
+    from cnnprune.fileio import sha256_file
+    from cnnprune.model import spec_of_folder
+
+    folder = tmp_path / "a"
+    shutil.copytree(artifacts, folder)
+    spec = spec_of_folder(folder)
+
+    def found(name: str):
+        return exported_onnx(folder / name, sha256_file(folder / name), spec)
+
+    for name in ("one_shot_90.csr.pt", "one_shot_90.pth", "one_shot_90.csr.safetensors"):
+        assert found(name) == folder / "one_shot_90.onnx", name
+    assert exported_onnx(folder / "one_shot_90.csr.pt", "0" * 64, spec) is None, "weights the record does not know"
+    other = dataclasses.replace(spec, input_size=64)
+    assert exported_onnx(folder / "one_shot_90.csr.pt", sha256_file(folder / "one_shot_90.csr.pt"), other) is None
+    data = bytearray((folder / "one_shot_90.onnx").read_bytes())
+    data[-1] ^= 1
+    (folder / "one_shot_90.onnx").write_bytes(bytes(data))
+    assert found("one_shot_90.csr.pt") is None, "an ONNX file changed after its export"
+    assert found("one_shot_75.csr.pt") == folder / "one_shot_75.onnx"
+    (folder / "export.json").write_text("{not json")
+    assert found("one_shot_75.csr.pt") is None
+    (folder / "export.json").unlink()
+    assert found("one_shot_75.csr.pt") is None
+
+
+def test_the_sparse_engines_dense_fallbacks_run_the_checked_export(monkeypatch, artifacts: Path) -> None:
+    from cnnprune import export, sparse
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the fallback exported the model again")
+
+    monkeypatch.setattr(export, "onnx_bytes", no_export)
+    model = sparse.load(artifacts / "one_shot_90.csr.pt", threads=2, calibrate=False)
+    source = model.engine.sharing.__self__
+    assert source.onnx_file == artifacts / "one_shot_90.onnx"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = load_model(artifacts / "one_shot_90.pth")(x).numpy()
+    for name, make in model.engine.fallbacks.items():
+        if name != "torch":
+            np.testing.assert_allclose(make()(x.numpy()), want, rtol=1e-4, atol=1e-5, err_msg=name)
