@@ -59,6 +59,7 @@ class LatencyRow:
     passes: int = 1
     pass_medians_ms: tuple[float, ...] = ()
     sparse_engine_used: str | None = None
+    sparse_engine_passes: tuple[str, ...] = ()  # per pass: what the sparse engine ran (sparse or a dense fallback)
     dense_layers: tuple[int, ...] = ()      # per pass: layers the native engine ran dense
     winograd_layers: tuple[int, ...] = ()   # per pass: layers it ran as Winograd
     sparsity: float | None = None
@@ -77,7 +78,8 @@ class LatencyRow:
         return cls(model=row["model"], engine=row["engine"], batch=int(row["batch"]), device=row["device"],
                    median_ms=row["median_ms"], iqr_ms=row["iqr_ms"], rounds=row["rounds"],
                    passes=row.get("passes", 1), pass_medians_ms=tuple(row.get("pass_medians_ms") or ()),
-                   sparse_engine_used=row.get("sparse_engine_used"), dense_layers=_ints(row.get("dense_layers")),
+                   sparse_engine_used=row.get("sparse_engine_used"),
+                   sparse_engine_passes=tuple(row.get("sparse_engine_passes") or ()), dense_layers=_ints(row.get("dense_layers")),
                    winograd_layers=_ints(row.get("winograd_layers")), sparsity=row.get("sparsity"),
                    graph=row.get("graph"), backend=row.get("semi_structured_backend"),
                    layers_2_4=row.get("layers_2_4"), conv_channels=tuple(row.get("conv_channels") or ()))
@@ -139,6 +141,7 @@ class GoalCheck:
     met: bool
     pruning_alone: float | None
     sparse_engine_used: str | None
+    by_pass: tuple[tuple[str, float], ...] = ()  # per pass: what the sparse engine ran, its speedup
 
     @property
     def above_flop_limit(self) -> bool:
@@ -386,8 +389,17 @@ def sparse_goals(sp: list[Speedup], noise: dict[tuple[str, int], float], arch: s
         out.append(GoalCheck(model=s.row.model, batch=s.row.batch, goal=goal, speedup=r, paired=paired,
                              within_noise=within_noise, flop_limit=s.flop_limit, met=met,
                              pruning_alone=_median(s.vs_same_engine_unpruned),
-                             sparse_engine_used=s.row.sparse_engine_used))
+                             sparse_engine_used=s.row.sparse_engine_used, by_pass=_by_pass(s.row, best)))
     return out
+
+
+def _by_pass(sparse: LatencyRow, best: LatencyRow) -> tuple[tuple[str, float], ...]:
+    """What the sparse engine ran in each pass and its speedup over the best dense engine in that
+    pass (empty where the run did not record it per pass)."""
+    ran, a, b = sparse.sparse_engine_passes, sparse.pass_medians_ms, best.pass_medians_ms
+    if not ran or not len(ran) == len(a) == len(b):
+        return ()
+    return tuple((engine, y / x) for engine, x, y in zip(ran, a, b))
 
 
 def cuda_speedups(rows) -> list[CudaSpeedup]:

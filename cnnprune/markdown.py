@@ -191,6 +191,8 @@ def _goal_verdict(g: GoalCheck) -> str:
     fallback = _fallback_passes(g.sparse_engine_used)
     if fallback:
         verdict += "; ran the dense fallback" + ("" if fallback == "all" else " in some passes")
+    if g.by_pass and (fallback == "some" or not g.met):
+        verdict += " (by pass: " + ", ".join(f"{times(r)} {engine}" for engine, r in g.by_pass) + ")"
     return verdict
 
 

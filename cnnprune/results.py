@@ -45,6 +45,7 @@ def latency_rows(bench: dict) -> list[dict]:
         used = sorted({b["extra_info"]["sparse_engine_used"] for b in runs if "sparse_engine_used" in b["extra_info"]})
         if used:
             extra["sparse_engine_used"] = "+".join(used)
+            extra["sparse_engine_passes"] = [b["extra_info"].get("sparse_engine_used", "") for b in runs]
         for key in ("dense_layers", "winograd_layers"):
             if key in extra:
                 extra[key] = [b["extra_info"].get(key, 0) for b in runs]

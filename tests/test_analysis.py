@@ -96,3 +96,25 @@ def test_layer_counts_per_pass() -> None:
     row = LatencyRow.of(latency_rows({"benchmarks": entries})[0])
     assert row.winograd_layers == (10, 9, 10) and row.dense_layers == (0, 1, 0)
     assert LatencyRow.of({**latency_rows({"benchmarks": entries})[0], "dense_layers": 2}).dense_layers == (2,)
+
+
+def test_what_the_sparse_engine_ran_is_kept_pass_by_pass() -> None:
+    entries = [bench_entry("one_shot_50", e, p, [ms] * 3)
+               for p, ran in enumerate(("onnxruntime", "sparse", "openvino"))
+               for e, ms in (("onnxruntime", 4.0), ("sparse", 4.0 if ran != "sparse" else 5.0))]
+    for e, ran in zip([e for e in entries if e["extra_info"]["engine"] == "sparse"], ("onnxruntime", "sparse", "openvino")):
+        e["extra_info"]["sparse_engine_used"] = ran
+    rows = {r["engine"]: r for r in latency_rows({"benchmarks": entries})}
+    assert rows["sparse"]["sparse_engine_used"] == "onnxruntime+openvino+sparse"
+    assert rows["sparse"]["sparse_engine_passes"] == ["onnxruntime", "sparse", "openvino"]
+    assert LatencyRow.of(rows["sparse"]).sparse_engine_passes == ("onnxruntime", "sparse", "openvino")
+    r = synthetic()
+    for row in r["latency"]:
+        row["passes"], row["pass_medians_ms"] = 3, [row["median_ms"]] * 3
+        if row["engine"] == "sparse" and (row["model"], row["batch"]) == ("one_shot_50", 1):
+            row["pass_medians_ms"] = [2.5, 3.125, 2.5]
+            row["sparse_engine_used"], row["sparse_engine_passes"] = "onnxruntime+sparse", ["onnxruntime", "sparse", "onnxruntime"]
+    g = goals(r)
+    assert [e for e, _ in g[("one_shot_50", 1)].by_pass] == ["onnxruntime", "sparse", "onnxruntime"]
+    assert [x for _, x in g[("one_shot_50", 1)].by_pass] == pytest.approx([1.0, 0.8, 1.0])
+    assert g[("one_shot_90", 1)].by_pass == (), "older runs recorded no engine per pass"
