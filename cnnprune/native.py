@@ -10,6 +10,7 @@ import importlib.util
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,18 @@ class DenseSource:
     each for itself, ResNet-50 at 224 read and built the model three times and exported it twice:
     the README has the times."""
 
-    def __init__(self, model_of: Callable[[], nn.Module], input_size: int, onnx_file: Path | None = None) -> None:
+    def __init__(self, model_of: Callable[[], nn.Module], input_size: int,
+                 onnx_of: Callable[[], Path | None] | None = None) -> None:
         self.model_of, self.input_size = model_of, input_size
-        self.onnx_file = onnx_file  # the model's checked export (export.exported_onnx): used instead of exporting
+        self._onnx_of = onnx_of
         self._held: dict[str, object] | None = None
+
+    @cached_property
+    def onnx_file(self) -> Path | None:
+        """The model's checked ONNX export (``export.exported_onnx``), which the fallbacks run
+        instead of a new export; looked for when a fallback is first made (it hashes the file:
+        0.3 s for ResNet-50's, which a load whose plan is cached never needs)."""
+        return self._onnx_of() if self._onnx_of is not None else None
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -140,15 +149,16 @@ class NativeSparseResNet(nn.Module):
 
     def __init__(self, net: FoldedResNet | Graph, threads: int | None = None, calibrate: bool = True,
                  dense_fallback: nn.Module | Callable[[], nn.Module] | None = None, winograd: bool = True,
-                 layer_mode: str | None = None, cache: PlanCache | None = None, onnx_file: Path | None = None) -> None:
+                 layer_mode: str | None = None, cache: PlanCache | None = None,
+                 onnx_of: Callable[[], Path | None] | None = None) -> None:
         """``dense_fallback``: the dense model, or a function that loads it (then it is held only
-        while a fallback made from it is: ``sparse.load`` reads the file again); ``onnx_file``: its
-        checked ONNX export, which the onnxruntime and OpenVINO fallbacks then run."""
+        while a fallback made from it is: ``sparse.load`` reads the file again); ``onnx_of``: finds
+        its checked ONNX export, which the onnxruntime and OpenVINO fallbacks then run."""
         super().__init__()
         threads = threads or torch.get_num_threads()
         size = net.input_shape[1] if isinstance(net, Graph) else 32
         model_of = (lambda: dense_fallback) if isinstance(dense_fallback, nn.Module) else dense_fallback
-        source = DenseSource(model_of, size, onnx_file) if model_of is not None else None
+        source = DenseSource(model_of, size, onnx_of) if model_of is not None else None
         options = dict(calibrate=calibrate, winograd=winograd, layer_mode=layer_mode, dense_conv=dense_conv(threads),
                        fallbacks=dense_engines(source, threads) if source else None,
                        sharing=source.shared if source else None, cache=cache)

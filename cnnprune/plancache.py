@@ -62,6 +62,7 @@ class PlanCache:
         from cnnprune.kernels import cache_dir, library_key
 
         self.folder = folder or cache_dir() / "plans"
+        self.model_sha256 = model_sha256
         self.prefix = f"{model_sha256}|{library_key()}|v{VERSION}"
 
     def path(self, setting: str) -> Path:

@@ -105,7 +105,8 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     few hundred ms per new batch size; seconds at batch 250) and keep the fastest;
     ``dense_fallback``: also compare the whole network with the dense engines (onnxruntime,
     PyTorch eager, OpenVINO where installed) and run the fastest where one wins, so the result
-    is never slower than dense. Without calibration every layer
+    is never slower than dense (onnxruntime and OpenVINO run the model's ONNX export where the
+    ``export.json`` beside ``path`` records it unchanged, else a new export). Without calibration every layer
     runs sparse. ``winograd``: let calibration pick Winograd F(4x4, 3x3) (a dense algorithm
     with 4x fewer multiplies; fp32 rounding error about 10x a direct convolution's) where it is faster; False keeps the
     sparse kernel and dense oneDNN only. ``plan_cache``: reuse (and keep) calibration results on
@@ -141,14 +142,16 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
 
 def _native_extras(path: Path, spec: ModelSpec, dense_fallback: bool, plan_cache: bool) -> dict:
     """The native engine's dense fallback (read from ``path`` again when first needed, with the
-    ONNX export that ``export.json`` vouches for, if any) and plan cache, both keyed by one
-    sha256 of the file."""
+    ONNX export that ``export.json`` vouches for, if any) and plan cache."""
     from cnnprune.export import exported_onnx
 
-    sha = sha256_file(path) if dense_fallback or plan_cache else ""
+    cache = PlanCache(sha256_file(path)) if plan_cache else None
+
+    def onnx_of() -> Path | None:
+        return exported_onnx(path, cache.model_sha256 if cache else sha256_file(path), spec)
+
     return {"dense_fallback": (lambda: read_model(path, spec.arch)) if dense_fallback else None,
-            "onnx_file": exported_onnx(path, sha, spec) if dense_fallback else None,
-            "cache": PlanCache(sha) if plan_cache else None}
+            "onnx_of": onnx_of if dense_fallback else None, "cache": cache}
 
 
 def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | None, calibrate: bool,
