@@ -51,6 +51,17 @@ def synthetic() -> dict:
             "step_seconds": {"prune": 1.0}}
 
 
+def sparse_program_in_one_pass(results: dict) -> dict:
+    """``results`` as three passes in which the sparse engine ran onnxruntime, then (at 0.8x the
+    best dense engine) its sparse program, then onnxruntime again for one_shot_50 at batch 1."""
+    for row in results["latency"]:
+        row["passes"], row["pass_medians_ms"] = 3, [row["median_ms"]] * 3
+        if row["engine"] == "sparse" and (row["model"], row["batch"]) == ("one_shot_50", 1):
+            row["pass_medians_ms"] = [2.5, 3.125, 2.5]
+            row["sparse_engine_used"], row["sparse_engine_passes"] = "onnxruntime+sparse", ["onnxruntime", "sparse", "onnxruntime"]
+    return results
+
+
 def bench_entry(model: str, engine: str, p: int, data_ms: list[float]) -> dict:
     data = [d / 1e3 for d in data_ms]
     return {"name": f"{model}-{engine}-p{p}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from synthetic import bench_entry, cuda_bench, synthetic
+from synthetic import bench_entry, cuda_bench, sparse_program_in_one_pass, synthetic
 
 from cnnprune.analysis import LatencyRow, Ratio, analyse, paired_ratio
 from cnnprune.results import cuda_summary, latency_rows
@@ -108,12 +108,7 @@ def test_what_the_sparse_engine_ran_is_kept_pass_by_pass() -> None:
     assert rows["sparse"]["sparse_engine_used"] == "onnxruntime+openvino+sparse"
     assert rows["sparse"]["sparse_engine_passes"] == ["onnxruntime", "sparse", "openvino"]
     assert LatencyRow.of(rows["sparse"]).sparse_engine_passes == ("onnxruntime", "sparse", "openvino")
-    r = synthetic()
-    for row in r["latency"]:
-        row["passes"], row["pass_medians_ms"] = 3, [row["median_ms"]] * 3
-        if row["engine"] == "sparse" and (row["model"], row["batch"]) == ("one_shot_50", 1):
-            row["pass_medians_ms"] = [2.5, 3.125, 2.5]
-            row["sparse_engine_used"], row["sparse_engine_passes"] = "onnxruntime+sparse", ["onnxruntime", "sparse", "onnxruntime"]
+    r = sparse_program_in_one_pass(synthetic())
     g = goals(r)
     assert [e for e, _ in g[("one_shot_50", 1)].by_pass] == ["onnxruntime", "sparse", "onnxruntime"]
     assert [x for _, x in g[("one_shot_50", 1)].by_pass] == pytest.approx([1.0, 0.8, 1.0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from synthetic import cuda_bench, synthetic
+from synthetic import cuda_bench, sparse_program_in_one_pass, synthetic
 
 from cnnprune.analysis import LatencyRow, analyse
 from cnnprune.markdown import _layer_marks, markdown
@@ -107,12 +107,7 @@ def test_dead_channels_and_constant_logits_are_said_where_measured() -> None:
 
 
 def test_a_goal_whose_engine_changed_between_passes_says_what_ran_in_each() -> None:
-    r = synthetic()
-    for row in r["latency"]:
-        row["passes"], row["pass_medians_ms"] = 3, [row["median_ms"]] * 3
-        if row["engine"] == "sparse" and (row["model"], row["batch"]) == ("one_shot_50", 1):
-            row["pass_medians_ms"] = [2.5, 3.125, 2.5]
-            row["sparse_engine_used"], row["sparse_engine_passes"] = "onnxruntime+sparse", ["onnxruntime", "sparse", "onnxruntime"]
+    r = sparse_program_in_one_pass(synthetic())
     line = next(x for x in render(r).splitlines() if x.startswith("| one_shot_50 | 1 |"))
     assert "ran the dense fallback in some passes (by pass: 1.00× onnxruntime, 0.80× sparse, 1.00× onnxruntime)" in line
     assert "by pass" not in render(synthetic()), "older runs recorded no engine per pass"
