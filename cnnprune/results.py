@@ -42,10 +42,10 @@ def latency_rows(bench: dict) -> list[dict]:
         runs.sort(key=lambda b: b["extra_info"].get("pass", 0))
         stats = [b["stats"] for b in runs]
         extra = {k: v for k, v in runs[0]["extra_info"].items() if k != "pass"}
-        used = sorted({b["extra_info"]["sparse_engine_used"] for b in runs if "sparse_engine_used" in b["extra_info"]})
-        if used:
-            extra["sparse_engine_used"] = "+".join(used)
-            extra["sparse_engine_passes"] = [b["extra_info"].get("sparse_engine_used", "") for b in runs]
+        ran = [b["extra_info"].get("sparse_engine_used") for b in runs]  # per pass; None: not the sparse engine
+        if any(r is not None for r in ran):
+            extra["sparse_engine_used"] = "+".join(sorted({r for r in ran if r is not None}))
+            extra["sparse_engine_passes"] = [r or "" for r in ran]
         for key in ("dense_layers", "winograd_layers"):
             if key in extra:
                 extra[key] = [b["extra_info"].get(key, 0) for b in runs]
