@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _evaluate_folder(Path(config.artifacts), split, config.batch_size, spec)
         return 0
     path = resolve_checkpoint(config.checkpoint)
-    model = checked_model(load_state_dict(path), str(path), config.arch)
+    model = checked_model(load_state_dict(path), str(path), config.arch, own=True)
     size = config.input_size or ARCHS[config.arch].input_size
     split = load_split(config.dataset, "test", data_dir, config.download, size, model.state_dict()[
         ARCHS[config.arch].classifier].shape[0])

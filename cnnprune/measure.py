@@ -127,7 +127,7 @@ def load_form(form: str, artifacts: Path, name: str, threads: int) -> object:
     if form == "sparse":
         from cnnprune import sparse
 
-        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads)
+        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads, plan_cache=False)
     raise CnnpruneError(f"form {form!r} is unknown; choose one of {', '.join(FORMS)}")
 
 

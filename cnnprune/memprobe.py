@@ -92,7 +92,7 @@ def _sparse(artifacts: Path, name: str, threads: int) -> tuple[Callable[[np.ndar
         from cnnprune import sparse
 
         torch.set_num_threads(threads)
-        hosted = sparse.load(artifacts / f"{name}.csr.pt", threads=threads)
+        hosted = sparse.load(artifacts / f"{name}.csr.pt", threads=threads, plan_cache=False)
         return (lambda x: hosted(torch.from_numpy(x))), hosted.held_weight_bytes
     from cnnprune import runtime
 

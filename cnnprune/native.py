@@ -150,7 +150,7 @@ class NativeSparseResNet(nn.Module):
     def __init__(self, net: FoldedResNet | Graph, threads: int | None = None, calibrate: bool = True,
                  dense_fallback: nn.Module | Callable[[], nn.Module] | None = None, winograd: bool = True,
                  layer_mode: str | None = None, cache: PlanCache | None = None,
-                 onnx_of: Callable[[], Path | None] | None = None) -> None:
+                 onnx_of: Callable[[], Path | None] | None = None, recalibrate: bool = False) -> None:
         """``dense_fallback``: the dense model, or a function that loads it (then it is held only
         while a fallback made from it is: ``sparse.load`` reads the file again); ``onnx_of``: finds
         its checked ONNX export, which the onnxruntime and OpenVINO fallbacks then run."""
@@ -161,7 +161,7 @@ class NativeSparseResNet(nn.Module):
         source = DenseSource(model_of, size, onnx_of) if model_of is not None else None
         options = dict(calibrate=calibrate, winograd=winograd, layer_mode=layer_mode, dense_conv=dense_conv(threads),
                        fallbacks=dense_engines(source, threads) if source else None,
-                       sharing=source.shared if source else None, cache=cache)
+                       sharing=source.shared if source else None, cache=cache, recalibrate=recalibrate)
         self.engine = GraphEngine(net, threads, **options) if isinstance(net, Graph) else \
             NativeEngine(net, threads, **options)
         self.threads = threads

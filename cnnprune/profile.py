@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = from_args(ProfileConfig, parser.parse_args(argv))
     if config.batch < 1 or config.rounds < 1 or config.threads < 1:
         raise CnnpruneError("--batch, --rounds and --threads must be at least 1")
-    model = sparse.load(config.model, threads=config.threads, dense_fallback=False)
+    model = sparse.load(config.model, threads=config.threads, dense_fallback=False, plan_cache=False)
     rows = profile(model, config.batch, config.rounds)
     table = Table(title=f"{config.model}, batch {config.batch}, {config.threads} threads: native steps, "
                         f"median of {config.rounds}")

@@ -50,7 +50,7 @@ from cnnprune.errors import CnnpruneError
 from cnnprune.fileio import sha256_file
 from cnnprune.fold import fold_resnet
 from cnnprune.gemm import GEMM_LAYOUTS, SEMI_BACKENDS, TorchGemmResNet
-from cnnprune.model import checked_model, load_state_dict, spec_of_folder
+from cnnprune.model import checked_model, checked_skeleton, load_state_dict, spec_of_folder
 from cnnprune.native import NativeSparseResNet
 from cnnprune.plancache import PlanCache
 
@@ -71,14 +71,14 @@ def read_state(path: str | Path, arch: str = DEFAULT_ARCH) -> dict[str, torch.Te
     """Dense state_dict from a ``.csr.pt`` file or a permanent ``.pth`` checkpoint of ``arch``
     (any class count)."""
     state = _file_state(Path(path))
-    checked_model(state, str(path), arch)
+    checked_skeleton(state, str(path), arch)
     return state
 
 
 def read_model(path: str | Path, arch: str = DEFAULT_ARCH) -> nn.Module:
     """The dense model of such a file, checked and built once (the whole-network fallbacks'
     source: ``read_state`` + ``checked_model`` built it twice)."""
-    return checked_model(_file_state(Path(path)), str(path), arch)
+    return checked_model(_file_state(Path(path)), str(path), arch, own=True)
 
 
 def _file_state(path: Path) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def _file_state(path: Path) -> dict[str, torch.Tensor]:
 def load(path: str | Path, engine: str = "native", device: str = "cpu", threads: int | None = None,
          calibrate: bool = True, dense_fallback: bool = True, dtype: torch.dtype | None = None,
          backend: str = "cusparselt", winograd: bool = True, layer_mode: str | None = None,
-         plan_cache: bool = False, spec: ModelSpec | None = None) -> nn.Module:
+         plan_cache: bool = True, spec: ModelSpec | None = None, recalibrate: bool = False) -> nn.Module:
     """Load a pruned model for sparse inference: input (N, 3, S, S) → logits (N, classes), eval mode.
 
     ``spec``: the architecture and input size (default: what the ``manifest.json`` beside
@@ -110,8 +110,10 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     runs sparse. ``winograd``: let calibration pick Winograd F(4x4, 3x3) (a dense algorithm
     with 4x fewer multiplies; fp32 rounding error about 10x a direct convolution's) where it is faster; False keeps the
     sparse kernel and dense oneDNN only. ``plan_cache``: reuse (and keep) calibration results on
-    disk for this file, machine and settings (``cnnprune.plancache``): instant second loads; off by
-    default so that a benchmark times against fresh calibration. ``layer_mode`` ("sparse", "winograd" or "gemm", the
+    disk for this file, machine and settings (``cnnprune.plancache``), so that a second load
+    plans without timing; the benchmark turns it off, so that every pass times afresh.
+    ``recalibrate``: time afresh and replace what the cache holds (a plan timed while the
+    machine was busy stays until then). ``layer_mode`` ("sparse", "winograd" or "gemm", the
     native dense 1x1 kernel of graph-planned networks): run every layer that can this way, no
     per-layer timing (tests, A/B measurements). ``dtype`` (im2col
     engines): compute precision, default float32, float16 for ``torch-2:4``; ``backend``
@@ -129,18 +131,19 @@ def load(path: str | Path, engine: str = "native", device: str = "cpu", threads:
     if why:
         raise CnnpruneError(f"{path}: {why}")
     if not spec.is_default:
-        return _load_graph(path, spec, device, threads, calibrate, dense_fallback, winograd, layer_mode, plan_cache)
+        return _load_graph(path, spec, device, threads, calibrate, dense_fallback, winograd, layer_mode,
+                           plan_cache, recalibrate)
     state = read_state(path)
     net = fold_resnet({k: v.numpy() for k, v in state.items()})
     if engine == "native":
         if device != "cpu":
             raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
         return NativeSparseResNet(net, threads, calibrate, winograd=winograd, layer_mode=layer_mode,
-                                  **_native_extras(Path(path), spec, dense_fallback, plan_cache))
+                                  **_native_extras(Path(path), spec, dense_fallback, plan_cache, recalibrate))
     return TorchGemmResNet(net, GEMM_LAYOUTS[engine], device, dtype or torch.float32, backend)
 
 
-def _native_extras(path: Path, spec: ModelSpec, dense_fallback: bool, plan_cache: bool) -> dict:
+def _native_extras(path: Path, spec: ModelSpec, dense_fallback: bool, plan_cache: bool, recalibrate: bool) -> dict:
     """The native engine's dense fallback (read from ``path`` again when first needed, with the
     ONNX export that ``export.json`` vouches for, if any) and plan cache."""
     from cnnprune.export import exported_onnx
@@ -151,11 +154,12 @@ def _native_extras(path: Path, spec: ModelSpec, dense_fallback: bool, plan_cache
         return exported_onnx(path, cache.model_sha256 if cache else sha256_file(path), spec)
 
     return {"dense_fallback": (lambda: read_model(path, spec.arch)) if dense_fallback else None,
-            "onnx_of": onnx_of if dense_fallback else None, "cache": cache}
+            "onnx_of": onnx_of if dense_fallback else None, "cache": cache, "recalibrate": recalibrate}
 
 
 def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | None, calibrate: bool,
-                dense_fallback: bool, winograd: bool, layer_mode: str | None, plan_cache: bool) -> nn.Module:
+                dense_fallback: bool, winograd: bool, layer_mode: str | None, plan_cache: bool,
+                recalibrate: bool) -> nn.Module:
     """Any architecture on the native engine, planned from its traced graph (:mod:`cnnprune.graph`)."""
     from cnnprune.graph import trace
 
@@ -163,7 +167,7 @@ def _load_graph(path: str | Path, spec: ModelSpec, device: str, threads: int | N
         raise CnnpruneError("the native sparse engine runs on the CPU; use engine='torch-csr' for CUDA")
     graph = trace(read_model(path, spec.arch), (3, spec.input_size, spec.input_size))
     return NativeSparseResNet(graph, threads, calibrate, winograd=winograd, layer_mode=layer_mode,
-                              **_native_extras(Path(path), spec, dense_fallback, plan_cache))
+                              **_native_extras(Path(path), spec, dense_fallback, plan_cache, recalibrate))
 
 
 def _check_2_4(device: str, dtype: torch.dtype, backend: str) -> None:

@@ -81,3 +81,22 @@ def test_channels_last_checkpoint_loads_contiguous(tmp_path: Path, random_state)
     state = load_state_dict(tmp_path / "cl.pth")
     assert all(v.is_contiguous() for v in state.values())
     assert torch.equal(state["conv1.weight"], random_state["conv1.weight"])
+
+
+@pytest.mark.parametrize("arch", ["resnet18-cifar", "regnet_y_400mf"])
+def test_checked_model_copies_the_state_unless_it_owns_it(arch: str) -> None:
+    """The module is built without random weights (on the meta device; RegNet's constructor
+    computes with tensors, so it is built for real) and then holds the state's values."""
+    from cnnprune.model import checked_model
+
+    state = {k: v.clone() for k, v in build_model(7, arch).state_dict().items()}
+    copied, owned = checked_model(state, "s", arch), checked_model(state, "s", arch, own=True)
+    for model in (copied, owned):
+        assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    key = next(k for k in state if k.endswith("weight"))
+    assert copied.state_dict()[key].data_ptr() != state[key].data_ptr()
+    assert owned.state_dict()[key].data_ptr() == state[key].data_ptr()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(copied(x), owned(x))

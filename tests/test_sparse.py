@@ -282,3 +282,25 @@ def test_buffer_pool_hands_out_again_only_what_was_given_back() -> None:
     c = off.padded(16, 2, 2, 2)
     off.give(c)
     assert off.padded(16, 2, 2, 2) is not c
+
+
+def test_a_second_load_plans_from_the_cache_and_recalibrate_times_afresh(artifacts: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnprune.engine import NativeEngine
+
+    timed = []
+    choose = NativeEngine._choose_layers
+    monkeypatch.setattr(NativeEngine, "_choose_layers", lambda self, n, plan: (timed.append(n), choose(self, n, plan)))
+    path, x = artifacts / "one_shot_90.csr.pt", torch.randn(2, 3, 32, 32)
+
+    def modes(**options) -> dict:
+        model = sparse.load(path, threads=1, dense_fallback=False, **options)
+        with torch.no_grad():
+            model(x)
+        return {k: v["engine"] for k, v in model.engine.layer_choice(2).items()}
+
+    first = modes()
+    assert timed == [2] and modes() == first and timed == [2], "the second load plans from the cache"
+    modes(recalibrate=True)
+    modes(plan_cache=False)
+    assert timed == [2, 2, 2]

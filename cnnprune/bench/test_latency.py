@@ -44,7 +44,7 @@ def _load(engine: str, device: str, artifacts: Path, name: str, threads: int, sp
     if engine == "sparse":
         if device != "cpu":
             pytest.skip("the native sparse engine is CPU-only; torch-csr covers CUDA")
-        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads), artifacts / f"{name}.csr.pt"
+        return sparse.load(artifacts / f"{name}.csr.pt", threads=threads, plan_cache=False), artifacts / f"{name}.csr.pt"
     if engine == "torch-csr":
         return sparse.load(artifacts / f"{name}.csr.pt", engine="torch-csr", device=device), artifacts / f"{name}.csr.pt"
     if engine == "cuda-graph":
