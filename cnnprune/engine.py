@@ -28,6 +28,7 @@ from cnnprune.native_plan import (
     group_size,
     interleaved_ms,
     padded,
+    probes_host_dense,
     raced_ms,
     random_padded,
     span_operands,
@@ -208,7 +209,8 @@ class NativeEngine:
 
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
         """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
-        the shape allows, the host's dense convolution incl. layout conversion), best of
+        the shape allows, the host's dense convolution incl. layout conversion where
+        ``probes_host_dense``), best of
         ``repeats``, and keep the fastest (near ties: sparse, ``SPARSE_TIE``); the operands of the others are dropped at once, so
         calibration never holds every layer's Winograd weights together; one whose output takes a
         residual add is timed with one (the span prefetches its reads, the GEMM does not)."""
@@ -222,14 +224,14 @@ class NativeEngine:
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
             self._operands(p, n, "sparse")
             runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, res, True, phase, None), [])}
-            if self.dense_conv is not None and p.dense_ok:
-                runs["dense"] = self.dense_conv(p, src, dst, res, True)
             if p.gemm_ok:
                 self._operands(p, n, "gemm")
                 runs["gemm"] = self._native(self._conv_steps(p, "gemm", src, dst, res, True, phase, None), [])
             if p.winograd_ok:
                 self._operands(p, n, "winograd")
                 runs["winograd"] = self._native(self._conv_steps(p, "winograd", src, dst, res, True, None, scratch), [])
+            if self.dense_conv is not None and p.dense_ok and probes_host_dense(p, "gemm" in runs or "winograd" in runs):
+                runs["dense"] = self.dense_conv(p, src, dst, res, True)
             p.ms = raced_ms(runs, repeats, RACE_CLOSE)
             p.mode = min(p.ms, key=p.ms.get)
             if p.ms["sparse"] <= (1 + SPARSE_TIE) * p.ms[p.mode]:

@@ -193,6 +193,20 @@ def gemm_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
     return span_eligible(conv, hin, win) and conv.shape[0] % 4 == 0
 
 
+# The host's dense convolution is timed for a layer only where no native dense kernel (the 1x1
+# GEMM, Winograd) is timed for it, or where the layer is nearly unpruned: the only layers it has
+# been measured to win (ResNet-50 at 224, 50 % and unpruned, batch 1 and 16; the report's
+# ResNet18 at batch 1 and 32: 3x3 convolutions without Winograd, stride 2 or 14x14 and 7x7 maps,
+# and unpruned ones). Its calls, one layout conversion each way included, were ~8 s of ResNet-50
+# 90 %'s 15 s of per-layer timing at batch 16, won by no layer.
+HOST_DENSE_DENSITY = 0.9
+
+
+def probes_host_dense(p: ConvPlan, native_dense: bool) -> bool:
+    """Whether calibration times the host's dense convolution for ``p`` (``HOST_DENSE_DENSITY``)."""
+    return not native_dense or p.conv.density > HOST_DENSE_DENSITY
+
+
 def gemm_weights(conv: FoldedConv) -> np.ndarray:
     """The dense (Cout, Cin) weight of a 1x1 convolution packed as ``csrc/gemm1x1.c`` reads it:
     [Cout/4][Cin][4 output channels]."""

@@ -22,6 +22,7 @@ from cnnprune.graph import fold_conv, trace
 from cnnprune.graph_engine import GraphEngine
 from cnnprune.kernels import library
 from cnnprune.native import NativeSparseResNet, fallback_names
+from cnnprune.native_plan import HOST_DENSE_DENSITY
 from cnnprune.plancache import PlanCache
 
 
@@ -302,6 +303,19 @@ def test_layers_that_add_a_residual_are_calibrated_with_one(monkeypatch) -> None
     engine.run(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
     assert sum(r for r, _ in calls) > len(want), "calibration and the program both built the residual layers"
     assert all(residual == given for residual, given in calls)
+
+
+def test_the_host_dense_convolution_is_timed_only_where_it_can_win() -> None:
+    """Where a native dense kernel (1x1 GEMM, Winograd) runs a pruned layer, calibration does
+    not time the host's dense convolution (``native_plan.probes_host_dense``)."""
+    engine = check(pruned(build("resnet50", 10), 0.6), 64, 2, dense_fallback=None)
+    choice = engine.engine.layer_choice(2)
+    native = {k for k, v in choice.items() if not (np.isnan(v["gemm_ms"]) and np.isnan(v["winograd_ms"]))}
+    timed = {k for k, v in choice.items() if not np.isnan(v["dense_ms"])}
+    assert native and timed, "the network has layers of both kinds"
+    plans = engine.engine._plan(2)["convs"]
+    assert timed == {k for k, v in choice.items()
+                     if plans[k].dense_ok and (k not in native or v["density"] > HOST_DENSE_DENSITY)}
 
 
 def test_plan_summary_and_whole_network_fallback() -> None:
