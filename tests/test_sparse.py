@@ -299,8 +299,8 @@ def test_a_second_load_plans_from_the_cache_and_recalibrate_times_afresh(artifac
             model(x)
         return {k: v["engine"] for k, v in model.engine.layer_choice(2).items()}
 
-    first = modes()
-    assert timed == [2] and modes() == first and timed == [2], "the second load plans from the cache"
+    first = modes(recalibrate=True)  # times even where an earlier test left a plan
+    assert timed == [2] and modes() == first and timed == [2], "the next load plans from the cache"
     modes(recalibrate=True)
     modes(plan_cache=False)
     assert timed == [2, 2, 2]
