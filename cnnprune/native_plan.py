@@ -283,10 +283,12 @@ def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None, border: i
 
 
 def random_padded(c: int, h: int, w: int, n: int, arena: Arena, border: int = 1, seed: int = 0) -> np.ndarray:
-    """A padded map with a seeded random interior, for timing a layer: written, so that its
-    pages are real memory, not the shared zero page a fresh mapping reads."""
+    """A padded map for timing a layer, its interior written (so that its pages are real memory,
+    not the shared zero page a fresh mapping reads) with one seeded random row repeated in every
+    row and channel: the kernels' time does not depend on the values, and drawing a random
+    number per float took 1.5 s of ResNet-50's 8 s of per-layer timing at batch 16."""
     a = padded(c, h, w, n, arena, border)
-    a[:, border:-border, border:-border, :] = np.random.default_rng(seed).random((c, h, w, n), dtype=np.float32)
+    a[:, border:-border, border:-border, :] = np.random.default_rng(seed).random((w, n), dtype=np.float32)
     return a
 
 
