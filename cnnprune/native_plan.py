@@ -293,7 +293,8 @@ def random_padded(c: int, h: int, w: int, n: int, arena: Arena, border: int = 1,
 
 
 def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
-                   warm_ms: float = 30.0, still_open: Callable[[list[float]], list[int]] | None = None) -> list[float]:
+                   warm_ms: float = 30.0, still_open: Callable[[list[float]], list[int]] | None = None,
+                   out_after_warm: Callable[[int, float, list[float]], bool] | None = None) -> list[float]:
     """Median ms per call of each of ``fns`` over blocks in palindromic order (A B C C B A,
     ``rounds`` times), so that a machine whose speed drifts weighs on all alike. Each block
     first runs untimed calls for ``warm_ms`` (at least 1): the thread pool that ran last
@@ -303,15 +304,25 @@ def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: f
     or two where they take over ``3 * block_ms`` together. ``still_open(medians so far)``: after the first half round, the
     functions whose comparison is not yet decided (indices); only they are timed on, so a
     decision that one pass makes plain costs one pass (at 224 px and batch 16 a call takes
-    0.5-1.5 s, and four engines in full palindromes were 40 s)."""
+    0.5-1.5 s, and four engines in full palindromes were 40 s). ``out_after_warm(index, ms of
+    its last warm-up call, medians so far)``: in the first block, a function it declares out is
+    not timed further; its figure is that warm-up call, and it is out of the rest of the run
+    (eager PyTorch at 224 px and batch 16 takes 2.3 s a call, 3-4x onnxruntime)."""
     times: list[list[float]] = [[] for _ in fns]
+    out: set[int] = set()
 
     def block(i: int) -> None:
         fn = fns[i]
         t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
         while warm < 1 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
             fn()
+            last_ms = (time.perf_counter() - t0) * 1e3
             warm += 1
+        if not times[i] and out_after_warm is not None and out_after_warm(i, last_ms, medians()):
+            times[i].append(last_ms)
+            out.add(i)
+            return
         start, timed = time.perf_counter(), 0
         while True:
             spent = (time.perf_counter() - start) * 1e3
@@ -329,8 +340,8 @@ def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: f
     for r in range(rounds):
         for i in order:
             block(i)
-        if r == 0 and still_open is not None:
-            open_ = set(still_open(medians()))
+        if r == 0 and (still_open is not None or out):
+            open_ = set(still_open(medians()) if still_open is not None else order) - out
             order = [i for i in order if i in open_]
             if len(order) < 2:
                 break
