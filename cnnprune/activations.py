@@ -1,7 +1,7 @@
-"""The activations the native kernels fuse into a convolution's (or a Linear's) epilogue: their
-codes (``ACTS``, ``ACT_*`` in ``csrc/kernels.h``), how a traced node is recognised as one
-(``activation``), and the same activation in PyTorch for the layers that run there
-(``apply_activation``).
+"""The activations the native kernels fuse into a convolution's (or a Linear's) epilogue: how a
+traced node is recognised as one (``activation``), and the same activation in PyTorch for the
+layers that run there (``apply_activation``). Their names and kernel codes are
+``cnnprune.plan.ACTS`` (torch-free, for the runtime).
 """
 
 from __future__ import annotations
@@ -9,11 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-
-# the kernels' activation codes (step_t.relu; ACT_* in csrc/kernels.h)
-ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "hardsigmoid": 6}
-ACT_NAMES = {code: name for name, code in ACTS.items()}
-NONNEG_ACTS = ("relu", "relu6", "sigmoid", "hardsigmoid")  # output never negative (hardswish's reaches -3/8, silu's -0.28)
 
 
 def activation(node: fx.Node, modules: dict) -> str | None:

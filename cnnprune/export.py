@@ -9,7 +9,12 @@ architecture, classes and input size the manifest records:
   largest logit);
 - ``NAME.csr.pt`` with ``--sparse``: the lossless compact sparse form (see ``cnnprune.csr``),
   checked to decode bit for bit; beside it ``NAME.csr.safetensors``, the same layouts in
-  safetensors (``cnnprune.csrfile``), which the torch-free ``cnnprune.runtime`` reads.
+  safetensors (``cnnprune.csrfile``), which the torch-free ``cnnprune.runtime`` reads; and
+  ``NAME.graph.safetensors`` (``cnnprune.graphfile``), the native engine's plan of the network
+  (traced, BatchNorm folded, dead channels cut), with which the runtime serves any architecture
+  whose every op runs natively: checked on the native kernels against PyTorch (within 1e-4 of the
+  largest logit). Where some op would run in PyTorch it is not written, and ``export.json`` says
+  which.
 
 Sizes (bytes) and the checks' results go into ``export.json``; files still matching the
 recorded checksums are not redone unless ``--fresh``.
@@ -27,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnprune import csr, csrfile
+from cnnprune import csr, csrfile, graphfile
 from cnnprune.archs import ModelSpec
 from cnnprune.errors import CliParser, CnnpruneError, add_debug_flag, run_cli
 from cnnprune.fileio import remove_stale_temps, save_torch, sha256_file, write_bytes
@@ -44,7 +49,8 @@ ONNX_TOLERANCE = 1e-4  # of the largest |logit|: relative, so it holds for any n
 class ExportConfig:
     src: str = opt("artifacts", "folder with manifest.json", flag="--in")
     out: str | None = opt(None, "output folder (default: same as --in)")
-    sparse: bool = opt(False, "also write NAME.csr.pt and NAME.csr.safetensors (compact lossless CSR; the second without torch)")
+    sparse: bool = opt(False, "also write NAME.csr.pt and NAME.csr.safetensors (compact lossless CSR; the second "
+                              "without torch) and NAME.graph.safetensors (the torch-free runtime's plan)")
     onnx: bool = opt(True, "skip the ONNX export", flag="--no-onnx", negate=True)
     fresh: bool = opt(False, "redo every export")
 
@@ -160,7 +166,39 @@ def export_one(name: str, source: Path, config: ExportConfig, spec: ModelSpec) -
                                  "bit_exact": True}
         entry["csr_over_dense"] = entry["files"]["csr"]["bytes"] / entry["files"]["dense"]["bytes"]
         entry["files"]["csr_safetensors"] = export_safetensors(state, out / f"{name}{csrfile.SUFFIX}", spec)
+        export_graph(model, out / f"{name}{graphfile.SUFFIX}", spec, entry)
     return entry
+
+
+def export_graph(model: torch.nn.Module, path: Path, spec: ModelSpec, entry: dict) -> None:
+    """Write the runtime's plan of ``model`` where every op runs natively, read it back (every
+    check of :func:`graphfile.read`) and compare its logits on the native kernels with PyTorch's;
+    where some op would run in PyTorch, say which in ``entry`` instead."""
+    from cnnprune.graph import trace
+    from cnnprune.graph_engine import GraphEngine
+
+    try:
+        graph = trace(model, (3, spec.input_size, spec.input_size))
+        torch_ops = graphfile.native_only(graph)
+    except CnnpruneError as e:  # not traceable: sparse.load serves it with the dense fallback, the runtime cannot
+        graph, torch_ops = None, [str(e)]
+    if torch_ops:
+        path.unlink(missing_ok=True)
+        first = torch_ops[0] if isinstance(torch_ops[0], str) else f"{torch_ops[0].name}: {torch_ops[0].why}"
+        entry["graph_not_written"] = f"{len(torch_ops)} ops run in PyTorch (first: {first})" \
+            if graph is not None else first
+        return
+    graphfile.write(path, graph, spec.record())
+    inputs = spec.example(2)
+    got = GraphEngine(graphfile.read(path)[0], torch.get_num_threads(), calibrate=False).run(inputs.numpy())
+    with torch.no_grad():
+        want = model(inputs).numpy()
+    diff = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+    if diff > ONNX_TOLERANCE:
+        raise CnnpruneError(f"{path}: the native kernels differ from PyTorch by {diff:.2e} of the largest logit "
+                            f"> {ONNX_TOLERANCE}; this is a cnnprune bug")
+    entry["files"]["graph"] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                               "max_rel_diff": diff}
 
 
 def export_safetensors(state: dict[str, torch.Tensor], path: Path, spec: ModelSpec) -> dict:
@@ -180,7 +218,8 @@ def _forms(config: ExportConfig) -> tuple[str, ...]:
 def _export_step(name: str, source: Path, config: ExportConfig, spec: ModelSpec) -> Step:
     """An export is current while its checkpoint (sha256), model spec and forms are unchanged."""
     suffixes = {"dense": (".pth",), "onnx": (".onnx",), "csr": (".csr.pt", csrfile.SUFFIX)}
-    return Step(f"export {name}", (sha256_file(source), spec.record(), _forms(config), ONNX_OPSET),
+    return Step(f"export {name}", (sha256_file(source), spec.record(), _forms(config), ONNX_OPSET,
+                                   graphfile.VERSION if config.sparse else None),
                 outputs=tuple(config.target / f"{name}{s}" for f in _forms(config) for s in suffixes[f]))
 
 

@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from cnnprune.activations import NONNEG_ACTS, activation, apply_activation
+from cnnprune.activations import activation, apply_activation
 from cnnprune.channels import remove_dead_channels
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import BN_EPS, Csr, FoldedConv
-from cnnprune.plan import Graph, GraphOp
+from cnnprune.plan import NONNEG_ACTS, Graph, GraphOp
 
 
 def _is_module(node: fx.Node, modules: dict, kinds) -> bool:

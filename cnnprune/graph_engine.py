@@ -12,24 +12,52 @@ to the pool after their last reader.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from cnnprune.activations import ACTS
 from cnnprune.buffers import Arena
 from cnnprune.engine import NativeEngine, runs_sparse
 from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
-from cnnprune.plan import Graph, GraphOp
+from cnnprune.plan import ACTS, Graph, GraphOp
+
+if TYPE_CHECKING:
+    import torch
+
+
+# torch is imported where a value crosses to or from a PyTorch op, never for a graph whose every
+# op is native: the torch-free runtime (cnnprune.runtime) runs this module without it
+
+
+def nchw_array(buf: np.ndarray) -> np.ndarray:
+    """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW array (a copy)."""
+    return np.ascontiguousarray(buf[:, 1:-1, 1:-1, :].transpose(3, 0, 1, 2))
 
 
 def to_nchw(buf: np.ndarray) -> torch.Tensor:
     """Interior of a padded (C, H+2, W+2, N) buffer as an NCHW tensor (a copy)."""
-    return torch.from_numpy(buf[:, 1:-1, 1:-1, :]).permute(3, 0, 1, 2).contiguous()
+    import torch
+
+    return torch.from_numpy(nchw_array(buf))
 
 
 def from_nchw(x: torch.Tensor, buf: np.ndarray) -> None:
     buf[:, 1:-1, 1:-1, :] = x.permute(1, 2, 3, 0).numpy()
+
+
+def _tensor_of(a: np.ndarray, shape: tuple[int, ...] | None = None) -> Callable[[], torch.Tensor]:
+    """A getter of ``a`` (reshaped to ``shape``) as a tensor sharing its memory, made when first
+    asked for, by a PyTorch op: a plan without any never imports torch."""
+    made: list = []
+
+    def get() -> torch.Tensor:
+        if not made:
+            import torch
+
+            t = torch.from_numpy(a)
+            made.append(t.view(*shape) if shape is not None else t)
+        return made[0]
+    return get
 
 
 class GraphEngine(NativeEngine):
@@ -154,6 +182,9 @@ class _Program:
             x = self.plan["xbuf"]
             self.items.append(Step(kind=PACK, src=x.ctypes.data, N=self.n, C=c, H=h, W=w, pad=border,
                                    dst=buf.ctypes.data))
+        elif v in self.flat:  # a global pool's (N, C), read as a 1x1 map (a squeeze-and-excitation gate)
+            flat, interior = self.flat[v], buf[:, 1, 1, :]
+            self.items.append(lambda: np.copyto(interior, flat.T))
         else:
             get = self.tensor(v)
             self.items.append(lambda: from_nchw(get(), buf))
@@ -171,8 +202,7 @@ class _Program:
 
     def build(self) -> None:
         xbuf = self.plan["xbuf"] = self.arena.zeros((self.n, *self.e.input_shape))
-        x = torch.from_numpy(xbuf)
-        self.tensors[self.e.graph.input] = lambda: x
+        self.tensors[self.e.graph.input] = _tensor_of(xbuf)
         self.keep.append(xbuf)
         convs = self.plan["convs"]
         sizes = [self.e._scratch_floats(p, self.n) for p in convs.values() if p.mode == "winograd" and not p.fused]
@@ -188,11 +218,14 @@ class _Program:
 
     def _output(self) -> Callable[[], object]:
         v = self.e.graph.output
+        if v in self.flat:  # a pool's or a linear layer's (N, C) array
+            flat, shape = self.flat[v], (self.n, *self.shapes[v])
+            return lambda: flat.reshape(shape)
         if v in self.tensors or v not in self.pads:
             get = self.tensor(v)
             return lambda: get().detach().numpy()
         buf = self.pads[v]
-        return lambda: to_nchw(buf).numpy()
+        return lambda: nchw_array(buf)
 
     def _conv(self, op: GraphOp) -> None:
         p = self.plan["convs"][op.output]
@@ -237,8 +270,8 @@ class _Program:
             at, per_image, per_channel = factors.ctypes.data + 4 * n * factors.itemsize, 1, 9 * n
         else:  # PyTorch's (N, C, 1, 1), copied per call
             get, factors = self.tensor(op.inputs[1]), self.arena.zeros((n, c))
-            view = torch.from_numpy(factors)
-            self.items.append(lambda: view.copy_(get().reshape(-1, c).expand(view.shape)))
+            view = _tensor_of(factors)
+            self.items.append(lambda: view().copy_(get().reshape(-1, c).expand(n, c)))
             at, per_image, per_channel = factors.ctypes.data, c, 1
         dst = self.pads[op.output] = self.pool.padded(c, h, w, n)
         self.items.append(Step(kind=SCALE, src=src.ctypes.data, C=c, H=h, W=w, N=n, val=at, stride=per_image,
@@ -252,8 +285,7 @@ class _Program:
         flat = self.arena.zeros((self.n, src.shape[0]))
         self.items.append(Step(kind=AVGPOOL, src=src.ctypes.data, C=src.shape[0], H=src.shape[1] - 2,
                                W=src.shape[2] - 2, N=self.n, dst=flat.ctypes.data))
-        view = torch.from_numpy(flat).view(self.n, *op.shape)
-        self.tensors[op.output] = lambda: view
+        self.tensors[op.output] = _tensor_of(flat, (self.n, *op.shape))
         self.flat[op.output] = flat
         self.keep += [src, flat]
 
@@ -264,8 +296,7 @@ class _Program:
         dst = self.arena.zeros((self.n, w.shape[0]))
         self.items.append(Step(kind=LINEAR, src=src.ctypes.data, N=self.n, C=w.shape[1], Cout=w.shape[0],
                                val=w.ctypes.data, bias=b.ctypes.data, dst=dst.ctypes.data, relu=ACTS[op.act]))
-        out = torch.from_numpy(dst)
-        self.tensors[op.output] = lambda: out
+        self.tensors[op.output] = _tensor_of(dst)
         self.flat[op.output] = dst
         self.keep += [src, dst, w, b]
 

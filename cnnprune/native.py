@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnprune.activations import ACT_NAMES, apply_activation
+from cnnprune.activations import apply_activation
 from cnnprune.engine import DenseMaker, NativeEngine
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedResNet
 from cnnprune.graph_engine import GraphEngine, from_nchw, to_nchw  # noqa: F401  (re-exported)
 from cnnprune.native_plan import ConvPlan
-from cnnprune.plan import Graph
+from cnnprune.plan import ACT_NAMES, Graph
 from cnnprune.plancache import PlanCache
 
 

@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 
 from cnnprune.fold import FoldedConv
 
+# the activations the kernels fuse into an op's epilogue, by name (``GraphOp.act``) and code
+# (step_t.relu; ACT_* in csrc/kernels.h); how a traced node is recognised as one is
+# :mod:`cnnprune.activations` (which needs torch)
+ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4, "sigmoid": 5, "hardsigmoid": 6}
+ACT_NAMES = {code: name for name, code in ACTS.items()}
+NONNEG_ACTS = ("relu", "relu6", "sigmoid", "hardsigmoid")  # output never negative (hardswish's reaches -3/8, silu's -0.28)
+
 
 @dataclass(frozen=True)
 class ChannelCut:

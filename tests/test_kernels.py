@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnprune.activations import ACT_NAMES, apply_activation
+from cnnprune.activations import apply_activation
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import Step, conv_pool_step, conv_step, gemm_step, library, span_step, split_step, subsample_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
+from cnnprune.plan import ACT_NAMES
 
 
 def padded_from(t: torch.Tensor | None) -> np.ndarray | None:

@@ -1,7 +1,9 @@
 """``python -m cnnprune.runtime MODEL [--batch N] [--threads T]``: latency and peak memory of a
-``.csr.safetensors`` model served by the torch-free runtime, in this process alone.
+``.csr.safetensors`` or ``.graph.safetensors`` model served by the torch-free runtime, in this
+process alone.
 
-What it prints, measured here: the load time (file read, checks, BatchNorm folding), the first
+What it prints, measured here: the load time (file read, checks, BatchNorm folding where the
+file is the report's ResNet18), the first
 call's time (planning: calibration, or the cached plan), latency per batch over ``--runs``
 calls after ``--warmup`` (median and interquartile range, ms; images/s from the median), and
 the process's peak resident memory (VmHWM: everything it ever held, interpreter included).
@@ -16,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from cnnprune.errors import CliParser, add_debug_flag, run_cli
-from cnnprune.fold import INPUT_SIZE
 from cnnprune.memprobe import peak_rss
 
 
@@ -29,7 +30,8 @@ def positive(text: str) -> int:
 
 def parser() -> CliParser:
     p = CliParser(prog="python -m cnnprune.runtime", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="a NAME.csr.safetensors file (python -m cnnprune.export --sparse)")
+    p.add_argument("model", help="a NAME.csr.safetensors or NAME.graph.safetensors file "
+                                    "(python -m cnnprune.export --sparse)")
     p.add_argument("--batch", type=positive, default=1, help="images per call (default 1)")
     p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: the cores available)")
     p.add_argument("--runs", type=positive, default=50, help="timed calls (default 50)")
@@ -48,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = runtime.load(args.model, threads=args.threads, cache=not args.no_cache, recalibrate=args.recalibrate)
     loaded = time.perf_counter() - t0
     cached = model.plan_cached(args.batch) and not args.recalibrate
-    x = np.random.default_rng(0).standard_normal((args.batch, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((args.batch, *model.input_shape), dtype=np.float32)
     t1 = time.perf_counter()
     model(x)
     first = time.perf_counter() - t1
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         times.append((time.perf_counter() - t) * 1e3)
     q1, med, q3 = np.percentile(times, [25, 50, 75])
     foreign = [m for m in ("torch", "onnxruntime") if m in sys.modules]
-    print(f"{model.path.name}: {model.classes} classes, {INPUT_SIZE}×{INPUT_SIZE}; batch {args.batch}, "
+    _, h, w = model.input_shape
+    print(f"{model.path.name}: {model.classes} classes, {h}×{w}; batch {args.batch}, "
           f"{model.threads} threads")
     print(f"import + load {loaded:.3f} s; first call {first:.3f} s "
           f"({'cached plan' if cached else 'calibrated'})")
