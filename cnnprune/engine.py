@@ -22,17 +22,20 @@ from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
 from cnnprune.native_plan import (
     FUSED_PANELS_PER_THREAD,
     MODES,
+    RACE_CLOSE,
     BufferPool,
     ConvPlan,
     gemm_weights,
     group_size,
     interleaved_ms,
+    out_after_warm,
     padded,
     probes_host_dense,
     raced_ms,
     random_padded,
     span_operands,
     sparse_operands,
+    undecided,
     winograd_eligible,
     winograd_weights,
 )
@@ -43,17 +46,6 @@ from cnnprune.plancache import PlanCache
 # small flip from one calibration to the next on a shared machine (9 MB of Winograd weights for a
 # 17 %-dense layer3 convolution were the runtime's largest single cost at batch 32)
 SPARSE_TIE = 0.1
-# Calibration times every candidate briefly first and times on only those this close (fraction)
-# to the fastest: a layer's ways (``raced_ms``) and the whole network's engines (``_undecided``).
-# A wider margin times more; a narrower one lets a single noisy call decide. ResNet-50 at 224,
-# 90 %, batch 16: calibration 54 s -> 22 s, the same engine chosen (the README has the figures).
-RACE_CLOSE = 0.25
-# A dense engine whose warm-up call alone took this many times the fastest dense engine's timed
-# call so far is out of the whole-network race untimed: a fresh engine's first call measured up
-# to 2.1x its next ones (OpenVINO at batch 1; onnxruntime 1.5x at 16), so its own calls would be
-# over 1.4x that engine's, past ``RACE_CLOSE``. Eager PyTorch at 224 px and batch 16 took 2.2-3.8x
-# onnxruntime, 2.3 s a call
-WARM_OUT = 3.0
 # (plan, src, dst, residual or None, relu) -> a call that runs that convolution densely
 DenseConv = Callable[[ConvPlan, np.ndarray, np.ndarray, "np.ndarray | None", bool], Callable[[], object]]
 # makes a dense whole-network engine: (N, C, H, W) float32 -> logits. Built when first timed, and
@@ -70,25 +62,6 @@ def runs_sparse(plan: dict) -> bool:
     """Whether a batch size's plan runs the sparse program (not yet decided counts as sparse:
     calibration starts from it), not a dense fallback engine."""
     return plan.get("engine", "sparse") == "sparse"
-
-
-def _undecided(ms: list[float]) -> list[int]:
-    """Of the sparse program (index 0) and the dense engines (the rest), timed once each, those
-    to time on: none where the sparse program is more than ``RACE_CLOSE`` faster or slower than
-    the fastest dense engine (the decision is plain), else it and the dense engines within
-    ``RACE_CLOSE`` of the fastest."""
-    best = min(ms[1:])
-    if abs(ms[0] / best - 1) > RACE_CLOSE:
-        return []
-    return [0] + [i for i in range(1, len(ms)) if ms[i] <= (1 + RACE_CLOSE) * best]
-
-
-def _out_after_warm(i: int, warm_ms: float, ms: list[float]) -> bool:
-    """Whether dense engine ``i`` (index 0 is the sparse program) is out of the race after its
-    warm-up call: over ``WARM_OUT`` times the fastest dense engine timed so far. Only dense
-    engines count, so the fastest dense engine's figure is always a timed call."""
-    dense = [m for m in ms[1:] if m == m]  # nan: not timed yet
-    return i > 0 and bool(dense) and warm_ms > WARM_OUT * min(dense)
 
 
 class NativeEngine:
@@ -285,7 +258,7 @@ class NativeEngine:
         with self.sharing():
             dense = [self._dense_engine(name) for name in names]
         ms = interleaved_ms([lambda: self._run_sparse(x)] + [lambda f=f: f(x) for f in dense], rounds,
-                            still_open=_undecided, out_after_warm=_out_after_warm)
+                            still_open=undecided, out_after_warm=out_after_warm)
         best = min(range(len(names)), key=lambda i: ms[i + 1])
         plan.update(sparse_ms=ms[0], dense_ms=ms[best + 1], dense_engine=names[best])
         if ms[0] > (1 - margin) * ms[best + 1]:

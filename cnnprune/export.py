@@ -111,12 +111,17 @@ def check_onnx(path: Path, model: torch.nn.Module, inputs: torch.Tensor) -> floa
 
     onnx.checker.check_model(onnx.load(str(path)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": inputs.numpy()})[0]
+    return logit_difference(path, "onnxruntime", session.run(None, {"input": inputs.numpy()})[0], model, inputs)
+
+
+def logit_difference(path: Path, engine: str, got: np.ndarray, model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """The max |difference| of ``got`` (``engine``'s logits of ``path`` on ``inputs``) from
+    PyTorch's, relative to the largest |logit|; a one-line error past ``ONNX_TOLERANCE``."""
     with torch.no_grad():
         want = model(inputs).numpy()
     diff = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
     if diff > ONNX_TOLERANCE:
-        raise CnnpruneError(f"{path}: onnxruntime differs from PyTorch by {diff:.2e} of the largest logit "
+        raise CnnpruneError(f"{path}: {engine} differs from PyTorch by {diff:.2e} of the largest logit "
                             f"> {ONNX_TOLERANCE}")
     return diff
 
@@ -179,26 +184,23 @@ def export_graph(model: torch.nn.Module, path: Path, spec: ModelSpec, entry: dic
 
     try:
         graph = trace(model, (3, spec.input_size, spec.input_size))
-        torch_ops = graphfile.native_only(graph)
-    except CnnpruneError as e:  # not traceable: sparse.load serves it with the dense fallback, the runtime cannot
-        graph, torch_ops = None, [str(e)]
+    except CnnpruneError as e:  # sparse.load serves it with the dense fallback; the runtime cannot
+        return _graph_not_written(path, entry, str(e))
+    torch_ops = graphfile.native_only(graph)
     if torch_ops:
-        path.unlink(missing_ok=True)
-        first = torch_ops[0] if isinstance(torch_ops[0], str) else f"{torch_ops[0].name}: {torch_ops[0].why}"
-        entry["graph_not_written"] = f"{len(torch_ops)} ops run in PyTorch (first: {first})" \
-            if graph is not None else first
-        return
+        first = torch_ops[0]
+        return _graph_not_written(path, entry, f"{len(torch_ops)} ops run in PyTorch (first: {first.name}: {first.why})")
     graphfile.write(path, graph, spec.record())
     inputs = spec.example(2)
     got = GraphEngine(graphfile.read(path)[0], torch.get_num_threads(), calibrate=False).run(inputs.numpy())
-    with torch.no_grad():
-        want = model(inputs).numpy()
-    diff = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
-    if diff > ONNX_TOLERANCE:
-        raise CnnpruneError(f"{path}: the native kernels differ from PyTorch by {diff:.2e} of the largest logit "
-                            f"> {ONNX_TOLERANCE}; this is a cnnprune bug")
+    diff = logit_difference(path, "the native kernels", got, model, inputs)
     entry["files"]["graph"] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                                "max_rel_diff": diff}
+
+
+def _graph_not_written(path: Path, entry: dict, why: str) -> None:
+    path.unlink(missing_ok=True)  # an earlier export's: it would not be this checkpoint's plan
+    entry["graph_not_written"] = why
 
 
 def export_safetensors(state: dict[str, torch.Tensor], path: Path, spec: ModelSpec) -> dict:

@@ -292,6 +292,38 @@ def random_padded(c: int, h: int, w: int, n: int, arena: Arena, border: int = 1,
     return a
 
 
+# Calibration times every candidate briefly first and times on only those this close (fraction)
+# to the fastest: a layer's ways (``raced_ms``) and the whole network's engines (``undecided``).
+# A wider margin times more; a narrower one lets a single noisy call decide. ResNet-50 at 224,
+# 90 %, batch 16: calibration 54 s -> 22 s, the same engine chosen (the README has the figures).
+RACE_CLOSE = 0.25
+# A dense engine whose warm-up call alone took this many times the fastest dense engine's timed
+# call so far is out of the whole-network race untimed: a fresh engine's first call measured up
+# to 2.1x its next ones (OpenVINO at batch 1; onnxruntime 1.5x at 16), so its own calls would be
+# over 1.4x that engine's, past ``RACE_CLOSE``. Eager PyTorch at 224 px and batch 16 took 2.2-3.8x
+# onnxruntime, 2.3 s a call
+WARM_OUT = 3.0
+
+
+def undecided(ms: list[float]) -> list[int]:
+    """Of the sparse program (index 0) and the dense engines (the rest), timed once each, those
+    to time on: none where the sparse program is more than ``RACE_CLOSE`` faster or slower than
+    the fastest dense engine (the decision is plain), else it and the dense engines within
+    ``RACE_CLOSE`` of the fastest."""
+    best = min(ms[1:])
+    if abs(ms[0] / best - 1) > RACE_CLOSE:
+        return []
+    return [0] + [i for i in range(1, len(ms)) if ms[i] <= (1 + RACE_CLOSE) * best]
+
+
+def out_after_warm(i: int, warm_ms: float, ms: list[float]) -> bool:
+    """Whether dense engine ``i`` (index 0 is the sparse program) is out of the race after its
+    warm-up call: over ``WARM_OUT`` times the fastest dense engine timed so far. Only dense
+    engines count, so the fastest dense engine's figure is always a timed call."""
+    dense = [m for m in ms[1:] if m == m]  # nan: not timed yet
+    return i > 0 and bool(dense) and warm_ms > WARM_OUT * min(dense)
+
+
 def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
                    warm_ms: float = 30.0, still_open: Callable[[list[float]], list[int]] | None = None,
                    out_after_warm: Callable[[int, float, list[float]], bool] | None = None) -> list[float]:

@@ -66,7 +66,9 @@ def test_killed_export_leaves_no_half_written_file(tmp_path: Path, artifacts: Pa
             json.loads(path.read_text())
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
-    assert len(json.loads((folder / "export.json").read_text())["models"]) == 7
+    models = json.loads((folder / "export.json").read_text())["models"]
+    assert len(models) == 7
+    assert all(m["files"]["graph"]["max_rel_diff"] <= 1e-4 for m in models.values())  # the runtime's plan, checked
 
 
 def test_export_without_manifest_is_one_line(tmp_path: Path) -> None:
@@ -136,3 +138,18 @@ def test_the_sparse_engines_dense_fallbacks_run_the_checked_export(monkeypatch, 
     for name, make in model.engine.fallbacks.items():
         if name != "torch":
             np.testing.assert_allclose(make()(x.numpy()), want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_graph_with_ops_in_pytorch_gets_no_runtime_file_and_says_why(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cnnprune import export, graphfile
+    from tests.test_graph import Odd
+
+    path = tmp_path / f"odd{graphfile.SUFFIX}"
+    path.write_bytes(b"an earlier export's")
+    spec = SimpleNamespace(input_size=16, record=dict, example=lambda n: torch.randn(n, 3, 16, 16))
+    entry: dict = {"files": {}}
+    export.export_graph(Odd().eval(), path, spec, entry)
+    assert not path.exists() and "graph" not in entry["files"]
+    assert "ops run in PyTorch (first:" in entry["graph_not_written"]

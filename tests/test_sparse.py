@@ -148,17 +148,16 @@ def test_interleaved_timing_times_on_only_what_is_still_open() -> None:
 
 
 def test_a_dense_engine_far_behind_after_its_warm_up_call_is_not_timed() -> None:
-    from cnnprune.engine import _out_after_warm
-    from cnnprune.native_plan import interleaved_ms
+    from cnnprune.native_plan import interleaved_ms, out_after_warm
 
     calls = [0, 0, 0, 0]
     fns = [counting_sleep(calls, 0, 0.012), counting_sleep(calls, 1, 0.002), counting_sleep(calls, 2, 0.010),
            counting_sleep(calls, 3, 0.004)]
-    ms = interleaved_ms(fns, block_ms=10, warm_ms=0.5, out_after_warm=_out_after_warm)
+    ms = interleaved_ms(fns, block_ms=10, warm_ms=0.5, out_after_warm=out_after_warm)
     assert calls[2] == 1 and ms[2] >= 9.5  # 5x the fastest dense one: its warm-up call is its figure
     assert calls[3] > 2 * 3  # 2x: timed in both blocks
     assert calls[0] > 2 * 3  # the sparse program (index 0) is never out, however slow
-    assert not _out_after_warm(1, 100.0, [1.0, float("nan"), float("nan")])  # nothing dense timed yet
+    assert not out_after_warm(1, 100.0, [1.0, float("nan"), float("nan")])  # nothing dense timed yet
 
 
 def test_raced_timing_times_close_ways_again_and_plain_losers_once() -> None:
