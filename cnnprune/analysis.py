@@ -15,6 +15,7 @@ import numpy as np
 from cnnprune.archs import DEFAULT_ARCH, ModelSpec
 from cnnprune.config import PipelineConfig
 from cnnprune.hparams import from_record
+from cnnprune.memprobe import RUNTIME as RUNTIME_PROCESS
 from cnnprune.schedules import CHECKPOINT_NAMES
 
 DENSE_ENGINES = ("torch", "onnxruntime", "openvino")  # "best dense" = the fastest of those that ran
@@ -179,6 +180,7 @@ class Memory:
     rss_before_load: float
     rss_after_load: float
     weights_in_memory: float | None
+    process: str = ""  # what served the form (memprobe's record; absent in older results)
 
     @property
     def added_by_load(self) -> float:
@@ -215,7 +217,8 @@ class ModelResult:
         acc, c = m["accuracy"], m["counts"]
         batch = str(max(int(b) for b in m["memory"]["dense"]))
         mem = {form: Memory(v[batch]["peak_rss"], v[batch]["rss_before_load"], v[batch]["rss_after_load"],
-                            v[batch].get("weights_in_memory")) for form, v in m["memory"].items()}
+                            v[batch].get("weights_in_memory"), v[batch].get("process", ""))
+               for form, v in m["memory"].items()}
         return cls(name=name, sparsity=m["sparsity"], accuracy={f: e["accuracy"] for f, e in acc.items()},
                    max_logit_diff=max((e.get("max_abs_logit_diff_vs_dense", 0.0) for e in acc.values()), default=0.0),
                    top1_agreement=min((e.get("top1_agreement_with_dense", 1.0) for e in acc.values()), default=1.0),
@@ -284,6 +287,19 @@ class Analysis:
     @property
     def pruned(self) -> list[str]:
         return [m for m in self.models if m != "unpruned"]
+
+    @property
+    def sparse_memory_host(self) -> str:
+        """What served the sparse form in the memory step: "runtime" (the torch-free runtime, for
+        every model), "sparse.load" (torch-hosted, for every model) or "both" (the runtime where
+        the export wrote the network's plan file). Results without the record: the runtime for
+        the report's network, ``sparse.load`` for others, as the memory step did then."""
+        recorded = {m.memory["sparse"].process for m in self.models.values() if "sparse" in m.memory}
+        if not recorded or recorded == {""}:
+            return "runtime" if self.spec.is_default else "sparse.load"
+        kinds = {"runtime" if p == RUNTIME_PROCESS or (not p and self.spec.is_default) else "sparse.load"
+                 for p in recorded}
+        return kinds.pop() if len(kinds) == 1 else "both"
 
     @property
     def memory_batch(self) -> int:

@@ -17,7 +17,9 @@ from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
 LATENCY_ENGINES = ("torch", "onnxruntime", "openvino", "sparse", "torch-csr")
 MEMORY_RUNTIME = "`cnnprune.runtime` alone (numpy and the native kernels; neither torch nor onnxruntime imported)"
-MEMORY_GRAPH = "`cnnprune.sparse.load` (torch, the kernels, the {}; the runtime runs the report's net only)"
+MEMORY_GRAPH = "`cnnprune.sparse.load` (torch, the kernels, the {}: some op of the network runs in PyTorch)"
+MEMORY_BOTH = ("`cnnprune.runtime` alone on the network's plan (`NAME.graph.safetensors`) where the export wrote one, "
+               "else `cnnprune.sparse.load` (torch, the kernels, the {})")
 PLAN_DEFAULT, PLAN_GRAPH = "BatchNorm folded, native sparse direct convolution", (
     "planned from the traced graph: BatchNorm folded, activations and residual adds fused, 1×1 convolutions as sparse × dense "
     "products over each map or, where faster, a native dense 1×1 GEMM, ops without a kernel in PyTorch between native segments")
@@ -86,13 +88,15 @@ def how_measured(a: Analysis) -> list[str]:
                  + " in this run. Ratios closer to 1 than that are not resolved by this run.")
     L.append(f"- Memory: peak RSS (VmHWM) of a fresh Python process that serves one form with the least it needs "
              f"and runs {r['memory_runs']} inferences at batch {max(a.config.batches)}: dense = PyTorch alone, onnx = "
-             "onnxruntime alone, sparse = " + (MEMORY_RUNTIME if a.spec.is_default else MEMORY_GRAPH.format(_fallbacks(a)))
+             "onnxruntime alone, sparse = " + {"runtime": MEMORY_RUNTIME, "sparse.load": MEMORY_GRAPH,
+                                              "both": MEMORY_BOTH}[a.sparse_memory_host].format(_fallbacks(a))
              + ". Weights in memory are the bytes of the loaded weights (ONNX: its initializers).")
     L.append("- Forms: `dense` = permanent state_dict in PyTorch eager; `onnx` = onnxruntime CPU; `sparse` = "
              f"`cnnprune.sparse.load` ({PLAN_DEFAULT if a.spec.is_default else PLAN_GRAPH}"
              f", per-layer choice of sparse, Winograd or dense oneDNN by timing, dense {_fallbacks(a)} unless the "
              "whole sparse net is at least 5 % faster" + ("; in the memory step the same plan and kernels in "
-                                                          "`cnnprune.runtime`, without oneDNN or the fallback" if a.spec.is_default else "")
+                                                          "`cnnprune.runtime`, without oneDNN or the fallback"
+                                                          if a.sparse_memory_host != "sparse.load" else "")
              + "); `torch-csr` = naive `torch.sparse` CSR × im2col.\n")
     return L
 
@@ -343,7 +347,7 @@ def recipe_section(a: Analysis) -> list[str]:
 
 
 def size_section(a: Analysis) -> list[str]:
-    host = "runtime" if a.spec.is_default else "sparse.load"  # what serves the sparse form in the memory step
+    host = {"both": "runtime or sparse.load"}.get(a.sparse_memory_host, a.sparse_memory_host)  # the memory step's
     L = ["## Size, parameters and memory\n",
          "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | "
          f"peak RSS torch / onnxruntime / {host} | RSS added by loading torch / onnxruntime / {host} | weights in "
@@ -359,13 +363,18 @@ def size_section(a: Analysis) -> list[str]:
                  + " / ".join(mb(mem[k].added_by_load) if k in mem else "–" for k in forms) + " | "
                  f"{mb(mem['dense'].weights_in_memory)} / {mb(mem['sparse'].weights_in_memory) if 'sparse' in mem else '–'} |")
     L.append(f"\nPeak RSS at batch {a.memory_batch}, each form in its own smallest process (dense .pth in PyTorch, "
-             ".onnx in onnxruntime, " + (".csr.safetensors in `cnnprune.runtime`" if a.spec.is_default else
-                                         f".csr.pt in `cnnprune.sparse.load` with torch and its {_fallbacks(a)}")
-             + "). Parameters counted as every float tensor except BatchNorm "
+             ".onnx in onnxruntime, " + _sparse_process(a) + "). Parameters counted as every float tensor except BatchNorm "
              "running statistics. Weights in memory, sparse = what the engine holds after the inferences: its folded "
              "weights in CSR plus, for the batch size run, the operands of each layer's chosen mode (sparse: offsets "
              "and values; Winograd: transformed weights, 4× the layer's dense size).\n")
     return L
+
+
+def _sparse_process(a: Analysis) -> str:
+    """What served the sparse form in the memory step, in the size table's note."""
+    hosted = f".csr.pt in `cnnprune.sparse.load` with torch and its {_fallbacks(a)}"
+    runtime = (".csr.safetensors" if a.spec.is_default else ".graph.safetensors") + " in `cnnprune.runtime`"
+    return {"runtime": runtime, "sparse.load": hosted, "both": f"{runtime} where written, else {hosted}"}[a.sparse_memory_host]
 
 
 def _bench_line(a: Analysis) -> str:

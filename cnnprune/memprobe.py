@@ -8,9 +8,10 @@ process (this module imports neither torch nor onnxruntime itself):
 
 - ``dense``: PyTorch eager on ``NAME.pth`` (torch only);
 - ``onnx``: onnxruntime on ``NAME.onnx`` (numpy and onnxruntime only);
-- ``sparse``: :mod:`cnnprune.runtime` on ``NAME.csr.safetensors`` (numpy and the native kernels);
-  for other architectures than the report's, whose plan comes from their traced graph,
-  :func:`cnnprune.sparse.load` (torch, the kernels and its dense fallbacks).
+- ``sparse``: :mod:`cnnprune.runtime` (numpy and the native kernels) on ``NAME.csr.safetensors``
+  for the report's network, on ``NAME.graph.safetensors`` for any other whose every op runs
+  natively (the export writes that file only then); else :func:`cnnprune.sparse.load` (torch,
+  the kernels and its dense fallbacks).
 
 A user who serves a pruned model pays for one of these processes, not for one that imports
 every engine, so this is what "less resource usage" is judged on.
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 FORMS = ("dense", "onnx", "sparse")
-ENGINES = {"dense": "torch", "onnx": "onnxruntime", "sparse": "cnnprune.runtime"}
+RUNTIME, HOSTED = "cnnprune.runtime", "cnnprune.sparse (torch)"  # what served the sparse form
+ENGINES = {"dense": "torch", "onnx": "onnxruntime", "sparse": RUNTIME}
 
 
 def rss() -> int:
@@ -85,8 +87,19 @@ def _is_default(artifacts: Path) -> bool:
                                              and int(record.get("input_size", 32)) == 32)
 
 
+def sparse_file(artifacts: Path, name: str) -> Path | None:
+    """The file the torch-free runtime serves this model from, or None where it cannot."""
+    from cnnprune.graphfile import SUFFIX
+
+    if _is_default(artifacts):
+        return artifacts / f"{name}.csr.safetensors"
+    plan = artifacts / f"{name}{SUFFIX}"
+    return plan if plan.is_file() else None
+
+
 def _sparse(artifacts: Path, name: str, threads: int) -> tuple[Callable[[np.ndarray], object], Callable[[], int]]:
-    if not _is_default(artifacts):  # other architectures: the graph-planned engine, hosted in torch
+    path = sparse_file(artifacts, name)
+    if path is None:  # some op runs in PyTorch: the graph-planned engine, hosted in torch
         import torch
 
         from cnnprune import sparse
@@ -96,7 +109,7 @@ def _sparse(artifacts: Path, name: str, threads: int) -> tuple[Callable[[np.ndar
         return (lambda x: hosted(torch.from_numpy(x))), hosted.held_weight_bytes
     from cnnprune import runtime
 
-    model = runtime.load(artifacts / f"{name}.csr.safetensors", threads=threads)
+    model = runtime.load(path, threads=threads)
     return model, model.held_weight_bytes
 
 
@@ -114,7 +127,7 @@ def probe(form: str, artifacts: Path, name: str, batch: int, runs: int, threads:
     peak = peak_rss()
     return {"rss_before_load": base, "rss_after_load": loaded, "peak_rss": peak,
             "weights_in_memory": held() if callable(held) else held,
-            "process": ENGINES[form] if form != "sparse" or _is_default(artifacts) else "cnnprune.sparse (torch)",
+            "process": ENGINES[form] if form != "sparse" or sparse_file(artifacts, name) else HOSTED,
             "imported": sorted(m for m in ("torch", "onnxruntime") if m in sys.modules)}
 
 

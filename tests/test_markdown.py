@@ -111,3 +111,23 @@ def test_a_goal_whose_engine_changed_between_passes_says_what_ran_in_each() -> N
     line = next(x for x in render(r).splitlines() if x.startswith("| one_shot_50 | 1 |"))
     assert "ran the dense fallback in some passes (by pass: 1.00× onnxruntime, 0.80× sparse, 1.00× onnxruntime)" in line
     assert "by pass" not in render(synthetic()), "older runs recorded no engine per pass"
+
+
+def test_what_served_the_sparse_form_in_the_memory_step_is_read_from_the_record() -> None:
+    r = synthetic()
+    r["model"] = {"arch": "resnet50", "num_classes": 1000, "input_size": 224}
+    r["config"] |= {"arch": "resnet50", "input_size": 224, "weights": "random"}
+    assert analyse(r).sparse_memory_host == "sparse.load"  # no record (older runs): as the step ran then
+    assert "sparse = `cnnprune.sparse.load` (torch" in render(r)
+    for entry in r["models"].values():
+        entry["memory"]["sparse"]["32"]["process"] = "cnnprune.runtime"
+    text = render(r)
+    assert analyse(r).sparse_memory_host == "runtime"
+    assert "sparse = `cnnprune.runtime` alone" in text and ".graph.safetensors in `cnnprune.runtime`" in text
+    assert "(cnnprune.runtime alone, " in text, "the memory claim says which process, model by model"
+    r["models"]["one_shot_50"]["memory"]["sparse"]["32"]["process"] = "cnnprune.sparse (torch)"
+    text = render(r)
+    assert analyse(r).sparse_memory_host == "both"
+    assert "where the export wrote one, else `cnnprune.sparse.load`" in text
+    assert "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | " \
+           "peak RSS torch / onnxruntime / runtime or sparse.load |" in text

@@ -20,3 +20,22 @@ def test_each_form_runs_in_its_smallest_process(artifacts: Path) -> None:
     # CSR weights and one plan's operands: below half the dense bytes where calibration keeps the
     # sparse kernel, as it does on a quiet machine; Winograd layers hold 4x their dense bytes
     assert 0 < sparse < dense, "the sparse form holds its CSR weights and one plan's operands"
+
+
+def test_any_network_with_a_runtime_plan_is_served_without_torch(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    import torchvision
+
+    from cnnprune import graphfile
+    from cnnprune.graph import trace
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": {"arch": "resnet18", "num_classes": 10,
+                                                                  "input_size": 32}}))
+    graphfile.write(tmp_path / f"m{graphfile.SUFFIX}", trace(model, (3, 32, 32)), {"arch": "resnet18"})
+    record = measure_memory("sparse", tmp_path, "m", batch=2, runs=2, threads=2)
+    assert record["process"] == "cnnprune.runtime" and record["imported"] == []
+    assert 0 < record["weights_in_memory"] and record["rss_after_load"] <= record["peak_rss"]
