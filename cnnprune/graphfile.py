@@ -14,7 +14,8 @@ their values and shapes, fused activations, residuals, borders, channel cuts) an
 Reading trusts nothing it did not check, since the kernels index memory with these numbers:
 the safetensors header (:func:`cnnprune.csrfile.read_safetensors`); every op's kind, activation,
 stride, padding and shapes; every value read before it is written and with the shape its reader
-expects; each map below ``MAX_MAP_FLOATS`` floats an image; each weight's dtype and shape; and
+expects; each map below ``MAX_MAP_FLOATS`` floats an image and each convolution's weight below
+``MAX_WEIGHT_FLOATS`` (planning allocates from both); each weight's dtype and shape; and
 each CSR's row pointers (from 0, non-decreasing, to its nonzero count) and column indices
 (inside the row, increasing). A failure is one line naming the file.
 """
@@ -38,6 +39,9 @@ SUFFIX = ".graph.safetensors"
 KINDS = ("conv", "maxpool", "scale", "avgpool", "linear")
 MAX_DIM = 1 << 16  # channels or pixels along one axis
 MAX_MAP_FLOATS = 1 << 27  # one image's map (512 MB of float32): the engine allocates N times this
+# a convolution's dense weight (256 MB of float32): planning may make it dense (the 1x1 GEMM) or
+# 16/9 of it again (Winograd), whatever few nonzeros the file holds; torchvision's largest is 9.4 M
+MAX_WEIGHT_FLOATS = 1 << 26
 MAX_KERNEL = 15  # pixels
 
 
@@ -186,8 +190,11 @@ class _Reader:
         c = r["conv"]
         cout, cin, k, k2 = _shape(c["shape"], (4,), "weight shape")
         stride, pad = c["stride"], c["padding"]
-        if k != k2 or k > MAX_KERNEL or stride not in (1, 2) or type(pad) is not int or not 0 <= pad <= k:
+        if k != k2 or k > MAX_KERNEL or type(stride) is not int or stride not in (1, 2) or type(pad) is not int \
+                or not 0 <= pad <= k:
             raise self.fail(i, f"kernel {k}x{k2}, stride {stride}, padding {pad}: not a convolution the kernels run")
+        if cout * cin * k * k > MAX_WEIGHT_FLOATS:
+            raise self.fail(i, f"a weight of {cout}x{cin}x{k}x{k} floats exceeds {MAX_WEIGHT_FLOATS}")
         ch, h, w = op.in_shape = self.shapes[op.inputs[0]]
         if len(op.in_shape) != 3 or ch != cin or _shape(r["in_shape"], (3,), "in_shape") != op.in_shape:
             raise self.fail(i, f"reads {op.inputs[0]} of shape {op.in_shape} with a weight of {cin} input channels")

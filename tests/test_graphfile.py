@@ -137,6 +137,8 @@ CORRUPT = {
                                               "writes"),
     "stride 3": (lambda r: _first(r, "conv")["conv"].__setitem__("stride", 3), None, "stride 3"),
     "a map too large to allocate": (lambda r: r.__setitem__("input_shape", [3, 65536, 65536]), None, "exceeds"),
+    "a weight too large to plan": (lambda r: _first(r, "conv")["conv"].__setitem__("shape", [65536, 65536, 1, 1]), None,
+                                   "exceeds"),
     "an output nothing writes": (lambda r: r.__setitem__("output", "nowhere"), None, "output"),
     "a missing field": (lambda r: r["ops"][0].pop("border"), None, "malformed"),
 }

@@ -47,7 +47,8 @@ def default_threads() -> int:
 
 def _architecture(f: csrfile.CsrFile) -> dict[str, tuple[int, ...]]:
     """The state_dict shapes this file must have: the CIFAR ResNet18 with the class count its
-    classifier declares (the only network the native engine runs today)."""
+    classifier declares (the one network a ``.csr.safetensors`` file is folded for here; any
+    other is served from its ``.graph.safetensors``)."""
     model = f.model
     if model and (model.get("arch") != ARCH or model.get("input_size") != INPUT_SIZE):
         raise CnnpruneError(f"{f.path} holds {model.get('arch')} at {model.get('input_size')} px; the runtime reads "
