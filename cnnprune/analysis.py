@@ -294,12 +294,15 @@ class Analysis:
         every model), "sparse.load" (torch-hosted, for every model) or "both" (the runtime where
         the export wrote the network's plan file). Results without the record: the runtime for
         the report's network, ``sparse.load`` for others, as the memory step did then."""
-        recorded = {m.memory["sparse"].process for m in self.models.values() if "sparse" in m.memory}
-        if not recorded or recorded == {""}:
+        served = {self.runtime_served(m.memory) for m in self.models.values() if "sparse" in m.memory}
+        if not served:
             return "runtime" if self.spec.is_default else "sparse.load"
-        kinds = {"runtime" if p == RUNTIME_PROCESS or (not p and self.spec.is_default) else "sparse.load"
-                 for p in recorded}
-        return kinds.pop() if len(kinds) == 1 else "both"
+        return "both" if len(served) == 2 else "runtime" if served.pop() else "sparse.load"
+
+    def runtime_served(self, memory: dict[str, Memory]) -> bool:
+        """Whether the torch-free runtime served a model's sparse form in the memory step."""
+        process = memory["sparse"].process or (RUNTIME_PROCESS if self.spec.is_default else "")  # no record: as then
+        return process == RUNTIME_PROCESS
 
     @property
     def memory_batch(self) -> int:

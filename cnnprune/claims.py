@@ -23,7 +23,6 @@ from cnnprune.analysis import (
     Speedup,
 )
 from cnnprune.fmt import mb, pct, times
-from cnnprune.memprobe import RUNTIME as RUNTIME_PROCESS
 from cnnprune.schedules import REPORT_ACCURACY_CIFAR10, REPORT_TEST_IMAGES
 
 
@@ -226,8 +225,7 @@ def measure_resources(a: Analysis, threshold: float) -> Finding:
             dense_less += [m] if at_most(d, threshold) else []
             continue
         s = mem["sparse"].peak_rss / base
-        process = mem["sparse"].process or (RUNTIME_PROCESS if a.spec.is_default else "")  # older results: no record
-        host = "cnnprune.runtime alone" if process == RUNTIME_PROCESS else "cnnprune.sparse.load: torch, the kernels, onnxruntime"
+        host = "cnnprune.runtime alone" if a.runtime_served(mem) else "cnnprune.sparse.load: torch, the kernels, onnxruntime"
         lines.append(dense_text + f", sparse {mb(mem['sparse'].peak_rss)} ({host}, {times(s)}); "
                      f"weights in memory sparse {mb(mem['sparse'].weights_in_memory)} vs dense "
                      f"{mb(a.models['unpruned'].memory['dense'].weights_in_memory)}.")

@@ -339,7 +339,7 @@ def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: f
     0.5-1.5 s, and four engines in full palindromes were 40 s). ``out_after_warm(index, ms of
     its last warm-up call, medians so far)``: in the first block, a function it declares out is
     not timed further; its figure is that warm-up call, and it is out of the rest of the run
-    (eager PyTorch at 224 px and batch 16 takes 2.3 s a call, 3-4x onnxruntime)."""
+    (eager PyTorch at 224 px and batch 16 takes 2.3 s a call, 2.2-3.8x onnxruntime)."""
     times: list[list[float]] = [[] for _ in fns]
     out: set[int] = set()
 
