@@ -268,6 +268,9 @@ class _Program:
         if op.inputs[1] in self.pads:  # a native (C, 1, 1) map: its interior pixel, 9N floats a channel
             factors = self.pads[op.inputs[1]]
             at, per_image, per_channel = factors.ctypes.data + 4 * n * factors.itemsize, 1, 9 * n
+        elif op.inputs[1] in self.flat:  # a global pool's (N, C), read in place
+            factors = self.flat[op.inputs[1]]
+            at, per_image, per_channel = factors.ctypes.data, c, 1
         else:  # PyTorch's (N, C, 1, 1), copied per call
             get, factors = self.tensor(op.inputs[1]), self.arena.zeros((n, c))
             view = _tensor_of(factors)

@@ -194,3 +194,31 @@ def test_any_edited_number_loads_consistently_or_is_one_line(written, tmp_path: 
         assert all(v in shapes for v in o.inputs)
         if o.kind == "conv":
             assert o.in_shape == shapes[o.inputs[0]] and o.conv.shape[1] == o.in_shape[0]
+
+
+class PoolGate(nn.Module):
+    """A map scaled by its own global average pool, which a convolution also reads as a 1x1 map:
+    both read the pool's (N, C) output natively, no value goes through PyTorch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        pooled = torch.nn.functional.adaptive_avg_pool2d(y, 1)
+        y = (y * pooled) * torch.sigmoid(self.b(pooled))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_a_pool_read_as_factors_or_as_a_map_stays_native(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = PoolGate().eval()
+    graph = trace(model, (3, 8, 8))
+    assert {op.kind for op in graph.ops} >= {"scale", "avgpool", "linear"} and not graphfile.native_only(graph)
+    graphfile.write(tmp_path / f"p{graphfile.SUFFIX}", graph, {})
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = runtime.load(tmp_path / f"p{graphfile.SUFFIX}", threads=2, cache=False)(x.numpy())
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
