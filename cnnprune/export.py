@@ -186,7 +186,7 @@ def export_graph(model: torch.nn.Module, path: Path, spec: ModelSpec, entry: dic
         graph = trace(model, (3, spec.input_size, spec.input_size))
     except CnnpruneError as e:  # sparse.load serves it with the dense fallback; the runtime cannot
         return _graph_not_written(path, entry, str(e))
-    torch_ops = graphfile.native_only(graph)
+    torch_ops = graphfile.pytorch_ops(graph)
     if torch_ops:
         first = torch_ops[0]
         return _graph_not_written(path, entry, f"{len(torch_ops)} ops run in PyTorch (first: {first.name}: {first.why})")

@@ -50,7 +50,7 @@ def _fail(path: Path, why: str) -> CnnpruneError:
                          "(make one with `python -m cnnprune.export --sparse`)")
 
 
-def native_only(graph: Graph) -> list[GraphOp]:
+def pytorch_ops(graph: Graph) -> list[GraphOp]:
     """The ops of ``graph`` that need PyTorch (the runtime serves graphs without any)."""
     return [op for op in graph.ops if op.kind not in KINDS]
 
@@ -58,13 +58,13 @@ def native_only(graph: Graph) -> list[GraphOp]:
 # ---------------------------------------------------------------- writing
 
 
-def _op_record(op: GraphOp) -> dict:
+def _op_record(op: GraphOp, conv: FoldedConv | None) -> dict:
     rec = {"kind": op.kind, "name": op.name, "inputs": list(op.inputs), "output": op.output, "shape": list(op.shape),
            "act": op.act, "residual": op.residual, "fused": list(op.fused), "in_shape": list(op.in_shape),
            "grouped": op.grouped, "border": op.border}
-    if op.conv is not None:
-        rec["conv"] = {"name": op.conv.name, "shape": list(op.conv.shape), "stride": op.conv.stride,
-                       "padding": op.conv.padding, "csr": isinstance(op.conv.weight, Csr)}
+    if conv is not None:
+        rec["conv"] = {"name": conv.name, "shape": list(conv.shape), "stride": conv.stride,
+                       "padding": conv.padding, "csr": isinstance(conv.weight, Csr)}
     return rec
 
 
@@ -76,19 +76,19 @@ def _op_tensors(i: int, conv: FoldedConv) -> dict[str, np.ndarray]:
 
 
 def write(path: str | os.PathLike[str], graph: Graph, model: dict) -> None:
-    """Write ``graph`` (every op native; convolutions compacted) with the model spec ``model``."""
-    torch_ops = native_only(graph)
+    """Write ``graph`` (every op native; convolutions in CSR where that is smaller) with the model
+    spec ``model``; ``graph`` itself is left as it is."""
+    torch_ops = pytorch_ops(graph)
     if torch_ops:
         raise CnnpruneError(f"{len(torch_ops)} ops of this graph run in PyTorch (first: {torch_ops[0].name}: "
                             f"{torch_ops[0].why}); the torch-free runtime cannot serve it")
     tensors: dict[str, np.ndarray] = {}
     ops = []
     for i, op in enumerate(graph.ops):
-        if op.kind == "conv":
-            op.conv = op.conv.compact()
-        ops.append(_op_record(op))
-        if op.conv is not None:
-            tensors |= _op_tensors(i, op.conv)
+        conv = op.conv.compact() if op.kind == "conv" else op.conv
+        ops.append(_op_record(op, conv))
+        if conv is not None:
+            tensors |= _op_tensors(i, conv)
     record = {"input": graph.input, "output": graph.output, "input_shape": list(graph.input_shape), "ops": ops,
               "cuts": [[c.op, c.before, c.after, c.folded] for c in graph.cuts]}
     write_safetensors(path, tensors, {"format": FORMAT, "version": VERSION, "graph": json.dumps(record),
@@ -267,10 +267,11 @@ class _Reader:
         if not csr:
             return self._tensor(i, "weight", np.float32, matrix)
         rows, cols = matrix
-        nnz = self.tensors.get(f"ops/{i}/values", np.zeros(0)).shape[0]
+        values = self.tensors.get(f"ops/{i}/values")
+        nnz = values.shape[0] if values is not None and values.ndim == 1 else 0  # else _tensor names the mismatch
+        values = self._tensor(i, "values", np.float32, (nnz,))  # first: its length is the one read above
         indptr = self._tensor(i, "indptr", np.int32, (rows + 1,))
         indices = self._tensor(i, "indices", np.int32, (nnz,))
-        values = self._tensor(i, "values", np.float32, (nnz,))
         step = np.diff(indptr)
         if indptr[0] != 0 or indptr[-1] != nnz or (step < 0).any():
             raise self.fail(i, "its CSR row pointers do not run from 0 up to its nonzero count")
