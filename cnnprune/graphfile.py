@@ -46,6 +46,8 @@ MAX_KERNEL = 15  # pixels
 
 
 def _fail(path: Path, why: str) -> CnnpruneError:
+    # Names and numbers in ``why`` come from the file: escape what would break the one line.
+    why = "".join(c if c.isprintable() else repr(c)[1:-1] for c in why)
     return CnnpruneError(f"{path}: {why}; the file is corrupt or not a cnnprune {SUFFIX} export "
                          "(make one with `python -m cnnprune.export --sparse`)")
 
@@ -192,7 +194,7 @@ class _Reader:
         stride, pad = c["stride"], c["padding"]
         if k != k2 or k > MAX_KERNEL or type(stride) is not int or stride not in (1, 2) or type(pad) is not int \
                 or not 0 <= pad <= k:
-            raise self.fail(i, f"kernel {k}x{k2}, stride {stride}, padding {pad}: not a convolution the kernels run")
+            raise self.fail(i, f"kernel {k}x{k2}, stride {stride!r}, padding {pad!r}: not a convolution the kernels run")
         if cout * cin * k * k > MAX_WEIGHT_FLOATS:
             raise self.fail(i, f"a weight of {cout}x{cin}x{k}x{k} floats exceeds {MAX_WEIGHT_FLOATS}")
         ch, h, w = op.in_shape = self.shapes[op.inputs[0]]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -164,6 +164,7 @@ FIELDS = ("shape", "in_shape", "border", "inputs", "residual", "stride", "paddin
 @given(op=st.integers(0, 200), field=st.sampled_from(FIELDS),
        value=st.one_of(st.integers(-3, 70000), st.lists(st.integers(-1, 300), max_size=5), st.text(max_size=4),
                        st.none()))
+@example(op=0, field="stride", value="\n")  # CI found it: a newline echoed into the one-line error
 def test_any_edited_number_loads_consistently_or_is_one_line(written, tmp_path: Path, op: int, field: str,
                                                              value) -> None:
     """Whatever one field of one op is changed to, reading gives a plan whose every op checks
