@@ -63,7 +63,8 @@ def how_measured(a: Analysis) -> list[str]:
     r, m = a.results, a.results["machine"]
     cuda_gpu = r["cuda"]["machine"].get("gpu") if r.get("cuda") else None
     L = ["## How it was measured\n",
-         f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; **{m['threads']} threads for every engine**; "
+         f"- Machine: {m['cpu']}" + (f" ({m['cpu_detail']})" if m.get("cpu_detail") else "")
+         + f", {m['logical_cpus']} logical CPUs; **{m['threads']} threads for every engine**; "
          f"GPU: {m['gpu'] or 'none (CUDA cases skipped)'}"
          + (f"; the CUDA figures come from a separate run on {cuda_gpu} (section CUDA)." if r.get("cuda") else "."),
          f"- Software: Python {m['python']}, PyTorch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "

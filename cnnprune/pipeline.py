@@ -296,10 +296,11 @@ def machine_info(threads: int) -> dict:
     import onnxruntime
     import torch
 
-    from cnnprune.measure import cpu_model
+    from cnnprune.measure import cpu_detail, cpu_model
     from cnnprune.native import fallback_names
 
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cpu_detail": cpu_detail(), "logical_cpus": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(),
             "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": numpy.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "platform": platform.platform(), "sparse_fallbacks": list(fallback_names()), **_openvino_version()}

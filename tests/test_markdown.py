@@ -23,6 +23,9 @@ def test_every_number_comes_from_results() -> None:
     for row in r2["latency"]:
         row["median_ms"] *= 1.5
     assert render(r2) != text_a and "7 threads" in render(r2)
+    assert "Machine: Test CPU, 2 logical" in text_a  # results written before cpu_detail was recorded
+    r2["machine"]["cpu_detail"] = "AVX-512; L1d 48K"
+    assert "Machine: Test CPU (AVX-512; L1d 48K), 2 logical" in render(r2)
 
 
 def test_goals_section() -> None:
