@@ -29,15 +29,20 @@ from cnnprune.errors import CnnpruneError
 FORMS = ("dense", "onnx", "sparse")
 
 
+def _cpuinfo(key: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The value of the first ``key: value`` line of ``path`` (Linux's cpuinfo), None if absent."""
+    try:
+        with open(path) as f:
+            return next((l.split(":", 1)[1].strip() for l in f if l.startswith(key)), None)
+    except OSError:
+        return None
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux), else what ``platform`` knows."""
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_detail(root: str = "/sys/devices/system/cpu/cpu0/cache", cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -46,11 +51,7 @@ def cpu_detail(root: str = "/sys/devices/system/cpu/cpu0/cache", cpuinfo: str = 
     floats a vector with AVX-512, 8 with AVX2) and one core's data cache sizes, e.g.
     "AVX-512; L1d 48K, L2 2048K, L3 266240K". Reports from machines that differ here differ in
     speedup too: a dense engine gains more from wider vectors than a sparse kernel does."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = (_cpuinfo("flags", cpuinfo) or "").split()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
     caches = []
     for index in sorted(Path(root).glob("index[0-9]*")):
