@@ -25,6 +25,7 @@ from cnnprune.native_plan import (
     RACE_CLOSE,
     BufferPool,
     ConvPlan,
+    SpanTile,
     gemm_weights,
     group_size,
     interleaved_ms,
@@ -33,7 +34,9 @@ from cnnprune.native_plan import (
     probes_host_dense,
     raced_ms,
     random_padded,
+    span_floats,
     span_operands,
+    span_tiles,
     sparse_operands,
     undecided,
     winograd_eligible,
@@ -150,7 +153,7 @@ class NativeEngine:
         """Make what ``mode`` runs on, once: sparse offsets and values, or Winograd's weights
         (the host's dense mode makes its own)."""
         if mode == "sparse" and p.val is None:
-            group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span)
+            group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span, tile=p.span_tile)
             make = (lambda: span_operands(p.conv, group)) if p.span else \
                 (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border, direct=p.direct))
             p.ptr, p.chan, p.ngroups, p.off, p.val = make()
@@ -209,8 +212,8 @@ class NativeEngine:
             res = random_padded(cout, p.ho, p.wo, n, arena, seed=1) if p.residual else None
             phase = self._phase(p, n, arena.zeros)
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
-            self._operands(p, n, "sparse")
-            runs = {"sparse": self._native(self._conv_steps(p, "sparse", src, dst, res, True, phase, None), [])}
+            tiles = self._sparse_runs(p, n, src, dst, res, phase)
+            runs = {f"sparse{i}": fn for i, fn in enumerate(tiles.values())}
             if p.gemm_ok:
                 self._operands(p, n, "gemm")
                 runs["gemm"] = self._native(self._conv_steps(p, "gemm", src, dst, res, True, phase, None), [])
@@ -220,12 +223,37 @@ class NativeEngine:
             if self.dense_conv is not None and p.dense_ok and probes_host_dense(p, "gemm" in runs or "winograd" in runs):
                 runs["dense"] = self.dense_conv(p, src, dst, res, True)
             p.ms = raced_ms(runs, repeats, RACE_CLOSE)
+            self._keep_fastest_tile(p, n, list(tiles))
             p.mode = min(p.ms, key=p.ms.get)
             if p.ms["sparse"] <= (1 + SPARSE_TIE) * p.ms[p.mode]:
                 p.mode = "sparse"
             del runs, src, dst, res, phase, scratch
             p.release()
             self._drop_unused_u()
+
+    def _sparse_runs(self, p: ConvPlan, n: int, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None,
+                     phase: np.ndarray | None) -> dict[SpanTile | None, Callable[[], object]]:
+        """The sparse kernel on this layer, timed by calibration: once, or for a span layer once
+        per tiling (``span_tiles``), each with its own operands (the groups follow the tile)."""
+        runs = {}
+        tiles = span_tiles(self.lib.vector_width(), span_floats(p.ho, p.wo, n), p.conv.shape[1]) if p.span else (None,)
+        for tile in tiles:
+            p.span_tile, p.val = tile, None
+            self._operands(p, n, "sparse")
+            runs[tile] = self._native(self._conv_steps(p, "sparse", src, dst, res, True, phase, None),
+                                      [p.ptr, p.chan, p.off, p.val])
+        return runs
+
+    def _keep_fastest_tile(self, p: ConvPlan, n: int, tiles: list[SpanTile | None]) -> None:
+        """Fold the timings of the sparse kernel's tilings (``sparse0``, ``sparse1``, ...) into
+        ``p.ms["sparse"]``, keep the fastest tiling and remake its operands if others were made
+        after it."""
+        times = [p.ms.pop(f"sparse{i}") for i in range(len(tiles))]
+        best = min(range(len(tiles)), key=times.__getitem__)
+        p.ms["sparse"] = times[best]
+        if p.span_tile != tiles[best]:
+            p.span_tile, p.val = tiles[best], None
+            self._operands(p, n, "sparse")
 
     @staticmethod
     def _phase(p: ConvPlan, n: int, alloc: Callable[[tuple], np.ndarray]) -> np.ndarray | None:
@@ -318,7 +346,8 @@ class NativeEngine:
             base = phase if p.conv.stride == 2 else src
             if mode == "gemm":
                 return pre + [gemm_step(base, p.g, p.bias, dst, res, relu)]
-            return pre + [span_step(base, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu)]
+            return pre + [span_step(base, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val, p.bias, dst, res, relu,
+                                    rows=p.span_tile.flag if p.span_tile else 0)]
         steps = []
         phased = p.conv.stride == 2 and not p.direct
         if phased and split:

@@ -99,13 +99,18 @@ def direct_stride2(stride: int, n: int) -> bool:
     return stride == 2 and n in (library().vector_width(), 2 * library().vector_width())
 
 
+# The span step's rows flag: partial sums in a per-thread scratch (``csrc/tiles.h``, ``native_plan.SpanTile``).
+SPAN_SUMS = 8
+
+
 def span_step(src: np.ndarray, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray, off: np.ndarray,
               val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: int,
               rows: int = 0) -> Step:
     """The SPAN step: a 1x1 stride-1 unpadded sparse convolution over padded (C, H+2, W+2, N)
     ``src`` as one product over each plane's interior span (``sparse_span_body``); operands as
     ``conv_step``'s with k = 1; ``rows``: pieces of 8 vectors per tile (0: as many as the
-    registers hold). Raw addresses: the caller keeps the arrays alive."""
+    registers hold), plus ``SPAN_SUMS`` for partial sums in a per-thread scratch
+    (``native_plan.SpanTile.flag``). Raw addresses: the caller keeps the arrays alive."""
     c, hp, wp, n = src.shape
     return Step(kind=SPAN, src=src.ctypes.data, C=c, H=hp - 2, W=wp - 2, N=n, Cout=cout, ngroups=ngroups,
                 ptr=ptr.ctypes.data, chan=chan.ctypes.data, off=off.ctypes.data, off16=int(off.dtype == np.uint16),

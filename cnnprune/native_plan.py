@@ -15,6 +15,7 @@ import numpy as np
 from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedConv
+from cnnprune.kernels import SPAN_SUMS
 
 MODES = ("sparse", "winograd", "dense", "gemm")
 # Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
@@ -39,6 +40,53 @@ SPAN_MIN_RUN = 16
 SPAN_GROUP_BYTES = 128 * 1024
 SPAN_LEAST_BYTES = 32 * 1024
 SPAN_ROWS = {8: 1, 16: 3}
+# A span tile whose groups' partial sums go to a per-thread scratch (``SpanTile.sums``) takes
+# input-channel groups of SPAN_SUM_GROUP_BYTES of its block, the L1 data cache: the partial sums
+# no longer pass through the output planes, a plane apart, between groups.
+SPAN_SUM_GROUP_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True)
+class SpanTile:
+    """How the sparse span kernel tiles a 1x1 layer (``sparse_span_body``): ``pieces`` of 8
+    vectors an output channel per tile (3 on AVX-512: 24 accumulators), and whether the partial
+    sums of its input-channel groups go to a per-thread scratch (``sums``) instead of the output
+    planes. No one tiling wins every layer (on an AVX-512 Xeon one piece won the moderately
+    sparse layers, three the sparsest, the scratch sums those of many input channels; the
+    README has the figures), so calibration times each of ``span_tiles`` per layer and keeps
+    the fastest."""
+
+    pieces: int
+    sums: bool = False
+
+    @property
+    def flag(self) -> int:
+        """The span step's rows argument (``kernels.span_step``)."""
+        return self.pieces | (SPAN_SUMS if self.sums else 0)
+
+    @classmethod
+    def from_flag(cls, flag: int) -> SpanTile | None:
+        """The tiling a ``flag`` stands for (a plan cache's record), None if it names none."""
+        pieces = flag & ~SPAN_SUMS
+        return cls(pieces, bool(flag & SPAN_SUMS)) if 1 <= pieces <= 3 else None
+
+
+def span_floats(ho: int, wo: int, n: int) -> int:
+    """Floats in the interior span of a padded (ho+2, wo+2, n) plane (``span_of`` in C)."""
+    return (ho - 1) * (wo + 2) * n + wo * n
+
+
+def span_tiles(vector_width: int, floats: int, cin: int) -> tuple[SpanTile, ...]:
+    """The distinct tilings calibration times for a span layer of ``cin`` input channels over
+    spans of ``floats``, the default (``SPAN_ROWS``) first: more pieces than a span fills run as
+    fewer (so one piece only is timed once), and scratch sums only where their L1-sized groups
+    cut the input channels (with one group there is nothing to keep between groups)."""
+    piece = 8 * vector_width
+    fill = max(1, -(-floats // piece))
+    tiles = [SpanTile(min(SPAN_ROWS[vector_width], fill)), SpanTile(1)]
+    if SPAN_SUM_GROUP_BYTES // (min(floats, piece) * 4) < cin:
+        tiles.append(SpanTile(1, sums=True))
+    return tuple(dict.fromkeys(tiles))
 
 
 @dataclass
@@ -61,6 +109,7 @@ class ConvPlan:
     u: np.ndarray | None = None
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
+    span_tile: SpanTile | None = None  # its span tiling (``SpanTile``; None: the default)
     dense_ok: bool = True  # the host's dense mode may run it (not a grouped one: its dense weight is groups times larger)
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
     border: int = 1  # pixels of zero border around its input buffer: its padding where that is wider than 1
@@ -224,16 +273,20 @@ def span_operands(conv: FoldedConv, group: int, narrow: bool = True) -> tuple:
     return ptr, chan, ngroups, ci.astype(np.uint16 if narrow else np.int32), values
 
 
-def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32, span: bool = False) -> int:
+def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run: int = 32, span: bool = False,
+               tile: SpanTile | None = None) -> int:
     """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
     until an output channel has about ``min_run`` nonzeros per group on average, since each
-    (channel, group) pass reloads and stores its accumulators."""
+    (channel, group) pass reloads and stores its accumulators (a span ``tile`` with scratch sums:
+    the L1-sized group, ``SPAN_SUM_GROUP_BYTES``)."""
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
     if span:
-        span_floats = (ho - 1) * (row_floats + 2 * n) + row_floats  # the interior span of a plane
-        # bytes of one input channel in a work item's block: SPAN_ROWS pieces of 8 vectors
-        block = min(span_floats, 8 * lib.vector_width() * SPAN_ROWS[lib.vector_width()]) * 4
+        tile = tile or SpanTile(SPAN_ROWS[lib.vector_width()])
+        # bytes of one input channel in a work item's block: the tile's pieces of 8 vectors
+        block = min(span_floats(ho, row_floats // n, n), 8 * lib.vector_width() * tile.pieces) * 4
+        if tile.sums:
+            return min(cin, max(1, SPAN_SUM_GROUP_BYTES // block))
         fit = max(1, SPAN_GROUP_BYTES // block)
         run = -(-SPAN_RUN * cout * cin // nnz)
         least = max(-(-SPAN_MIN_RUN * cout * cin // nnz), SPAN_LEAST_BYTES // block)

@@ -16,15 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnprune.fileio import write_json
-from cnnprune.native_plan import MODES
+from cnnprune.native_plan import MODES, SpanTile
 
-VERSION = 5  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms;
+VERSION = 6  # 2: near ties go to the sparse kernel (engine.SPARSE_TIE); 3: calibration timed over >= 10 ms;
 # 4: the whole network may fall back to any of several dense engines (``dense_engine``);
-# 5: traced plans lose their dead channels (cnnprune.channels), so layers change shape
+# 5: traced plans lose their dead channels (cnnprune.channels), so layers change shape;
+# 6: span layers keep their calibrated tiling (``tiles``, native_plan.SpanTile)
 
 
 @dataclass
@@ -35,16 +36,21 @@ class CachedPlan:
     sparse_ms: float | None = None
     dense_ms: float | None = None
     dense_engine: str | None = None  # the fastest dense fallback when it was decided
+    tiles: dict[str, int] = field(default_factory=dict)  # span layers' tilings (``SpanTile.flag``)
 
     def fits(self, plans: dict, modes: tuple[str, ...]) -> bool:
-        """Same layers, and every cached mode is one this engine may run for that layer."""
+        """Same layers, every cached mode one this engine may run for that layer, and every
+        cached tiling one of a span layer's."""
         return set(self.layers) == set(plans) and all(
             m in modes and (m != "winograd" or plans[k].winograd_ok) and (m != "gemm" or plans[k].gemm_ok)
-            for k, m in self.layers.items())
+            for k, m in self.layers.items()) and all(
+            k in plans and plans[k].span and SpanTile.from_flag(t) is not None for k, t in self.tiles.items())
 
     def apply(self, plan: dict) -> None:
         for name, p in plan["convs"].items():
             p.mode, p.ms = self.layers[name], dict(self.ms.get(name, {}))
+            if name in self.tiles:
+                p.span_tile = SpanTile.from_flag(self.tiles[name])
         plan["engine"] = self.engine
         for key in ("sparse_ms", "dense_ms", "dense_engine"):
             if getattr(self, key) is not None:
@@ -75,8 +81,9 @@ class PlanCache:
             ms = {str(k): {m: float(t) for m, t in v.items() if m in MODES and _number(t) is not None}
                   for k, v in obj.get("ms", {}).items()}
             dense = obj.get("dense_engine")
+            tiles = {str(k): int(v) for k, v in obj.get("tiles", {}).items()}
             return CachedPlan(layers, ms, str(obj["engine"]), _number(obj.get("sparse_ms")), _number(obj.get("dense_ms")),
-                              dense if isinstance(dense, str) else None)
+                              dense if isinstance(dense, str) else None, tiles)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -85,7 +92,8 @@ class PlanCache:
         record = {"layers": {k: p.mode for k, p in convs.items()},
                   "ms": {k: {m: t for m, t in p.ms.items() if math.isfinite(t)} for k, p in convs.items()},
                   "engine": plan["engine"], "sparse_ms": plan.get("sparse_ms"), "dense_ms": plan.get("dense_ms"),
-                  "dense_engine": plan.get("dense_engine")}
+                  "dense_engine": plan.get("dense_engine"),
+                  "tiles": {k: p.span_tile.flag for k, p in convs.items() if p.span_tile is not None}}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json(self.path(setting), record)

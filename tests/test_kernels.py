@@ -14,7 +14,7 @@ from cnnprune.activations import apply_activation
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import Step, conv_pool_step, conv_step, gemm_step, library, span_step, split_step, subsample_step, winograd_steps
 from cnnprune.native import from_nchw, to_nchw
-from cnnprune.native_plan import gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
+from cnnprune.native_plan import SpanTile, gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
 from cnnprune.plan import ACT_NAMES
 
 
@@ -84,8 +84,9 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
 
 
 def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: torch.Tensor | None, act: int,
-             narrow: bool = True, gemm: bool = False) -> np.ndarray:
-    """The span kernel, or with ``gemm`` the dense 1x1 kernel over the same span."""
+             narrow: bool = True, gemm: bool = False, rows: int = 0) -> np.ndarray:
+    """The span kernel (``rows``: its tiling, ``SpanTile.flag``), or with ``gemm`` the dense 1x1
+    kernel over the same span."""
     n, cin, h, w = x.shape
     ho, wo = h // conv.stride, w // conv.stride
     src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], ho, wo, n), padded_from(res)
@@ -99,7 +100,8 @@ def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: t
         packed = gemm_weights(conv)
         steps.append(gemm_step(base, packed, conv.bias, dst, resbuf, act))
     else:
-        steps.append(span_step(base, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act))
+        steps.append(span_step(base, conv.weight.shape[0], ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, act,
+                               rows=rows))
     library().run_steps((Step * len(steps))(*steps), len(steps), threads)
     return dst
 
@@ -119,11 +121,28 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
     for r, act in ((None, 0), (None, 1), (res, 1), (res, 2), (res, 3), (None, 4), (res, 5), (None, 6)):
         want = plain if r is None else plain + r
         want = apply_activation(want.clone(), ACT_NAMES[act])
-        for group, threads, narrow, gemm in ((20, 1, True, False), (3, 2, True, False), (7, 2, False, False),
-                                             (20, 1, True, True), (20, 2, True, True)):
-            dst = run_span(conv, x, group, threads, r, act, narrow, gemm)
+        for group, threads, narrow, gemm, rows in ((20, 1, True, False, 0), (3, 2, True, False, 1), (7, 2, False, False, 0),
+                                                   (20, 1, True, True, 0), (20, 2, True, True, 0),
+                                                   (3, 2, True, False, SpanTile(1, sums=True).flag),
+                                                   (20, 1, False, False, SpanTile(3, sums=True).flag)):
+            dst = run_span(conv, x, group, threads, r, act, narrow, gemm, rows)
             assert_zero_border(dst)
-            assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm)
+            assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm, rows)
+
+
+@pytest.mark.parametrize("tile", [SpanTile(1), SpanTile(2), SpanTile(3), SpanTile(1, sums=True), SpanTile(3, sums=True)])
+def test_span_tilings_match_conv2d_over_many_output_channels(tile: SpanTile) -> None:
+    """Every span tiling on a layer wide enough that the scratch sums take its output channels
+    in several passes (SPAN_SUM_BYTES of them at a time), with groups, a residual and an
+    activation: equal to conv2d, the border zero."""
+    conv = random_conv(70, 600, 1, 1, 0.2, seed=3)
+    x = torch.randn(16, 70, 7, 7, generator=torch.Generator().manual_seed(1))
+    res = torch.randn(16, 600, 7, 7, generator=torch.Generator().manual_seed(2))
+    want = (reference(conv, x, None, False) + res).clamp(min=0)
+    for group, threads in ((9, 2), (70, 1)):
+        dst = run_span(conv, x, group, threads, res, 1, rows=tile.flag)
+        assert_zero_border(dst)
+        assert (to_nchw(dst) - want).abs().max() <= 1e-4, (group, threads)
 
 
 @pytest.mark.parametrize("gemm", [False, True])

@@ -1,10 +1,21 @@
-"""How the native engine sizes the input-channel groups of a 1x1 span convolution."""
+"""How the native engine sizes the input-channel groups of a 1x1 span convolution, and which
+tilings of it calibration times."""
 import numpy as np
 import pytest
 
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import library
-from cnnprune.native_plan import SPAN_GROUP_BYTES, SPAN_LEAST_BYTES, SPAN_MIN_RUN, SPAN_ROWS, group_size
+from cnnprune.native_plan import (
+    SPAN_GROUP_BYTES,
+    SPAN_LEAST_BYTES,
+    SPAN_MIN_RUN,
+    SPAN_ROWS,
+    SPAN_SUM_GROUP_BYTES,
+    SpanTile,
+    group_size,
+    span_floats,
+    span_tiles,
+)
 
 
 def conv_1x1(cin: int, cout: int, density: float) -> FoldedConv:
@@ -32,3 +43,26 @@ def test_span_groups_fill_l1_and_stay_within_l2(cin: int, density: float, hw: in
     assert group * block <= SPAN_GROUP_BYTES or conv.nnz * (group - 1) < SPAN_MIN_RUN * 256 * cin
     sparser = group_size(lib, conv_1x1(cin, 256, density / 4), hw * n, hw, n, span=True)
     assert sparser >= group
+
+
+@pytest.mark.parametrize("vw", [8, 16])
+@pytest.mark.parametrize("hw, n, cin", [(7, 1, 2048), (14, 1, 256), (56, 1, 64), (14, 16, 1024), (56, 16, 64), (1, 1, 8)])
+def test_span_tilings_are_distinct_and_fit_the_span(vw: int, hw: int, n: int, cin: int) -> None:
+    """The default tiling first; no tiling with more pieces than the span fills (it would run as
+    fewer); scratch sums only where their L1-sized groups cut the input channels; every tiling
+    once, and each survives its flag."""
+    floats = span_floats(hw, hw, n)
+    tiles = span_tiles(vw, floats, cin)
+    assert len(set(tiles)) == len(tiles) and tiles[0].pieces <= SPAN_ROWS[vw] and not tiles[0].sums
+    assert all((t.pieces - 1) * 8 * vw < floats or t.pieces == 1 for t in tiles)
+    assert (SpanTile(1, sums=True) in tiles) == (SPAN_SUM_GROUP_BYTES // (min(floats, 8 * vw) * 4) < cin)
+    assert all(SpanTile.from_flag(t.flag) == t for t in tiles)
+
+
+def test_scratch_sums_take_l1_sized_groups() -> None:
+    lib = library()
+    vw = lib.vector_width()
+    conv = conv_1x1(1024, 64, 0.1)
+    group = group_size(lib, conv, 14 * 16, 14, 16, span=True, tile=SpanTile(1, sums=True))
+    assert group == SPAN_SUM_GROUP_BYTES // (8 * vw * 4)
+    assert group_size(lib, conv, 14 * 16, 14, 16, span=True, tile=SpanTile(1)) > group

@@ -128,6 +128,6 @@ void repad_body(const float *src, int C, int H, int W, int N, int sb, int db, fl
  * packed input block, Winograd's products of an item and a fused item's transformed input panel,
  * the sparse span's input block. */
 enum { SCRATCH_POOL = 0, SCRATCH_GEMM = 1, SCRATCH_WG_PRODUCTS = 2, SCRATCH_WG_PANEL = 3, SCRATCH_SPAN = 4,
-       SCRATCH_SLOTS = 5 };
+       SCRATCH_SPAN_SUMS = 5, SCRATCH_SLOTS = 6 };
 float *thread_buffer(int slot, int64_t floats);
 #endif

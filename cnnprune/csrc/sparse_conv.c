@@ -207,6 +207,38 @@ void copy_panels(const float *src, int C, int64_t plane, int64_t n, int64_t pane
             memcpy(dst + t * C + c * panel, src + c * plane + t, (size_t)(n - t < panel ? n - t : panel) * sizeof(float));
 }
 
+/* The span tile for rem floats left of a block: up to SR pieces of TW floats, or a narrower
+ * tile of one row for a block's last few vectors; *step: the floats it covers. */
+static tile_fn span_tile(int64_t rem, int SR, int TW, int off16, int64_t *step) {
+    if (rem >= TW) {
+        const int r = rem / TW < SR ? (int)(rem / TW) : SR;
+        *step = (int64_t)r * TW;
+        return SPAN_TILES[off16 != 0][r];
+    }
+    const tile_kind *kind = &KINDS[pick_kind((int)rem, 1)];
+    *step = kind->width;
+    return kind->fn[off16 != 0][1];
+}
+
+/* n floats of finished sums p into d: plus the residual r (where given), activated. Not turned
+ * into a memcpy call where there is neither (a call per channel for a block of 512 bytes). */
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+static void span_finish(const float *restrict p, const float *restrict r, int relu, int64_t n, float *restrict d) {
+    int64_t i = 0;
+    for (; i + VW <= n; i += VW) {
+        vf a = *(const vf *)(p + i);
+        if (r) a += *(const vf *)(r + i);
+        if (relu) a = ACTIVATE(vf, a, relu);
+        *(vf *)(d + i) = a;
+    }
+    for (; i < n; i++) {
+        v1 a = {p[i]};
+        if (r) a[0] += r[i];
+        if (relu) a = ACTIVATE(v1, a, relu);
+        d[i] = a[0];
+    }
+}
+
 /* A 1x1 stride-1 convolution without padding as one sparse x dense product over the whole
  * interior of each plane: in the padded (C, H+2, W+2, N) layout the pixels (1, 1) .. (H, W) are
  * one contiguous span of (H-1)(W+2)N + WN floats, border pixels between the rows included, so a
@@ -223,15 +255,24 @@ void copy_panels(const float *src, int C, int64_t plane, int64_t n, int64_t pane
  * 16 exactly 16 KB, so the pieces a tile reads fell into the same few L1 sets and evicted each
  * other. Copied, ResNet-50 at 224, 90 %, ran 19 % faster at batch 1 and 23 % at batch 16,
  * MobileNetV2 9-10 % (the same programs, interleaved; copying at every map size measured as fast
- * as copying only where the planes lie a multiple of 1 KB apart). */
+ * as copying only where the planes lie a multiple of 1 KB apart). With the SPAN_SUMS flag in
+ * rows, the groups' partial sums of SPAN_SUM_BYTES of output channels at a time go to a
+ * per-thread scratch, one contiguous block a channel, and only the finished sums, with the
+ * residual and the activation, to the output planes (span_finish): in the planes each group's
+ * pass reloaded and stored a channel's sums a plane from the last channel's, on the same few L1
+ * sets as the next channel's, which evicted the L1-sized input group the pass reads. */
 static void sparse_span_body(const float *src, int C, int H, int W, int N, int Cout, int ngroups, const int32_t *ptr,
                              const int32_t *chan, const void *off, int off16, const float *val, const float *bias,
                              float *dst, const float *res, int relu, int rows, int nthreads) {
+    const int sums = (rows & SPAN_SUMS) != 0;
+    rows &= ~SPAN_SUMS;
     const int SR = rows >= 1 && rows <= SPAN_ROWS ? rows : SPAN_ROWS;
     const span_geom sg = span_of(H, W, N);
     const int64_t row = sg.row, plane = sg.plane, start = sg.start, L = sg.len;
     const int TW = 8 * VW;
     const int64_t block = (int64_t)SR * TW;
+    /* output channels whose partial sums one pass over the groups keeps in the scratch */
+    const int CB = !sums ? Cout : SPAN_SUM_BYTES / (block * 4) > 0 ? (int)(SPAN_SUM_BYTES / (block * 4)) : 1;
     const int nblocks = (int)((L + block - 1) / block);
     const int nchunks = item_chunks(nblocks, Cout / 8, nthreads);
     const int64_t total = chan[Cout];
@@ -241,28 +282,35 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
         for (int ch = 0; ch < nchunks; ch++) {
             const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
             const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
-            const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L, o = c0 * plane + start;
+            const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
             const seg_sel sel = {0, 1, 1, 1, (int)block, {3}};  /* offsets: input channels, block floats apart */
             float *in = thread_buffer(SCRATCH_SPAN, (int64_t)C * block);
+            float *part = sums ? thread_buffer(SCRATCH_SPAN_SUMS, (int64_t)CB * block) : 0;
             if (b != held) copy_panels(src + start + t0, C, plane, end - t0, block, in);
             held = b;
-            for (int64_t t = t0; t < end;) {
-                const int64_t rem = end - t;
-                tile_fn fn;
-                int64_t step;
-                if (rem >= TW) {
-                    const int r = rem / TW < SR ? (int)(rem / TW) : SR;
-                    fn = SPAN_TILES[off16 != 0][r];
-                    step = (int64_t)r * TW;
-                } else {
-                    const tile_kind *kind = &KINDS[pick_kind((int)rem, 1)];
-                    fn = kind->fn[off16 != 0][1];
-                    step = kind->width;
+            for (int cs = c0; cs < c1; cs += CB) {
+                const int ce = cs + CB < c1 ? cs + CB : c1;
+                const int64_t os = cs * plane + start;
+                for (int64_t t = t0, step; t < end; t += step) {
+                    const tile_fn fn = span_tile(end - t, SR, TW, off16, &step);
+                    for (int g = 0; g < ngroups; g++) {
+                        if (sums)
+                            fn(in + (t - t0), TW, off, val, ptr + (int64_t)g * Cout + cs, 1, &sel, ce - cs, part + (t - t0), TW,
+                               block, g == 0, bias + cs, 0, 0, 0);
+                        else
+                            fn(in + (t - t0), TW, off, val, ptr + (int64_t)g * Cout + cs, 1, &sel, ce - cs, dst + os + t, TW,
+                               plane, g == 0, bias + cs, g == ngroups - 1, res ? res + os + t : 0, relu);
+                    }
                 }
-                for (int g = 0; g < ngroups; g++)
-                    fn(in + (t - t0), TW, off, val, ptr + (int64_t)g * Cout + c0, 1, &sel, c1 - c0, dst + o + t, TW, plane,
-                       g == 0, bias + c0, g == ngroups - 1, res ? res + o + t : 0, relu);
-                t += step;
+                for (int c = cs; sums && c < ce; c++) {
+                    const int64_t at = c * plane + start + t0;
+                    if (c + 1 < ce)  /* the next channel's lines lie a plane away, beyond any hardware stream */
+                        for (int64_t q = 0; q < end - t0; q += 64 / sizeof(float)) {
+                            __builtin_prefetch(dst + at + plane + q, 1, 3);
+                            if (res) __builtin_prefetch(res + at + plane + q, 0, 3);
+                        }
+                    span_finish(part + (c - cs) * block, res ? res + at : 0, relu, end - t0, dst + at);
+                }
             }
             for (int c = c0; c < c1; c++) zero_outside(dst + c * plane, start + t0, start + end, row, N, W, H);
         }

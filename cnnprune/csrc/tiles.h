@@ -159,4 +159,11 @@ extern const tile_kind KINDS[NKINDS], KINDS_S2[4], KINDS_S2P[3];
  * or 24 accumulators; with AVX2's 16 registers only the first fits. */
 extern const tile_fn SPAN_TILES[2][4];
 #define SPAN_ROWS (NACC / 8)
+/* A span step's rows flag (step_t.k): the groups' partial sums of a block go to a per-thread
+ * scratch, SPAN_SUM_BYTES of output channels at a time, and only the finished sums to the
+ * output planes (see sparse_span_body). */
+#define SPAN_SUMS 8
+#ifndef SPAN_SUM_BYTES
+#define SPAN_SUM_BYTES (128 * 1024)
+#endif
 #endif
