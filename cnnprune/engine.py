@@ -324,10 +324,12 @@ class NativeEngine:
     def layer_choice(self, batch_size: int) -> dict[str, dict]:
         """Per layer: how it runs at this batch size ("sparse", "winograd" or "dense"), its
         density (fraction 0-1 of nonzero weights; of a grouped convolution, of its dense
-        equivalent, the block diagonal) and the calibration timings (ms) of each
-        mode tried (``sparse_ms``, ``winograd_ms``, ``dense_ms``; nan where not timed)."""
+        equivalent, the block diagonal), the span kernel's tiling a 1x1 layer runs or would run
+        (``span_tile``, ``SpanTile.label``; empty for other layers and uncalibrated plans) and the
+        calibration timings (ms) of each mode tried (``sparse_ms``, ``winograd_ms``, ``dense_ms``;
+        nan where not timed; ``sparse_ms`` of the fastest tiling)."""
         plan = self._plan(batch_size)
-        return {name: {"engine": p.mode, "density": p.conv.density,
+        return {name: {"engine": p.mode, "density": p.conv.density, "span_tile": p.span_tile.label if p.span_tile else "",
                        **{f"{mode}_ms": p.ms.get(mode, float("nan")) for mode in MODES}}
                 for name, p in plan["convs"].items()}
 

@@ -64,6 +64,11 @@ class SpanTile:
         """The span step's rows argument (``kernels.span_step``)."""
         return self.pieces | (SPAN_SUMS if self.sums else 0)
 
+    @property
+    def label(self) -> str:
+        """As ``layer_choice`` shows it: ``3x8`` (pieces x vectors), ``1x8+sums``."""
+        return f"{self.pieces}x8" + ("+sums" if self.sums else "")
+
     @classmethod
     def from_flag(cls, flag: int) -> SpanTile | None:
         """The tiling a ``flag`` stands for (a plan cache's record), None if it names none."""

@@ -22,7 +22,7 @@ from cnnprune.graph import fold_conv, trace
 from cnnprune.graph_engine import GraphEngine
 from cnnprune.kernels import library
 from cnnprune.native import NativeSparseResNet, fallback_names
-from cnnprune.native_plan import HOST_DENSE_DENSITY
+from cnnprune.native_plan import HOST_DENSE_DENSITY, span_floats, span_tiles
 from cnnprune.plancache import PlanCache
 
 
@@ -310,10 +310,14 @@ def test_the_host_dense_convolution_is_timed_only_where_it_can_win() -> None:
     not time the host's dense convolution (``native_plan.probes_host_dense``)."""
     engine = check(pruned(build("resnet50", 10), 0.6), 64, 2, dense_fallback=None)
     choice = engine.engine.layer_choice(2)
+    plans = engine.engine._plan(2)["convs"]
+    vw = engine.engine.lib.vector_width()
+    for k, v in choice.items():  # every span layer calibrated one of its tilings, and kept it
+        tiles = span_tiles(vw, span_floats(plans[k].ho, plans[k].wo, 2), plans[k].conv.shape[1]) if plans[k].span else ()
+        assert v["span_tile"] in {t.label for t in tiles} if tiles else v["span_tile"] == "", k
     native = {k for k, v in choice.items() if not (np.isnan(v["gemm_ms"]) and np.isnan(v["winograd_ms"]))}
     timed = {k for k, v in choice.items() if not np.isnan(v["dense_ms"])}
     assert native and timed, "the network has layers of both kinds"
-    plans = engine.engine._plan(2)["convs"]
     assert timed == {k for k, v in choice.items()
                      if plans[k].dense_ok and (k not in native or v["density"] > HOST_DENSE_DENSITY)}
 
