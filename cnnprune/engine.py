@@ -22,27 +22,22 @@ from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
 from cnnprune.native_plan import (
     FUSED_PANELS_PER_THREAD,
     MODES,
-    RACE_CLOSE,
     BufferPool,
     ConvPlan,
     SpanTile,
+    fold_tiles,
     gemm_weights,
     group_size,
-    interleaved_ms,
-    out_after_warm,
     padded,
     probes_host_dense,
-    raced_ms,
     random_padded,
-    span_floats,
     span_operands,
-    span_tiles,
     sparse_operands,
-    undecided,
     winograd_eligible,
     winograd_weights,
 )
 from cnnprune.plancache import PlanCache
+from cnnprune.timing import RACE_CLOSE, interleaved_ms, out_after_warm, raced_ms, undecided
 
 # Calibration keeps the sparse kernel unless another mode is faster by more than this fraction:
 # Winograd holds 4x the layer's dense weight bytes and oneDNN a dense copy, and differences this
@@ -198,12 +193,11 @@ class NativeEngine:
         return plan
 
     def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
-        """Per layer, time each way it can run on this batch size (sparse kernel, Winograd where
-        the shape allows, the host's dense convolution incl. layout conversion where
-        ``probes_host_dense``), best of
-        ``repeats``, and keep the fastest (near ties: sparse, ``SPARSE_TIE``); the operands of the others are dropped at once, so
-        calibration never holds every layer's Winograd weights together; one whose output takes a
-        residual add is timed with one (the span prefetches its reads, the GEMM does not)."""
+        """Per layer, time each way it can run on this batch size (the sparse kernel in each span
+        tiling, Winograd and the GEMM where the shape allows, the host's dense convolution incl.
+        layout conversion where ``probes_host_dense``; ``raced_ms``) and keep the fastest (near
+        ties: sparse, ``SPARSE_TIE``), dropping the others' operands at once; a layer whose output
+        takes a residual add is timed with one (the span prefetches its reads, the GEMM does not)."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
@@ -223,7 +217,10 @@ class NativeEngine:
             if self.dense_conv is not None and p.dense_ok and probes_host_dense(p, "gemm" in runs or "winograd" in runs):
                 runs["dense"] = self.dense_conv(p, src, dst, res, True)
             p.ms = raced_ms(runs, repeats, RACE_CLOSE)
-            self._keep_fastest_tile(p, n, list(tiles))
+            best = fold_tiles(p.ms, list(tiles))
+            if p.span_tile != best:  # operands of a tiling timed later were made since: remake the fastest's
+                p.span_tile, p.val = best, None
+                self._operands(p, n, "sparse")
             p.mode = min(p.ms, key=p.ms.get)
             if p.ms["sparse"] <= (1 + SPARSE_TIE) * p.ms[p.mode]:
                 p.mode = "sparse"
@@ -233,27 +230,14 @@ class NativeEngine:
 
     def _sparse_runs(self, p: ConvPlan, n: int, src: np.ndarray, dst: np.ndarray, res: np.ndarray | None,
                      phase: np.ndarray | None) -> dict[SpanTile | None, Callable[[], object]]:
-        """The sparse kernel on this layer, timed by calibration: once, or for a span layer once
-        per tiling (``span_tiles``), each with its own operands (the groups follow the tile)."""
+        """The sparse kernel on this layer once per tiling (``ConvPlan.tilings``), each with its operands."""
         runs = {}
-        tiles = span_tiles(self.lib.vector_width(), span_floats(p.ho, p.wo, n), p.conv.shape[1]) if p.span else (None,)
-        for tile in tiles:
+        for tile in p.tilings(n, self.lib.vector_width()):
             p.span_tile, p.val = tile, None
             self._operands(p, n, "sparse")
             runs[tile] = self._native(self._conv_steps(p, "sparse", src, dst, res, True, phase, None),
                                       [p.ptr, p.chan, p.off, p.val])
         return runs
-
-    def _keep_fastest_tile(self, p: ConvPlan, n: int, tiles: list[SpanTile | None]) -> None:
-        """Fold the timings of the sparse kernel's tilings (``sparse0``, ``sparse1``, ...) into
-        ``p.ms["sparse"]``, keep the fastest tiling and remake its operands if others were made
-        after it."""
-        times = [p.ms.pop(f"sparse{i}") for i in range(len(tiles))]
-        best = min(range(len(tiles)), key=times.__getitem__)
-        p.ms["sparse"] = times[best]
-        if p.span_tile != tiles[best]:
-            p.span_tile, p.val = tiles[best], None
-            self._operands(p, n, "sparse")
 
     @staticmethod
     def _phase(p: ConvPlan, n: int, alloc: Callable[[tuple], np.ndarray]) -> np.ndarray | None:

@@ -1,13 +1,12 @@
 """The native engine's plan of one convolution at one batch size, and the operands it runs:
 sparse operands cut by input-channel group and kernel tap (``sparse_operands``), Winograd's
-transformed weights, activation buffers in the padded (C, H+2, W+2, N) layout, and the timing
-helpers calibration uses. :mod:`cnnprune.native` puts them together.
+transformed weights, the span kernel's tilings, and activation buffers in the padded
+(C, H+2, W+2, N) layout; calibration times them with :mod:`cnnprune.timing`.
+:mod:`cnnprune.native` puts them together.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +75,15 @@ class SpanTile:
         return cls(pieces, bool(flag & SPAN_SUMS)) if 1 <= pieces <= 3 else None
 
 
+def fold_tiles(ms: dict[str, float], tiles: list[SpanTile | None]) -> SpanTile | None:
+    """The fastest of a layer's sparse tilings, timed as ``sparse0``, ``sparse1``, ... in
+    ``ms``: those entries become one, ``ms["sparse"]``, the fastest's time."""
+    times = [ms.pop(f"sparse{i}") for i in range(len(tiles))]
+    best = min(range(len(tiles)), key=times.__getitem__)
+    ms["sparse"] = times[best]
+    return tiles[best]
+
+
 def span_floats(ho: int, wo: int, n: int) -> int:
     """Floats in the interior span of a padded (ho+2, wo+2, n) plane (``span_of`` in C)."""
     return (ho - 1) * (wo + 2) * n + wo * n
@@ -130,6 +138,11 @@ class ConvPlan:
         """Kernel size, stride, padding, input height and width: what the sparse kernel needs to
         skip the taps that read only the zero border."""
         return self.conv.shape[2], self.conv.stride, self.conv.padding, self.hin, self.win
+
+    def tilings(self, n: int, vector_width: int) -> tuple[SpanTile | None, ...]:
+        """The sparse kernel's tilings calibration times for this layer at batch ``n``: a span
+        layer's ``span_tiles``, else only the kernel's own (None)."""
+        return span_tiles(vector_width, span_floats(self.ho, self.wo, n), self.conv.shape[1]) if self.span else (None,)
 
     def operands(self) -> tuple:
         """Every operand array the plan may hold (``None`` where not made)."""
@@ -348,128 +361,3 @@ def random_padded(c: int, h: int, w: int, n: int, arena: Arena, border: int = 1,
     a = padded(c, h, w, n, arena, border)
     a[:, border:-border, border:-border, :] = np.random.default_rng(seed).random((w, n), dtype=np.float32)
     return a
-
-
-# Calibration times every candidate briefly first and times on only those this close (fraction)
-# to the fastest: a layer's ways (``raced_ms``) and the whole network's engines (``undecided``).
-# A wider margin times more; a narrower one lets a single noisy call decide. ResNet-50 at 224,
-# 90 %, batch 16: calibration 54 s -> 22 s, the same engine chosen (the README has the figures).
-RACE_CLOSE = 0.25
-# A dense engine whose warm-up call alone took this many times the fastest dense engine's timed
-# call so far is out of the whole-network race untimed: a fresh engine's first call measured up
-# to 2.1x its next ones (OpenVINO at batch 1; onnxruntime 1.5x at 16), so its own calls would be
-# over 1.4x that engine's, past ``RACE_CLOSE``. Eager PyTorch at 224 px and batch 16 took 2.2-3.8x
-# onnxruntime, 2.3 s a call
-WARM_OUT = 3.0
-
-
-def undecided(ms: list[float]) -> list[int]:
-    """Of the sparse program (index 0) and the dense engines (the rest), timed once each, those
-    to time on: none where the sparse program is more than ``RACE_CLOSE`` faster or slower than
-    the fastest dense engine (the decision is plain), else it and the dense engines within
-    ``RACE_CLOSE`` of the fastest."""
-    best = min(ms[1:])
-    if abs(ms[0] / best - 1) > RACE_CLOSE:
-        return []
-    return [0] + [i for i in range(1, len(ms)) if ms[i] <= (1 + RACE_CLOSE) * best]
-
-
-def out_after_warm(i: int, warm_ms: float, ms: list[float]) -> bool:
-    """Whether dense engine ``i`` (index 0 is the sparse program) is out of the race after its
-    warm-up call: over ``WARM_OUT`` times the fastest dense engine timed so far. Only dense
-    engines count, so the fastest dense engine's figure is always a timed call."""
-    dense = [m for m in ms[1:] if m == m]  # nan: not timed yet
-    return i > 0 and bool(dense) and warm_ms > WARM_OUT * min(dense)
-
-
-def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
-                   warm_ms: float = 30.0, still_open: Callable[[list[float]], list[int]] | None = None,
-                   out_after_warm: Callable[[int, float, list[float]], bool] | None = None) -> list[float]:
-    """Median ms per call of each of ``fns`` over blocks in palindromic order (A B C C B A,
-    ``rounds`` times), so that a machine whose speed drifts weighs on all alike. Each block
-    first runs untimed calls for ``warm_ms`` (at least 1): the thread pool that ran last
-    (onnxruntime's spinning workers, OpenMP's) keeps the cores busy for a while after it
-    returns, and the next engine's first calls pay for it; alternating single calls measured
-    that, not the engines. A block times calls for ``block_ms`` and at least 3 of them, or one
-    or two where they take over ``3 * block_ms`` together. ``still_open(medians so far)``: after the first half round, the
-    functions whose comparison is not yet decided (indices); only they are timed on, so a
-    decision that one pass makes plain costs one pass (at 224 px and batch 16 a call takes
-    0.5-1.5 s, and four engines in full palindromes were 40 s). ``out_after_warm(index, ms of
-    its last warm-up call, medians so far)``: in the first block, a function it declares out is
-    not timed further; its figure is that warm-up call, and it is out of the rest of the run
-    (eager PyTorch at 224 px and batch 16 takes 2.3 s a call, 2.2-3.8x onnxruntime)."""
-    times: list[list[float]] = [[] for _ in fns]
-    out: set[int] = set()
-
-    def block(i: int) -> None:
-        fn = fns[i]
-        t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
-        while warm < 1 or time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            fn()
-            last_ms = (time.perf_counter() - t0) * 1e3
-            warm += 1
-        if not times[i] and out_after_warm is not None and out_after_warm(i, last_ms, medians()):
-            times[i].append(last_ms)
-            out.add(i)
-            return
-        start, timed = time.perf_counter(), 0
-        while True:
-            spent = (time.perf_counter() - start) * 1e3
-            if spent >= block_ms and (timed >= 3 or spent >= 3 * block_ms):
-                break
-            t0 = time.perf_counter()
-            fn()
-            times[i].append((time.perf_counter() - t0) * 1e3)
-            timed += 1
-
-    def medians() -> list[float]:
-        return [float(np.median(t)) if t else float("nan") for t in times]
-
-    order = list(range(len(fns)))
-    for r in range(rounds):
-        for i in order:
-            block(i)
-        if r == 0 and (still_open is not None or out):
-            open_ = set(still_open(medians()) if still_open is not None else order) - out
-            order = [i for i in order if i in open_]
-            if len(order) < 2:
-                break
-        for i in order[::-1]:
-            block(i)
-    return medians()
-
-
-def raced_ms(runs: dict[str, Callable[[], object]], repeats: int, close: float) -> dict[str, float]:
-    """Best ms per call of each way to run a layer, timed in two rounds: each first briefly
-    (``best_ms`` with one timed call, or as many as fill its minimum time), then only those
-    within ``close`` (fraction) of the fastest again, to ``repeats`` calls: a layer whose
-    choice the first round makes plain costs two calls per way (at 224 px and batch 16 calls
-    of 10-30 ms, 53 layers x 3 ways x 5 calls were 12 s of calibration)."""
-    ms = {mode: best_ms(fn, 1) for mode, fn in runs.items()}
-    lead = min(ms.values())
-    near = [mode for mode in runs if ms[mode] <= (1 + close) * lead]
-    if len(near) > 1:
-        for mode in near:
-            ms[mode] = min(ms[mode], best_ms(runs[mode], repeats, warm=False))
-    return ms
-
-
-def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: float = 40.0, warm: bool = True) -> float:
-    """Fastest of at least ``repeats`` calls and of as many more as fit in ``min_ms`` (at most
-    ``most``), after one untimed call: at batch 1 a layer takes ~0.1 ms, and the best of 5 such
-    calls flipped layers between modes from one load to the next on a shared machine. Calls
-    that take long stop at 2 once ``max_ms`` is spent: at 224 px and batch 16 a layer takes
-    10-30 ms, and 52 layers x 3 modes x 6 calls were 20 s of calibration. ``warm``: False
-    where the same call has just run (a second round, ``raced_ms``)."""
-    if warm:
-        fn()
-    best, spent, count = float("inf"), 0.0, 0
-    while count < repeats or (spent < min_ms / 1e3 and count < most):
-        if count >= 2 and spent >= max_ms / 1e3:
-            break
-        t0 = time.perf_counter()
-        fn()
-        took = time.perf_counter() - t0
-        best, spent, count = min(best, took), spent + took, count + 1
-    return best * 1e3

@@ -22,7 +22,7 @@ from cnnprune.graph import fold_conv, trace
 from cnnprune.graph_engine import GraphEngine
 from cnnprune.kernels import library
 from cnnprune.native import NativeSparseResNet, fallback_names
-from cnnprune.native_plan import HOST_DENSE_DENSITY, span_floats, span_tiles
+from cnnprune.native_plan import HOST_DENSE_DENSITY
 from cnnprune.plancache import PlanCache
 
 
@@ -313,8 +313,8 @@ def test_the_host_dense_convolution_is_timed_only_where_it_can_win() -> None:
     plans = engine.engine._plan(2)["convs"]
     vw = engine.engine.lib.vector_width()
     for k, v in choice.items():  # every span layer calibrated one of its tilings, and kept it
-        tiles = span_tiles(vw, span_floats(plans[k].ho, plans[k].wo, 2), plans[k].conv.shape[1]) if plans[k].span else ()
-        assert v["span_tile"] in {t.label for t in tiles} if tiles else v["span_tile"] == "", k
+        tiles = plans[k].tilings(2, vw)
+        assert v["span_tile"] in {t.label for t in tiles} if plans[k].span else v["span_tile"] == "", k
     native = {k for k, v in choice.items() if not (np.isnan(v["gemm_ms"]) and np.isnan(v["winograd_ms"]))}
     timed = {k for k, v in choice.items() if not np.isnan(v["dense_ms"])}
     assert native and timed, "the network has layers of both kinds"

@@ -1,0 +1,73 @@
+"""Calibration's timing: interleaved blocks tell the slower functions, and only what is still
+undecided is timed on (sleeping functions stand in for engines and layers)."""
+
+from __future__ import annotations
+
+import time
+
+from cnnprune.timing import interleaved_ms, out_after_warm, raced_ms
+
+
+def test_interleaved_timing_tells_the_slower_functions() -> None:
+    slow, fast, middle = interleaved_ms([lambda: time.sleep(0.006), lambda: time.sleep(0.001),
+                                         lambda: time.sleep(0.003)], block_ms=10, warm_ms=2)
+    assert slow > middle > fast >= 1.0
+
+
+def counting_sleep(calls, key, seconds: float):
+    """A function that sleeps ``seconds`` and counts its calls in ``calls[key]``."""
+    def run() -> None:
+        calls[key] += 1
+        time.sleep(seconds)
+    return run
+
+
+def test_interleaved_timing_times_on_only_what_is_still_open() -> None:
+    calls = [0, 0, 0]
+
+    def sleeper(i: int, s: float):
+        return counting_sleep(calls, i, s)
+
+    seen: list[list[float]] = []
+
+    def still_open(ms: list[float]) -> list[int]:
+        seen.append(ms)
+        return [0, 2]
+
+    ms = interleaved_ms([sleeper(0, 0.002), sleeper(1, 0.004), sleeper(2, 0.002)], block_ms=10, warm_ms=1,
+                        still_open=still_open)
+    assert len(seen) == 1 and all(m > 0 for m in seen[0])  # asked once, after the first half round
+    assert calls[0] > calls[1] and calls[2] > calls[1]  # the decided one was timed in one block only
+    assert ms[1] >= 3.5
+    # decided after the first half: one block each, at most 1 warm-up + 6 timed 1-ms calls
+    # (two blocks would be at least 2 x (1 + 3))
+    calls[:] = [0, 0, 0]
+    interleaved_ms([sleeper(0, 0.001), sleeper(1, 0.001)], block_ms=5, warm_ms=0.5, still_open=lambda ms: [])
+    assert 4 <= calls[0] <= 7 and 4 <= calls[1] <= 7
+
+
+def test_a_dense_engine_far_behind_after_its_warm_up_call_is_not_timed() -> None:
+    calls = [0, 0, 0, 0]
+    fns = [counting_sleep(calls, 0, 0.012), counting_sleep(calls, 1, 0.002), counting_sleep(calls, 2, 0.010),
+           counting_sleep(calls, 3, 0.004)]
+    ms = interleaved_ms(fns, block_ms=10, warm_ms=0.5, out_after_warm=out_after_warm)
+    assert calls[2] == 1 and ms[2] >= 9.5  # 5x the fastest dense one: its warm-up call is its figure
+    assert calls[3] > 2 * 3  # 2x: timed in both blocks
+    assert calls[0] > 2 * 3  # the sparse program (index 0) is never out, however slow
+    assert not out_after_warm(1, 100.0, [1.0, float("nan"), float("nan")])  # nothing dense timed yet
+
+
+def test_raced_timing_times_close_ways_again_and_plain_losers_once() -> None:
+    calls = {"fast": 0, "near": 0, "slow": 0}
+
+    def way(name: str, s: float):
+        return counting_sleep(calls, name, s)
+
+    ms = raced_ms({"fast": way("fast", 0.011), "near": way("near", 0.012), "slow": way("slow", 0.03)},
+                  repeats=4, close=0.25)
+    assert calls["slow"] == 2  # one untimed, one timed call: 30 ms is plainly behind 11 ms
+    assert calls["fast"] >= 4 and calls["near"] >= 4  # within 25 %: timed on
+    assert ms["fast"] < ms["near"] < ms["slow"] and ms["fast"] >= 11
+    calls.update(fast=0, slow=0)
+    raced_ms({"fast": way("fast", 0.011), "slow": way("slow", 0.03)}, repeats=4, close=0.25)
+    assert calls == {"fast": 2, "near": calls["near"], "slow": 2}  # nothing close: nothing timed again
