@@ -84,6 +84,12 @@ def fold_tiles(ms: dict[str, float], tiles: list[SpanTile | None]) -> SpanTile |
     return tiles[best]
 
 
+def sum_group(block_bytes: int) -> int:
+    """Input channels per group of a span tile with scratch sums, whose block holds
+    ``block_bytes`` of each channel: as many as fill ``SPAN_SUM_GROUP_BYTES``."""
+    return max(1, SPAN_SUM_GROUP_BYTES // block_bytes)
+
+
 def span_floats(ho: int, wo: int, n: int) -> int:
     """Floats in the interior span of a padded (ho+2, wo+2, n) plane (``span_of`` in C)."""
     return (ho - 1) * (wo + 2) * n + wo * n
@@ -97,7 +103,7 @@ def span_tiles(vector_width: int, floats: int, cin: int) -> tuple[SpanTile, ...]
     piece = 8 * vector_width
     fill = max(1, -(-floats // piece))
     tiles = [SpanTile(min(SPAN_ROWS[vector_width], fill)), SpanTile(1)]
-    if SPAN_SUM_GROUP_BYTES // (min(floats, piece) * 4) < cin:
+    if sum_group(min(floats, piece) * 4) < cin:
         tiles.append(SpanTile(1, sums=True))
     return tuple(dict.fromkeys(tiles))
 
@@ -304,7 +310,7 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
         # bytes of one input channel in a work item's block: the tile's pieces of 8 vectors
         block = min(span_floats(ho, row_floats // n, n), 8 * lib.vector_width() * tile.pieces) * 4
         if tile.sums:
-            return min(cin, max(1, SPAN_SUM_GROUP_BYTES // block))
+            return min(cin, sum_group(block))
         fit = max(1, SPAN_GROUP_BYTES // block)
         run = -(-SPAN_RUN * cout * cin // nnz)
         least = max(-(-SPAN_MIN_RUN * cout * cin // nnz), SPAN_LEAST_BYTES // block)
