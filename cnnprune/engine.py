@@ -22,6 +22,7 @@ from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
 from cnnprune.native_plan import (
     FUSED_PANELS_PER_THREAD,
     MODES,
+    ONTO_RESIDUAL,
     BufferPool,
     ConvPlan,
     SpanTile,
@@ -128,7 +129,8 @@ class NativeEngine:
         def add(conv: FoldedConv, hin: int, win: int, residual: bool = False) -> tuple[int, int]:
             ho, wo = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
-            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32), residual=residual)
+            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32), residual=residual,
+                         onto=residual and ONTO_RESIDUAL)  # a block's residual is last read by its conv2
             p.winograd_ok = self.winograd and winograd_eligible(conv, hin, win)
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
@@ -197,13 +199,14 @@ class NativeEngine:
         tiling, Winograd and the GEMM where the shape allows, the host's dense convolution incl.
         layout conversion where ``probes_host_dense``; ``raced_ms``) and keep the fastest (near
         ties: sparse, ``SPARSE_TIE``), dropping the others' operands at once; a layer whose output
-        takes a residual add is timed with one (the span prefetches its reads, the GEMM does not)."""
+        takes a residual add is timed with one (the span prefetches its reads, the GEMM does not),
+        written over it where the forward pass does that (``ConvPlan.onto``)."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
             src = random_padded(cin, p.hin, p.win, n, arena, p.border)
-            dst = padded(cout, p.ho, p.wo, n, arena)
             res = random_padded(cout, p.ho, p.wo, n, arena, seed=1) if p.residual else None
+            dst = res if p.onto else padded(cout, p.ho, p.wo, n, arena)
             phase = self._phase(p, n, arena.zeros)
             scratch = arena.zeros((self._scratch_floats(p, n),)) if p.winograd_ok and not p.fused else None
             tiles = self._sparse_runs(p, n, src, dst, res, phase)
@@ -397,10 +400,10 @@ class NativeEngine:
                 identity = pool.padded(cout, pd.ho, pd.wo, n)
                 # the phase planes of ``cur`` were just made by conv1: reuse them
                 conv(pd, cur, identity, None, False, phase, split=p1.mode != "sparse")
-            out = pool.padded(cout, p2.ho, p2.wo, n)
+            out = identity if p2.onto else pool.padded(cout, p2.ho, p2.wo, n)
             conv(p2, mid, out, identity, True, None)
             keep += [phase, mid, identity, out]
-            pool.give(phase, mid, cur, identity)
+            pool.give(phase, mid, *(b for b in (cur, identity) if b is not out))
             cur = out
         pooled = arena.zeros((n, cur.shape[0]))
         fc_w, fc_b = self.net.fc_weight, self.net.fc_bias

@@ -18,7 +18,15 @@ import numpy as np
 
 from cnnprune.buffers import Arena
 from cnnprune.engine import NativeEngine, runs_sparse
-from cnnprune.native_plan import FUSED_PANELS_PER_THREAD, BufferPool, ConvPlan, gemm_eligible, span_eligible, winograd_eligible
+from cnnprune.native_plan import (
+    FUSED_PANELS_PER_THREAD,
+    ONTO_RESIDUAL,
+    BufferPool,
+    ConvPlan,
+    gemm_eligible,
+    span_eligible,
+    winograd_eligible,
+)
 from cnnprune.plan import ACTS, Graph, GraphOp
 
 if TYPE_CHECKING:
@@ -80,13 +88,15 @@ class GraphEngine(NativeEngine):
         from cnnprune.kernels import direct_stride2
 
         plans: dict[str, ConvPlan] = {}
+        onto = overwritable_residuals(self.graph) if ONTO_RESIDUAL else set()
         for op in self.graph.ops:
             if op.kind != "conv":
                 continue
             _, hin, win = op.in_shape
             _, ho, wo = op.shape
             p = ConvPlan(op.conv, hin, win, ho, wo, bias=op.conv.bias, span=span_eligible(op.conv, hin, win),
-                         dense_ok=not op.grouped and op.border == 1, border=op.border, residual=op.residual is not None)
+                         dense_ok=not op.grouped and op.border == 1, border=op.border, residual=op.residual is not None,
+                         onto=op.output in onto)
             p.gemm_ok = self.gemm and not op.grouped and op.border == 1 and gemm_eligible(op.conv, hin, win)
             p.direct = not p.span and direct_stride2(op.conv.stride, n)
             p.winograd_ok = self.winograd and not op.grouped and \
@@ -129,6 +139,28 @@ class GraphEngine(NativeEngine):
         return rows
 
 
+def last_reads(graph: Graph) -> dict[str, int]:
+    """Each value's last reader (index into ``graph.ops``); the output's is past the end."""
+    last: dict[str, int] = {}
+    for i, op in enumerate(graph.ops):
+        for v in op.inputs:
+            last[v] = i
+    last[graph.output] = len(graph.ops)
+    return last
+
+
+def overwritable_residuals(graph: Graph) -> set[str]:
+    """The convolutions (by output) that can write their output over their residual's buffer
+    (``step_t`` in csrc/kernels.h), which saves a stream the output's size to and from memory:
+    each is the residual's last reader, does not also read it as its input, and the residual
+    has the output's shape."""
+    last = last_reads(graph)
+    shapes = {op.output: op.shape for op in graph.ops}
+    return {op.output for i, op in enumerate(graph.ops)
+            if op.kind == "conv" and op.residual is not None and last[op.residual] == i
+            and op.inputs[0] != op.residual and shapes.get(op.residual) == op.shape}
+
+
 class _Program:
     """The forward pass of one batch size: buffers, conversions and steps (``GraphEngine._program``)."""
 
@@ -143,15 +175,7 @@ class _Program:
         self.rt: dict[str, object] = {}  # values PyTorch ops make, per call
         self.flat: dict[str, np.ndarray] = {}  # a global average pool's (N, C) output
         self.shapes = {op.output: op.shape for op in engine.graph.ops}
-        self.last = self._last_reads()
-
-    def _last_reads(self) -> dict[str, int]:
-        last: dict[str, int] = {}
-        for i, op in enumerate(self.e.graph.ops):
-            for v in op.inputs:
-                last[v] = i
-        last[self.e.graph.output] = len(self.e.graph.ops)
-        return last
+        self.last = last_reads(engine.graph)
 
     def padded(self, v: str, border: int = 1) -> np.ndarray:
         """``v`` in the padded layout with a zero border of ``border`` pixels: its buffer
@@ -233,7 +257,8 @@ class _Program:
         copy = src if src is not self.pads.get(op.inputs[0]) else None  # a wider-bordered copy for this conv only
         res = self.padded(op.residual) if op.residual is not None else None
         c, h, w = op.shape
-        dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
+        dst = self._onto_residual(op, res)
+        dst = self.pads[op.output] = dst if dst is not None else self.pool.padded(c, h, w, self.n)
         relu = ACTS[op.act]
         self.keep += [src, res, dst]
         if p.mode == "dense":
@@ -248,6 +273,15 @@ class _Program:
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
         self.pool.give(phase, copy)
+
+    def _onto_residual(self, op: GraphOp, res: np.ndarray | None) -> np.ndarray | None:
+        """The residual's buffer where the convolution writes its output over it
+        (``overwritable_residuals``) and the buffer is the residual's own (not a copy made with
+        another border), else None."""
+        if res is None or not self.plan["convs"][op.output].onto or res is not self.pads.get(op.residual):
+            return None
+        del self.pads[op.residual]  # now the output's: build() must not give it back to the pool
+        return res
 
     def _maxpool(self, op: GraphOp) -> None:
         from cnnprune.kernels import MAXPOOL, Step

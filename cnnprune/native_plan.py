@@ -43,6 +43,9 @@ SPAN_ROWS = {8: 1, 16: 3}
 # input-channel groups of SPAN_SUM_GROUP_BYTES of its block, the L1 data cache: the partial sums
 # no longer pass through the output planes, a plane apart, between groups.
 SPAN_SUM_GROUP_BYTES = 32 * 1024
+# A residual convolution writes its output over its residual where it is that buffer's last
+# reader (csrc/kernels.h, step_t): one stream the output's size less through memory.
+ONTO_RESIDUAL = True
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class ConvPlan:
     g: np.ndarray | None = None  # its packed dense weight (``gemm_weights``)
     fused: bool = False
     residual: bool = False  # the forward pass adds a residual into its output: calibrated with one (``_choose_layers``)
+    onto: bool = False  # and writes its output over that residual (``ONTO_RESIDUAL``): calibrated so
     dense_weight: object | None = None  # the host's dense weight (the torch-hosted engine's oneDNN mode)
     ms: dict[str, float] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from cnnprune import csr, sparse
 from cnnprune.archs import ModelSpec, build
 from cnnprune.errors import CnnpruneError
 from cnnprune.graph import fold_conv, trace
-from cnnprune.graph_engine import GraphEngine
+from cnnprune.graph_engine import GraphEngine, overwritable_residuals
 from cnnprune.kernels import library
 from cnnprune.native import NativeSparseResNet, fallback_names
 from cnnprune.native_plan import HOST_DENSE_DENSITY
@@ -297,12 +297,39 @@ def test_layers_that_add_a_residual_are_calibrated_with_one(monkeypatch) -> None
     original = engine._conv_steps
 
     def spy(p, mode, src, dst, res, *rest, **kw):
-        calls.append((p.residual, res is not None))
+        calls.append((p.residual, res is not None, p.onto, dst is res))
         return original(p, mode, src, dst, res, *rest, **kw)
     monkeypatch.setattr(engine, "_conv_steps", spy)
     engine.run(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
-    assert sum(r for r, _ in calls) > len(want), "calibration and the program both built the residual layers"
-    assert all(residual == given for residual, given in calls)
+    assert sum(c[0] for c in calls) > len(want), "calibration and the program both built the residual layers"
+    assert all(residual == given for residual, given, _, _ in calls)
+    assert all(onto == over for _, _, onto, over in calls), "timed as run: over the residual where the program is"
+    assert sum(c[2] for c in calls) > len(want), "every ResNet-50 block's last convolution writes over its residual"
+
+
+class Reread(nn.Module):
+    """Residual adds a convolution may not write over: a residual read again later, one that is
+    the convolution's own input; and one it may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c, self.d = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        z = torch.relu(self.a(y) + y) * y  # y read after the add
+        w = self.b(z) + z  # z is b's input
+        return self.d(torch.relu(self.c(w))) + w
+
+
+def test_a_convolution_writes_over_its_residual_only_where_that_is_its_last_reader() -> None:
+    model = Reread().eval()
+    graph = trace(model, (3, 12, 12))
+    names = {op.output: op.name for op in graph.ops}
+    assert {names[v] for v in overwritable_residuals(graph)} == {"d"}
+    for mode in ("sparse", "gemm", None):
+        check(model, 12, 3, layer_mode=mode)
 
 
 def test_the_host_dense_convolution_is_timed_only_where_it_can_win() -> None:

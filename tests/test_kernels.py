@@ -34,12 +34,14 @@ def assert_zero_border(buf: np.ndarray) -> None:
 
 
 def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
-               res: torch.Tensor | None = None, relu: bool = True, narrow: bool = True) -> torch.Tensor:
+               res: torch.Tensor | None = None, relu: bool = True, narrow: bool = True, onto: bool = False) -> torch.Tensor:
+    """The sparse convolution; ``onto``: its output written over the residual's buffer."""
     lib = library()
     n, cin, h, w = x.shape
     cout, _, k, _ = conv.weight.shape
     ho, wo = (h + 2 * conv.padding - k) // conv.stride + 1, (w + 2 * conv.padding - k) // conv.stride + 1
-    src, dst, resbuf = padded_from(x), padded(cout, ho, wo, n), padded_from(res)
+    src, resbuf = padded_from(x), padded_from(res)
+    dst = resbuf if onto else padded(cout, ho, wo, n)
     ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow)
     steps, base = [], src
     if conv.stride == 2:
@@ -84,12 +86,13 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
 
 
 def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: torch.Tensor | None, act: int,
-             narrow: bool = True, gemm: bool = False, rows: int = 0) -> np.ndarray:
+             narrow: bool = True, gemm: bool = False, rows: int = 0, onto: bool = False) -> np.ndarray:
     """The span kernel (``rows``: its tiling, ``SpanTile.flag``), or with ``gemm`` the dense 1x1
-    kernel over the same span."""
+    kernel over the same span; ``onto``: the output written over the residual's buffer."""
     n, cin, h, w = x.shape
     ho, wo = h // conv.stride, w // conv.stride
-    src, dst, resbuf = padded_from(x), padded(conv.weight.shape[0], ho, wo, n), padded_from(res)
+    src, resbuf = padded_from(x), padded_from(res)
+    dst = resbuf if onto else padded(conv.weight.shape[0], ho, wo, n)
     ptr, chan, ngroups, off, val = span_operands(conv, group, narrow)
     steps, base = [], src
     if conv.stride == 2:  # the kernel reads the input subsampled
@@ -192,6 +195,31 @@ def test_residual_and_no_relu() -> None:
     assert (run_kernel(conv, x, group=4, threads=2, relu=False) < 0).any(), "negative outputs kept without ReLU"
 
 
+@pytest.mark.parametrize("kind", ["conv", "span", "span 3x8", "span sums", "gemm", "winograd", "winograd fused"])
+def test_output_written_over_its_residual(kind: str) -> None:
+    """Each convolution with its residual's buffer as its output (kernels.h, step_t): equal to
+    conv2d plus the residual, with several input-channel groups (whose partial sums pass through
+    the output between groups), several threads and a stride-2 sparse layer."""
+    wg = kind.startswith("winograd")  # maps that tile by 4, stride 1
+    k = 3 if wg or kind == "conv" else 1
+    for n, hw, stride in ((3, 8, 1), (16, 4 if wg else 7, 1), (2, 8, 1 if wg else 2)):
+        conv = random_conv(40, 24, k, stride, 0.3, seed=n + hw)
+        x = torch.randn(n, 40, hw, hw, generator=torch.Generator().manual_seed(n))
+        ho = hw // stride
+        res = torch.randn(n, 24, ho, ho, generator=torch.Generator().manual_seed(n + 1))
+        want = reference(conv, x, res, 1)
+        if kind == "conv":
+            got = run_kernel(conv, x, group=8, threads=2, res=res, relu=True, onto=True)
+        elif kind.startswith("winograd"):
+            got = run_winograd(conv, x, 2, kind.endswith("fused"), res, True, onto=True)
+        else:
+            rows = {"span": 1, "span 3x8": 3, "span sums": SpanTile(1, sums=True).flag, "gemm": 0}[kind]
+            dst = run_span(conv, x, 8, 2, res, 1, gemm=kind == "gemm", rows=rows, onto=True)
+            assert_zero_border(dst)
+            got = to_nchw(dst)
+        assert (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max())), (kind, n, hw, stride)
+
+
 def test_group_offsets_cover_every_nonzero_once() -> None:
     conv = random_conv(10, 6, 3, 1, 0.5, seed=3)
     ptr, chan, ngroups, off, val = sparse_operands(conv, 8, 8, 2, group=4)
@@ -235,11 +263,12 @@ def test_channels_per_group_keeps_a_tile_in_l1() -> None:
 
 
 def run_winograd(conv: FoldedConv, x: torch.Tensor, threads: int, fused: bool, res: torch.Tensor | None = None,
-                 relu: bool = True) -> torch.Tensor:
+                 relu: bool = True, onto: bool = False) -> torch.Tensor:
     lib = library()
     n, cin, h, w = x.shape
     cout = conv.weight.shape[0]
-    src, dst, resbuf = padded_from(x), padded(cout, h, w, n), padded_from(res)
+    src, resbuf = padded_from(x), padded_from(res)
+    dst = resbuf if onto else padded(cout, h, w, n)
     # scratch full of NaN: a product of an unwritten padding column must never reach the output
     scratch = None if fused else np.full(lib.winograd_scratch_floats(cin, h, w, n), np.nan, dtype=np.float32)
     u, bias = winograd_weights(conv), conv.bias

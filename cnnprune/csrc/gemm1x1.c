@@ -35,8 +35,8 @@ static inline vf epilogue(vf a, const float *res, int relu) {
 
 #define DEFINE_GEMM_TILE(NV)                                                                    \
 static void gemm_tile_##NV(const float *restrict src, int64_t plane, const float *restrict w, int cin,  \
-                           float *restrict out, int64_t dplane, const float *restrict bias,     \
-                           const float *restrict res, int relu) {                               \
+                           float *out, int64_t dplane, const float *restrict bias,              \
+                           const float *res, int relu) {                                        \
     vf acc[4][NV];                                                                              \
     _Pragma("GCC unroll 4") for (int o = 0; o < 4; o++)                                         \
         _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[o][v] = (vf){0} + bias[o];     \
@@ -59,8 +59,8 @@ DEFINE_GEMM_TILE(3)
 DEFINE_GEMM_TILE(4)
 DEFINE_GEMM_TILE(5)
 DEFINE_GEMM_TILE(6)
-typedef void (*gemm_fn)(const float *restrict, int64_t, const float *restrict, int, float *restrict, int64_t,
-                        const float *restrict, const float *restrict, int);
+typedef void (*gemm_fn)(const float *restrict, int64_t, const float *restrict, int, float *, int64_t,
+                        const float *restrict, const float *, int);
 static const gemm_fn GEMM_TILES[7] = {0, gemm_tile_1, gemm_tile_2, gemm_tile_3, gemm_tile_4, gemm_tile_5,
                                                 gemm_tile_6};
 

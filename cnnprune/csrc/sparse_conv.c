@@ -150,6 +150,8 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int nchunks = item_chunks(nyb, Cout / 8, nthreads);
     const int per_run = k * k;
     const int64_t total = chan[Cout];
+    const int onto = res && res == dst;  /* the output overwrites its residual (kernels.h) */
+    if (onto) res = 0;
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
@@ -165,7 +167,8 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
                 tile_sel(&sel, y, y + r - 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
                     fn(base + (direct ? 2 * t : t), src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
-                       c1 - c0, dst + o, drow, dplane, g == 0, bias + c0, g == ngroups - 1, res ? res + o : 0, relu);
+                       c1 - c0, dst + o, drow, dplane, g == 0 ? 1 + onto : 0, bias + c0, g == ngroups - 1,
+                       res ? res + o : 0, relu);
                 t += kind->width;
             }
         }
@@ -220,10 +223,10 @@ static tile_fn span_tile(int64_t rem, int SR, int TW, int off16, int64_t *step) 
     return kind->fn[off16 != 0][1];
 }
 
-/* n floats of finished sums p into d: plus the residual r (where given), activated. Not turned
+/* n floats of finished sums p into d: plus the residual r (where given; it may be d), activated. Not turned
  * into a memcpy call where there is neither (a call per channel for a block of 512 bytes). */
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
-static void span_finish(const float *restrict p, const float *restrict r, int relu, int64_t n, float *restrict d) {
+static void span_finish(const float *restrict p, const float *r, int relu, int64_t n, float *d) {
     int64_t i = 0;
     for (; i + VW <= n; i += VW) {
         vf a = *(const vf *)(p + i);
@@ -276,6 +279,7 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
     const int nblocks = (int)((L + block - 1) / block);
     const int nchunks = item_chunks(nblocks, Cout / 8, nthreads);
     const int64_t total = chan[Cout];
+    const int onto = res && res == dst;  /* the output overwrites its residual (kernels.h) */
     int held = -1;  /* the block this thread's buffer holds, packed in this call */
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < nblocks; b++) {
@@ -293,13 +297,11 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
                 const int64_t os = cs * plane + start;
                 for (int64_t t = t0, step; t < end; t += step) {
                     const tile_fn fn = span_tile(end - t, SR, TW, off16, &step);
-                    for (int g = 0; g < ngroups; g++) {
-                        if (sums)
-                            fn(in + (t - t0), TW, off, val, ptr + (int64_t)g * Cout + cs, 1, &sel, ce - cs, part + (t - t0), TW,
-                               block, g == 0, bias + cs, 0, 0, 0);
-                        else
-                            fn(in + (t - t0), TW, off, val, ptr + (int64_t)g * Cout + cs, 1, &sel, ce - cs, dst + os + t, TW,
-                               plane, g == 0, bias + cs, g == ngroups - 1, res ? res + os + t : 0, relu);
+                    for (int g = 0; g < ngroups; g++) {  /* with scratch sums, span_finish does the epilogue */
+                        const int last = !sums && g == ngroups - 1;
+                        fn(in + (t - t0), TW, off, val, ptr + (int64_t)g * Cout + cs, 1, &sel, ce - cs,
+                           sums ? part + (t - t0) : dst + os + t, TW, sums ? block : plane, g == 0 ? 1 + (onto && !sums) : 0,
+                           bias + cs, last, last && res && !onto ? res + os + t : 0, relu);
                     }
                 }
                 for (int c = cs; sums && c < ce; c++) {

@@ -56,9 +56,11 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 
 /* One tile position for the output channels c = 0..nch-1 of a chunk (one input-channel group
  * of each): channel c's run of nonzeros has its segments at p + c*pstride (see seg_sel), its
- * output at out + c*dplane. first: start from the bias, else from what earlier groups left in
- * out; last: add the residual and apply the activation (relu: ACT_*, kernels.h) before the store. The channel loop is inside the
- * tile so that a channel's short run of nonzeros costs no call. */
+ * output at out + c*dplane. first: 1 start from the bias; 2 from the bias plus what out holds
+ * (the residual, where the output overwrites it: see step_t); 0 from what earlier groups left in
+ * out; last: add the residual and apply the activation (relu: ACT_*, kernels.h) before the
+ * store. The channel loop is inside the tile so that a channel's short run of nonzeros costs no
+ * call. */
 typedef void (*tile_fn)(const float *restrict, int64_t, const void *restrict, const float *restrict,
                         const int32_t *restrict, int, const seg_sel *restrict, int, float *restrict, int64_t,
                         int64_t, int, const float *restrict, int, const float *restrict, int);
@@ -86,7 +88,8 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
     VT acc[U][R][NV];                                                                          \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                       \
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++) {                                \
-            acc[0][r][v] = first ? (VT){0} + b : *(const VT *)(out + r * drow + v * (V));      \
+            acc[0][r][v] = first == 1 ? (VT){0} + b                                            \
+                         : *(const VT *)(out + r * drow + v * (V)) + (first ? b : 0.0f);       \
             _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) acc[u][r][v] = (VT){0};        \
         }                                                                                      \
     if (sel->whole)                                                                            \

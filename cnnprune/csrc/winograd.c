@@ -129,8 +129,8 @@ DEFINE_WG_GEMM(3)
  * products xstride floats apart; + bias, + residual, ReLU, stored as the 4x4 output tile at
  * d (rows drow floats apart, pixels N apart). */
 #define DEFINE_WG_OUT(VT)                                                                      \
-static void wg_out_##VT(const float *restrict m, int64_t xstride, float b, float *restrict d, int64_t drow, \
-                        int N, const float *restrict res, int relu) {                          \
+static void wg_out_##VT(const float *restrict m, int64_t xstride, float b, float *d, int64_t drow, \
+                        int N, const float *res, int relu) {                                   \
     VT x[6][6], t[4][6];                                                                       \
     _Pragma("GCC unroll 36") for (int i = 0; i < 36; i++) x[i / 6][i % 6] = *(const VT *)(m + i * xstride); \
     _Pragma("GCC unroll 6") for (int c = 0; c < 6; c++) {                                      \
