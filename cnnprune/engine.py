@@ -123,14 +123,14 @@ class NativeEngine:
 
     # -- planning
     def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
-        """Every convolution's geometry at this batch size (operands come with its mode)."""
+        """Every convolution's geometry at this batch size (operands come with its mode); conv2,
+        its residual's last reader, writes over it (``ConvPlan.onto``)."""
         plans: dict[str, ConvPlan] = {}
 
         def add(conv: FoldedConv, hin: int, win: int, residual: bool = False) -> tuple[int, int]:
             ho, wo = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1, \
                      (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
-            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32), residual=residual,
-                         onto=residual and ONTO_RESIDUAL)  # a block's residual is last read by its conv2
+            p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32), residual=residual, onto=residual and ONTO_RESIDUAL)
             p.winograd_ok = self.winograd and winograd_eligible(conv, hin, win)
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
@@ -198,9 +198,8 @@ class NativeEngine:
         """Per layer, time each way it can run on this batch size (the sparse kernel in each span
         tiling, Winograd and the GEMM where the shape allows, the host's dense convolution incl.
         layout conversion where ``probes_host_dense``; ``raced_ms``) and keep the fastest (near
-        ties: sparse, ``SPARSE_TIE``), dropping the others' operands at once; a layer whose output
-        takes a residual add is timed with one (the span prefetches its reads, the GEMM does not),
-        written over it where the forward pass does that (``ConvPlan.onto``)."""
+        ties: sparse, ``SPARSE_TIE``), dropping the others' operands at once; a residual layer is
+        timed with its residual (the span prefetches it), over it where it runs so (``ConvPlan.onto``)."""
         for p in plan["convs"].values():
             cout, cin = p.conv.shape[:2]
             arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
@@ -302,9 +301,8 @@ class NativeEngine:
         return self._dense[name]
 
     def engine_for(self, batch_size: int) -> dict:
-        """What runs at this batch size ("sparse" or the name of a dense fallback) and the
-        timings (ms) that decided it: the sparse program's and the fastest dense fallback's
-        (``dense_engine``)."""
+        """What runs at this batch size ("sparse" or the name of a dense fallback) and the timings
+        (ms) that decided it: the sparse program's and the fastest dense fallback's (``dense_engine``)."""
         plan = self._program(batch_size)
         return {key: plan.get(key) for key in ("engine", "sparse_ms", "dense_ms", "dense_engine")}
 
@@ -398,8 +396,7 @@ class NativeEngine:
             if b.downsample is not None:
                 pd = convs[b.downsample.name]
                 identity = pool.padded(cout, pd.ho, pd.wo, n)
-                # the phase planes of ``cur`` were just made by conv1: reuse them
-                conv(pd, cur, identity, None, False, phase, split=p1.mode != "sparse")
+                conv(pd, cur, identity, None, False, phase, split=p1.mode != "sparse")  # conv1 made cur's phase planes
             out = identity if p2.onto else pool.padded(cout, p2.ho, p2.wo, n)
             conv(p2, mid, out, identity, True, None)
             keep += [phase, mid, identity, out]
