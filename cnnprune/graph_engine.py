@@ -153,7 +153,8 @@ def overwritable_residuals(graph: Graph) -> set[str]:
     """The convolutions (by output) that can write their output over their residual's buffer
     (``step_t`` in csrc/kernels.h), which saves a stream the output's size to and from memory:
     each is the residual's last reader, does not also read it as its input, and the residual
-    has the output's shape."""
+    has the output's shape; never the graph's input, whose buffer may have a wider border (a
+    residual is read through a one-pixel-border copy of it)."""
     last = last_reads(graph)
     shapes = {op.output: op.shape for op in graph.ops}
     return {op.output for i, op in enumerate(graph.ops)
@@ -257,8 +258,10 @@ class _Program:
         copy = src if src is not self.pads.get(op.inputs[0]) else None  # a wider-bordered copy for this conv only
         res = self.padded(op.residual) if op.residual is not None else None
         c, h, w = op.shape
-        dst = self._onto_residual(op, res)
-        dst = self.pads[op.output] = dst if dst is not None else self.pool.padded(c, h, w, self.n)
+        if p.onto:  # the residual's buffer is now the output's: build() must not give it back to the pool
+            dst = self.pads[op.output] = self.pads.pop(op.residual)
+        else:
+            dst = self.pads[op.output] = self.pool.padded(c, h, w, self.n)
         relu = ACTS[op.act]
         self.keep += [src, res, dst]
         if p.mode == "dense":
@@ -273,15 +276,6 @@ class _Program:
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
         self.pool.give(phase, copy)
-
-    def _onto_residual(self, op: GraphOp, res: np.ndarray | None) -> np.ndarray | None:
-        """The residual's buffer where the convolution writes its output over it
-        (``overwritable_residuals``) and the buffer is the residual's own (not a copy made with
-        another border), else None."""
-        if res is None or not self.plan["convs"][op.output].onto or res is not self.pads.get(op.residual):
-            return None
-        del self.pads[op.residual]  # now the output's: build() must not give it back to the pool
-        return res
 
     def _maxpool(self, op: GraphOp) -> None:
         from cnnprune.kernels import MAXPOOL, Step

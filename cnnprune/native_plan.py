@@ -71,6 +71,11 @@ class SpanTile:
         """As ``layer_choice`` shows it: ``3x8`` (pieces x vectors), ``1x8+sums``."""
         return f"{self.pieces}x8" + ("+sums" if self.sums else "")
 
+    def block_floats(self, vector_width: int) -> int:
+        """Floats of each input channel in a work item's block: the pieces of 8 vectors
+        (``block`` in ``sparse_span_body``)."""
+        return self.pieces * 8 * vector_width
+
     @classmethod
     def from_flag(cls, flag: int) -> SpanTile | None:
         """The tiling a ``flag`` stands for (a plan cache's record), None if it names none."""
@@ -103,7 +108,7 @@ def span_tiles(vector_width: int, floats: int, cin: int) -> tuple[SpanTile, ...]
     spans of ``floats``, the default (``SPAN_ROWS``) first: more pieces than a span fills run as
     fewer (so one piece only is timed once), and scratch sums only where their L1-sized groups
     cut the input channels (with one group there is nothing to keep between groups)."""
-    piece = 8 * vector_width
+    piece = SpanTile(1).block_floats(vector_width)
     fill = max(1, -(-floats // piece))
     tiles = [SpanTile(min(SPAN_ROWS[vector_width], fill)), SpanTile(1)]
     if sum_group(min(floats, piece) * 4) < cin:
@@ -312,7 +317,7 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     if span:
         tile = tile or SpanTile(SPAN_ROWS[lib.vector_width()])
         # bytes of one input channel in a work item's block: the tile's pieces of 8 vectors
-        block = min(span_floats(ho, row_floats // n, n), 8 * lib.vector_width() * tile.pieces) * 4
+        block = min(span_floats(ho, row_floats // n, n), tile.block_floats(lib.vector_width())) * 4
         if tile.sums:
             return min(cin, sum_group(block))
         fit = max(1, SPAN_GROUP_BYTES // block)
