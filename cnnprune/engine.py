@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
-from cnnprune.buffers import Arena, release_free_memory
+from cnnprune.buffers import CALIBRATION_CHUNK, Arena, release_free_memory
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
 from cnnprune.native_plan import (
@@ -73,8 +73,7 @@ class NativeEngine:
         from cnnprune.kernels import library
 
         if layer_mode not in (None, "sparse", "winograd", "gemm"):
-            raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd', 'gemm' or None "
-                                "(timed per layer)")
+            raise CnnpruneError(f"layer_mode {layer_mode!r} is unknown; choose 'sparse', 'winograd', 'gemm' or None (timed per layer)")
         self.lib = library()
         self.net = compact_net(net) if net is not None else None  # None: a subclass plans from a graph
         self.input_shape = (3, INPUT_SIZE, INPUT_SIZE)  # (C, H, W) of one input image
@@ -194,15 +193,16 @@ class NativeEngine:
         self._drop_unused_u()
         return plan
 
-    def _choose_layers(self, n: int, plan: dict, repeats: int = 5) -> None:
-        """Per layer, time each way it can run on this batch size (the sparse kernel in each span
-        tiling, Winograd and the GEMM where the shape allows, the host's dense convolution incl.
-        layout conversion where ``probes_host_dense``; ``raced_ms``) and keep the fastest (near
-        ties: sparse, ``SPARSE_TIE``), dropping the others' operands at once; a residual layer is
-        timed with its residual (the span prefetches it), over it where it runs so (``ConvPlan.onto``)."""
+    def _choose_layers(self, n: int, plan: dict, repeats: int = 3) -> None:
+        """Per layer, time each way it can run on this batch size (the sparse kernel in each span tiling, Winograd
+        and the GEMM where the shape allows, the host's dense convolution incl. layout conversion where
+        ``probes_host_dense``; ``raced_ms``) and keep the fastest (near ties: sparse, ``SPARSE_TIE``), dropping
+        the others' operands at once; a residual layer is timed with its residual (the span prefetches it), over
+        it where it runs so (``ConvPlan.onto``). Each layer's maps reuse the memory of the last's (``rewind``)."""
+        arena = Arena(chunk=CALIBRATION_CHUNK, touch=True)  # huge pages as the forward pass has, one map reused
         for p in plan["convs"].values():
+            arena.rewind()
             cout, cin = p.conv.shape[:2]
-            arena = Arena()  # as the forward pass allocates (huge pages), freed after this layer
             src = random_padded(cin, p.hin, p.win, n, arena, p.border)
             res = random_padded(cout, p.ho, p.wo, n, arena, seed=1) if p.residual else None
             dst = res if p.onto else padded(cout, p.ho, p.wo, n, arena)
@@ -226,7 +226,7 @@ class NativeEngine:
             p.mode = min(p.ms, key=p.ms.get)
             if p.ms["sparse"] <= (1 + SPARSE_TIE) * p.ms[p.mode]:
                 p.mode = "sparse"
-            del runs, src, dst, res, phase, scratch
+            del runs, tiles, src, dst, res, phase, scratch
             p.release()
             self._drop_unused_u()
 

@@ -14,6 +14,13 @@ import numpy as np
 # A wider margin times more; a narrower one lets a single noisy call decide. ResNet-50 at 224,
 # 90 %, batch 16: calibration 54 s -> 22 s, the same engine chosen (the README has the figures).
 RACE_CLOSE = 0.25
+# How long (ms) ``raced_ms`` times each way of a layer in its first round, and the near ones in
+# its second (stopping there after 2 calls once this is spent); a warm-up call of ``LONG_MS`` or
+# more is itself a timed call (``best_ms``). ResNet-50 90 % at 224: per-layer timing at batch
+# 16, 10 / 40 ms with every warm-up untimed -> these (the README has the figures).
+FIRST_MS = 5.0
+NEAR_MS = 10.0
+LONG_MS = 2.0
 # A dense engine whose warm-up call alone took this many times the fastest dense engine's timed
 # call so far is out of the whole-network race untimed: a fresh engine's first call measured up
 # to 2.1x its next ones (OpenVINO at batch 1; onnxruntime 1.5x at 16), so its own calls would be
@@ -35,10 +42,15 @@ def undecided(ms: list[float]) -> list[int]:
 
 def out_after_warm(i: int, warm_ms: float, ms: list[float]) -> bool:
     """Whether dense engine ``i`` (index 0 is the sparse program) is out of the race after its
-    warm-up call: over ``WARM_OUT`` times the fastest dense engine timed so far. Only dense
-    engines count, so the fastest dense engine's figure is always a timed call."""
+    warm-up call: over ``WARM_OUT`` times the fastest dense engine timed so far, or, once a dense
+    engine has been timed, the sparse program's figure (its own calls would be over 1.4x that
+    program's, so it cannot win: eager PyTorch at 224 px and batch 16, 1.3 s a call, was timed
+    beside a sparse program of 0.3 s and onnxruntime of 0.53 s). A dense engine must be timed
+    first, so the fastest dense engine's figure is a timed call except where the sparse program
+    beats every dense engine by that much."""
     dense = [m for m in ms[1:] if m == m]  # nan: not timed yet
-    return i > 0 and bool(dense) and warm_ms > WARM_OUT * min(dense)
+    timed = dense + [ms[0]] if ms[0] == ms[0] else dense
+    return i > 0 and bool(dense) and warm_ms > WARM_OUT * min(timed)
 
 
 def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: float = 100.0,
@@ -101,34 +113,44 @@ def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: f
 
 def raced_ms(runs: dict[str, Callable[[], object]], repeats: int, close: float) -> dict[str, float]:
     """Best ms per call of each way to run a layer, timed in two rounds: each first briefly
-    (``best_ms`` with one timed call, or as many as fill its minimum time), then only those
-    within ``close`` (fraction) of the fastest again, to ``repeats`` calls: a layer whose
-    choice the first round makes plain costs two calls per way (at 224 px and batch 16 calls
-    of 10-30 ms, 53 layers x 3 ways x 5 calls were 12 s of calibration)."""
-    ms = {mode: best_ms(fn, 1) for mode, fn in runs.items()}
+    (``best_ms`` filling ``FIRST_MS``: one call where calls take ``LONG_MS`` or more), then only
+    those within ``close`` (fraction) of the fastest again, to ``repeats`` calls or ``NEAR_MS``:
+    a layer whose choice the first round makes plain costs one or two calls per way (at 224 px
+    and batch 16 calls of 10-30 ms, 53 layers x 3 ways x 5 calls were 12 s of calibration)."""
+    ms = {mode: best_ms(fn, 1, min_ms=FIRST_MS) for mode, fn in runs.items()}
     lead = min(ms.values())
     near = [mode for mode in runs if ms[mode] <= (1 + close) * lead]
     if len(near) > 1:
         for mode in near:
-            ms[mode] = min(ms[mode], best_ms(runs[mode], repeats, warm=False))
+            ms[mode] = min(ms[mode], best_ms(runs[mode], repeats, max_ms=NEAR_MS, warm=False))
     return ms
 
 
 def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: float = 40.0, warm: bool = True) -> float:
     """Fastest of at least ``repeats`` calls and of as many more as fit in ``min_ms`` (at most
-    ``most``), after one untimed call: at batch 1 a layer takes ~0.1 ms, and the best of 5 such
-    calls flipped layers between modes from one load to the next on a shared machine. Calls
-    that take long stop at 2 once ``max_ms`` is spent: at 224 px and batch 16 a layer takes
-    10-30 ms, and 52 layers x 3 modes x 6 calls were 20 s of calibration. ``warm``: False
-    where the same call has just run (a second round, ``raced_ms``)."""
-    if warm:
-        fn()
+    ``most``), after one warm-up call: at batch 1 a layer takes ~0.1 ms, and the best of 5 such
+    calls flipped layers between modes from one load to the next on a shared machine. A warm-up
+    call of ``LONG_MS`` or more counts as the first call: what it pays cold (the weights, a few
+    MB at most, read from memory once) is a few per cent of it. Calls that take long stop at 2
+    once ``max_ms`` is spent: at 224 px and batch 16 a layer takes 10-30 ms, and 52 layers x 3
+    modes x 6 calls were 20 s of calibration. ``warm``: False where the same call has just run
+    (a second round, ``raced_ms``). The caller writes every buffer ``fn`` writes once before
+    (``buffers.touched``): a fresh mapping's first write faults its pages in, which would be
+    most of a long first call."""
     best, spent, count = float("inf"), 0.0, 0
+    if warm:
+        took = _seconds(fn)
+        if took * 1e3 >= LONG_MS:
+            best, spent, count = took, took, 1
     while count < repeats or (spent < min_ms / 1e3 and count < most):
         if count >= 2 and spent >= max_ms / 1e3:
             break
-        t0 = time.perf_counter()
-        fn()
-        took = time.perf_counter() - t0
+        took = _seconds(fn)
         best, spent, count = min(best, took), spent + took, count + 1
     return best * 1e3
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

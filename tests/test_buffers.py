@@ -25,3 +25,14 @@ def test_arrays_outlive_the_arena() -> None:
     a = Arena().zeros((1000,))
     a[:] = 3.0
     assert float(a.sum()) == 3000.0
+
+
+def test_a_rewound_arena_cuts_the_same_memory_again_zero_only_where_never_written() -> None:
+    arena = Arena(chunk=1 << 20, touch=True)
+    first = arena.zeros((1000,))
+    first[:] = 7.0
+    arena.rewind()
+    again = arena.zeros((1500,))  # the first 1000 floats are the same memory, the rest fresh
+    assert again.ctypes.data == first.ctypes.data
+    assert (again[:1000] == 7.0).all() and not again[1000:].any()
+    assert (arena.zeros((10,)) == 0).all()  # past every earlier array: zero

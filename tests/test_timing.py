@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from cnnprune.timing import interleaved_ms, out_after_warm, raced_ms
+from cnnprune.timing import LONG_MS, best_ms, interleaved_ms, out_after_warm, raced_ms
 
 
 def test_interleaved_timing_tells_the_slower_functions() -> None:
@@ -67,9 +67,25 @@ def test_raced_timing_times_close_ways_again_and_plain_losers_once() -> None:
 
     ms = raced_ms({"fast": way("fast", 0.011), "near": way("near", 0.012), "slow": way("slow", 0.03)},
                   repeats=4, close=0.5)  # wide: a sleep can overshoot by ms here
-    assert calls["slow"] == 2  # one untimed, one timed call: 30 ms is plainly behind 11 ms
-    assert calls["fast"] >= 4 and calls["near"] >= 4  # within 50 %: timed on
+    assert calls["slow"] == 1  # one call, long enough to be its own warm-up: 30 ms is plainly behind 11 ms
+    assert calls["fast"] >= 1 + 2 and calls["near"] >= 1 + 2  # within 50 %: timed on (2 calls fill NEAR_MS)
     assert ms["fast"] < ms["near"] < ms["slow"] and ms["fast"] >= 11
     calls.update(fast=0, slow=0)
     raced_ms({"fast": way("fast", 0.011), "slow": way("slow", 0.03)}, repeats=4, close=0.5)
-    assert calls == {"fast": 2, "near": calls["near"], "slow": 2}  # nothing close: nothing timed again
+    assert calls == {"fast": 1, "near": calls["near"], "slow": 1}  # nothing close: nothing timed again
+
+
+def test_a_short_call_is_timed_after_an_untimed_warm_up_and_a_long_one_is_its_own() -> None:
+    calls = {"short": 0, "long": 0}
+    assert best_ms(counting_sleep(calls, "short", 0.0002), 1, min_ms=0.01) >= 0.2
+    assert calls["short"] == 2  # an untimed warm-up and one timed call
+    assert best_ms(counting_sleep(calls, "long", 2 * LONG_MS / 1e3), 1, min_ms=LONG_MS) >= 2 * LONG_MS
+    assert calls["long"] == 1
+
+
+def test_a_dense_engine_far_behind_the_sparse_program_is_out_once_a_dense_engine_was_timed() -> None:
+    nan = float("nan")
+    assert out_after_warm(2, 100.0, [10.0, 40.0, nan])  # 10x the sparse program, under 3x onnxruntime
+    assert not out_after_warm(2, 100.0, [40.0, 40.0, nan])  # 2.5x either
+    assert not out_after_warm(1, 100.0, [10.0, nan, nan])  # no dense engine timed yet
+    assert not out_after_warm(0, 1e6, [10.0, 40.0, nan])  # the sparse program never is
