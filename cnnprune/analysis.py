@@ -46,6 +46,12 @@ def _ints(value: Any) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
+def _floats(value: Any) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),)
+
+
 @dataclass(frozen=True)
 class LatencyRow:
     """One benchmark case (model, engine, batch, device), its passes merged; times in ms."""
@@ -68,6 +74,7 @@ class LatencyRow:
     backend: str | None = None              # CUDA 2:4: cusparselt or cutlass
     layers_2_4: int | None = None
     conv_channels: tuple[int, ...] = ()     # sparse engine: convolution output channels in the model, and planned
+    first_call_s: tuple[float, ...] = ()    # per pass: the untimed first call (s; the sparse engine calibrates in it)
 
     @property
     def channels_cut(self) -> bool:
@@ -83,7 +90,8 @@ class LatencyRow:
                    sparse_engine_passes=tuple(row.get("sparse_engine_passes") or ()), dense_layers=_ints(row.get("dense_layers")),
                    winograd_layers=_ints(row.get("winograd_layers")), sparsity=row.get("sparsity"),
                    graph=row.get("graph"), backend=row.get("semi_structured_backend"),
-                   layers_2_4=row.get("layers_2_4"), conv_channels=tuple(row.get("conv_channels") or ()))
+                   layers_2_4=row.get("layers_2_4"), conv_channels=tuple(row.get("conv_channels") or ()),
+                   first_call_s=_floats(row.get("first_call_s")))
 
 
 @dataclass(frozen=True)

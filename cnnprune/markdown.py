@@ -231,7 +231,26 @@ def latency_section(a: Analysis) -> list[str]:
 
         L.append(f"Sparse engine: not run ({unsupported(a.spec) or 'not in this run'}); its columns are empty. "
                  "The dense engines' pruned / unpruned ratios still answer whether pruning alone speeds them up.\n")
-    return L + [LATENCY_NOTE.format(ran=_fallback_ran(a))] + dead_paths(a) + goals_section(a)
+    return L + [LATENCY_NOTE.format(ran=_fallback_ran(a))] + first_calls(a) + dead_paths(a) + goals_section(a)
+
+
+def first_calls(a: Analysis) -> list[str]:
+    """How long each CPU engine's untimed first call took, per batch size, over models and passes:
+    the sparse engine's is its calibration (the plan cache is off in the benchmark)."""
+    parts = []
+    for batch in sorted({r.batch for r in a.latency if r.device == "cpu" and r.first_call_s}):
+        cells = []
+        for engine in LATENCY_ENGINES:
+            secs = [t for r in a.latency if (r.device, r.batch, r.engine) == ("cpu", batch, engine) for t in r.first_call_s]
+            if secs:
+                cells.append(f"{ENGINE_LABELS[engine]} {min(secs):.2f}–{max(secs):.2f} s")
+        parts.append(f"batch {batch}: " + ", ".join(cells))
+    if not parts:
+        return []
+    return ["First call (untimed above; range over models and passes): " + "; ".join(parts) + ". The sparse "
+            "engine's first call at a batch size plans the program, times each layer's ways and races the whole "
+            "network against the dense engines; the benchmark turns the plan cache off, so every pass pays it "
+            "(a user's second load of the same file on the same machine reads the plan instead).\n"]
 
 
 def dead_paths(a: Analysis) -> list[str]:

@@ -49,6 +49,8 @@ def latency_rows(bench: dict) -> list[dict]:
         for key in ("dense_layers", "winograd_layers"):
             if key in extra:
                 extra[key] = [b["extra_info"].get(key, 0) for b in runs]
+        if "first_call_s" in extra:  # per pass, where measured (runs before it have none)
+            extra["first_call_s"] = [b["extra_info"]["first_call_s"] for b in runs if "first_call_s" in b["extra_info"]]
         rows.append({**extra, **_pooled(stats), "rounds": sum(s["rounds"] for s in stats), "passes": len(runs),
                      "pass_medians_ms": [s["median"] * 1e3 for s in stats], "name": runs[0]["name"]})
     return rows

@@ -98,6 +98,14 @@ def test_layer_counts_per_pass() -> None:
     assert LatencyRow.of({**latency_rows({"benchmarks": entries})[0], "dense_layers": 2}).dense_layers == (2,)
 
 
+def test_first_call_seconds_per_pass_where_measured() -> None:
+    entries = [bench_entry("one_shot_90", "sparse", p, [2.0] * 3) for p in range(3)]
+    assert LatencyRow.of(latency_rows({"benchmarks": entries})[0]).first_call_s == ()
+    for p, s in ((0, 4.5), (2, 3.25)):  # pass 1 from a run before the figure was recorded
+        entries[p]["extra_info"]["first_call_s"] = s
+    assert LatencyRow.of(latency_rows({"benchmarks": entries})[0]).first_call_s == (4.5, 3.25)
+
+
 def test_what_the_sparse_engine_ran_is_kept_pass_by_pass() -> None:
     entries = [bench_entry("one_shot_50", e, p, [ms] * 3)
                for p, ran in enumerate(("onnxruntime", "sparse", "openvino"))

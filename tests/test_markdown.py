@@ -134,3 +134,14 @@ def test_what_served_the_sparse_form_in_the_memory_step_is_read_from_the_record(
     assert "where the export wrote one, else `cnnprune.sparse.load`" in text
     assert "| model | nonzero / total params | dense .pth | .onnx | .csr.pt | csr / dense | nonzero MACs | " \
            "peak RSS torch / onnxruntime / runtime or sparse.load |" in text
+
+
+def test_first_calls_are_reported_per_batch_where_measured() -> None:
+    r = synthetic()
+    assert "First call" not in render(r), "runs before the figure was recorded say nothing of it"
+    for row in r["latency"]:
+        if row["device"] == "cpu":
+            row["first_call_s"] = [4.25, 3.5] if row["engine"] == "sparse" and row["model"] == "one_shot_90" else [0.5]
+    line = next(x for x in render(r).splitlines() if x.startswith("First call"))
+    assert "cnnprune sparse 0.50–4.25 s" in line and "onnxruntime (dense) 0.50–0.50 s" in line
+    assert all(f"batch {b}: " in line for b in {row["batch"] for row in r["latency"] if row["device"] == "cpu"})
