@@ -67,12 +67,24 @@ def test_raced_timing_times_close_ways_again_and_plain_losers_once() -> None:
 
     ms = raced_ms({"fast": way("fast", 0.011), "near": way("near", 0.012), "slow": way("slow", 0.03)},
                   repeats=4, close=0.5)  # wide: a sleep can overshoot by ms here
-    assert calls["slow"] == 1  # one call, long enough to be its own warm-up: 30 ms is plainly behind 11 ms
+    # one call, long enough to be its own warm-up, and one to confirm: 30 ms is plainly behind 11 ms
+    assert calls["slow"] == 2
     assert calls["fast"] >= 1 + 2 and calls["near"] >= 1 + 2  # within 50 %: timed on (2 calls fill NEAR_MS)
     assert ms["fast"] < ms["near"] < ms["slow"] and ms["fast"] >= 11
     calls.update(fast=0, slow=0)
     raced_ms({"fast": way("fast", 0.011), "slow": way("slow", 0.03)}, repeats=4, close=0.5)
-    assert calls == {"fast": 1, "near": calls["near"], "slow": 1}  # nothing close: nothing timed again
+    assert calls == {"fast": 1, "near": calls["near"], "slow": 2}  # nothing close: only the loser confirmed
+
+
+def test_a_way_put_out_by_one_stalled_call_is_timed_again() -> None:
+    calls = {"fast": 0, "stalled": 0}
+
+    def stalled() -> None:  # 0.5 ms a call, the first one stalled for 20
+        calls["stalled"] += 1
+        time.sleep(0.02 if calls["stalled"] == 1 else 0.0005)
+
+    ms = raced_ms({"fast": counting_sleep(calls, "fast", 0.004), "stalled": stalled}, repeats=3, close=0.25)
+    assert ms["stalled"] < ms["fast"] and calls["stalled"] >= 2
 
 
 def test_a_short_call_is_timed_after_an_untimed_warm_up_and_a_long_one_is_its_own() -> None:
