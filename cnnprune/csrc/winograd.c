@@ -83,11 +83,37 @@ static void wg_in_##VT(const float *restrict s, int64_t srow, int N, float *rest
 DEFINE_WG_IN(vf)
 DEFINE_WG_IN(v1)
 
+/* Batch 1: a column is a tile, and a vector of columns is VW tiles, which lie 4 pixels apart
+ * in a row and rows apart beyond it: their 6x6 inputs are gathered into a small buffer laid out
+ * as a batch of VW, so that the vector transform runs over tiles (per tile, the scalar transform
+ * cost ~3x the gathers). Tiles t0 .. t0+nt-1 of a plane with tw tiles a row (s: its interior's
+ * top-left pixel minus one row and column, as for wg_in); lanes past nt are zero. */
+static void wg_in_tiles(const float *s, int64_t srow, int tw, int64_t t0, int nt, float *v, int64_t xstride) {
+    float g[6][6][VW] __attribute__((aligned(64)));
+    for (int l = 0; l < VW; l++) {
+        const int64_t tile = t0 + l;
+        const float *p = l < nt ? s + (4 * (tile / tw)) * srow + 4 * (tile % tw) : 0;
+        for (int r = 0; r < 6; r++)
+            for (int c = 0; c < 6; c++) g[r][c][l] = p ? p[r * srow + c] : 0.f;
+    }
+    wg_in_vf(&g[0][0][0], 6 * VW, VW, v, xstride);
+}
+
 /* src: padded (C, H+2, W+2, N), H and W multiples of 4; dst: V (winograd_scratch_floats). */
 void winograd_input_body(const float *src, int C, int H, int W, int N, float *dst) {
     const int th = H / 4, tw = W / 4;
     const int64_t srow = (int64_t)(W + 2) * N, splane = (int64_t)(H + 2) * srow;
     const int64_t Tp = wg_cols_padded(H, W, N), xstride = wg_xstride(C, H, W, N);
+    if (N == 1) {  /* VW tiles at a time (wg_in_tiles) */
+        const int groups = (th * tw + VW - 1) / VW;
+        #pragma omp for schedule(static)
+        for (int i = 0; i < C * groups; i++) {
+            const int c = i / groups, t0 = (i % groups) * VW;
+            wg_in_tiles(src + c * splane, srow, tw, t0, th * tw - t0 < VW ? th * tw - t0 : VW, dst + v_index(c, t0, C, Tp),
+                        xstride);
+        }
+        return;
+    }
     #pragma omp for schedule(static)
     for (int i = 0; i < C * th * tw; i++) {
         const int c = i / (th * tw), tile = i % (th * tw), ty = tile / tw, tx = tile % tw;
@@ -156,6 +182,27 @@ static void wg_out_##VT(const float *restrict m, int64_t xstride, float b, float
 DEFINE_WG_OUT(vf)
 DEFINE_WG_OUT(v1)
 
+/* Batch 1: the output transform of VW columns (tiles t0 .. t0+nt-1 of one output channel) as
+ * vectors over tiles, through buffers laid out as a batch of VW: the residual gathered first
+ * (the output may be written over it), the 4x4 tiles scattered after. d, res: the interior's
+ * top-left pixel. */
+static void wg_out_tiles(const float *m, int64_t xstride, float b, float *d, int64_t drow, int tw, int64_t t0, int nt,
+                         const float *res, int relu) {
+    float o[4][4][VW] __attribute__((aligned(64))), r_[4][4][VW] __attribute__((aligned(64)));
+    if (res)
+        for (int l = 0; l < VW; l++) {
+            const int64_t tile = t0 + l, at = (4 * (tile / tw)) * drow + 4 * (tile % tw);
+            for (int r = 0; r < 4; r++)
+                for (int k = 0; k < 4; k++) r_[r][k][l] = l < nt ? res[at + r * drow + k] : 0.f;
+        }
+    wg_out_vf(m, xstride, b, &o[0][0][0], 4 * VW, VW, res ? &r_[0][0][0] : 0, relu);
+    for (int l = 0; l < nt; l++) {
+        const int64_t tile = t0 + l, at = (4 * (tile / tw)) * drow + 4 * (tile % tw);
+        for (int r = 0; r < 4; r++)
+            for (int k = 0; k < 4; k++) d[at + r * drow + k] = o[r][k][l];
+    }
+}
+
 /* v: V of the input (winograd_input_body); u: packed weights; dst/res: padded (Cout, H+2,
  * W+2, N), interiors only. Work items (panel, GB blocks of 4 output channels), panels
  * outermost so that a thread's consecutive items share their V panel; inside an item each
@@ -191,6 +238,13 @@ static void wg_item(const float *vp, int64_t xs, int Cin, int H, int W, int N, i
     const int64_t tend = T < t0 + wp ? T : t0 + wp;
     for (int r = 0; r < 4 * nb; r++) {
         const int co = cb0 * 4 + r;
+        if (N == 1) {  /* VW tiles at a time (wg_out_tiles); t0 and the item's width are whole vectors */
+            const int64_t at = co * dplane + drow + 1;
+            for (int64_t t = t0; t < tend; t += VW)
+                wg_out_tiles(m + r * PW + (t - t0), ms, bias[co], dst + at, drow, tw, t, tend - t < VW ? (int)(tend - t) : VW,
+                             res ? res + at : 0, relu);
+            continue;
+        }
         for (int64_t t = t0; t < tend;) {
             const int64_t tile = t / np_, n = t % np_;
             if (n >= N) {
@@ -256,6 +310,12 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
         if (t0 >= end) continue;
         const int wp = (int)(end - t0 < PW ? end - t0 : PW);
         for (int c = 0; c < Cin; c++) {
+            if (N == 1) {  /* VW tiles at a time; columns past the layer zero */
+                for (int64_t t = t0; t < t0 + wp; t += VW)
+                    wg_in_tiles(src + c * splane, srow, tw, t, t >= T ? 0 : T - t < VW ? (int)(T - t) : VW,
+                                vp + c * wp + (t - t0), xs);
+                continue;
+            }
             for (int64_t t = t0; t < t0 + wp;) {
                 const int64_t tile = t / np_, n = t % np_;
                 float *o = vp + c * wp + (t - t0);
