@@ -242,14 +242,16 @@ def first_calls(a: Analysis) -> list[str]:
         cells = []
         for engine in LATENCY_ENGINES:
             secs = [t for r in a.latency if (r.device, r.batch, r.engine) == ("cpu", batch, engine) for t in r.first_call_s]
+            low, high = (f"{t:.2f}" for t in (min(secs, default=0), max(secs, default=0)))
             if secs:
-                cells.append(f"{ENGINE_LABELS[engine]} {min(secs):.2f}–{max(secs):.2f} s")
+                cells.append(f"{ENGINE_LABELS[engine]} {low if low == high else f'{low}–{high}'} s")
         parts.append(f"batch {batch}: " + ", ".join(cells))
     if not parts:
         return []
     return ["First call (untimed above; range over models and passes): " + "; ".join(parts) + ". The sparse "
             "engine's first call at a batch size plans the program, times each layer's ways and races the whole "
-            "network against the dense engines; the benchmark turns the plan cache off, so every pass pays it "
+            "network against the dense engines, built for it (the first build in a process imports what they need); "
+            "the benchmark turns the plan cache off, so every pass pays it "
             "(a user's second load of the same file on the same machine reads the plan instead).\n"]
 
 
