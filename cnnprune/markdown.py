@@ -242,8 +242,8 @@ def first_calls(a: Analysis) -> list[str]:
         cells = []
         for engine in LATENCY_ENGINES:
             secs = [t for r in a.latency if (r.device, r.batch, r.engine) == ("cpu", batch, engine) for t in r.first_call_s]
-            low, high = (f"{t:.2f}" for t in (min(secs, default=0), max(secs, default=0)))
             if secs:
+                low, high = f"{min(secs):.2f}", f"{max(secs):.2f}"
                 cells.append(f"{ENGINE_LABELS[engine]} {low if low == high else f'{low}–{high}'} s")
         parts.append(f"batch {batch}: " + ", ".join(cells))
     if not parts:

@@ -83,6 +83,9 @@ static void wg_in_##VT(const float *restrict s, int64_t srow, int N, float *rest
 DEFINE_WG_IN(vf)
 DEFINE_WG_IN(v1)
 
+/* Batch 1: where tile `tile` of a plane with tw tiles a row starts, rows `row` floats apart. */
+static inline int64_t tile_origin(int64_t tile, int tw, int64_t row) { return 4 * (tile / tw) * row + 4 * (tile % tw); }
+
 /* Batch 1: a column is a tile, and a vector of columns is VW tiles, which lie 4 pixels apart
  * in a row and rows apart beyond it: their 6x6 inputs are gathered into a small buffer laid out
  * as a batch of VW, so that the vector transform runs over tiles (per tile, the scalar transform
@@ -91,8 +94,7 @@ DEFINE_WG_IN(v1)
 static void wg_in_tiles(const float *s, int64_t srow, int tw, int64_t t0, int nt, float *v, int64_t xstride) {
     float g[6][6][VW] __attribute__((aligned(64)));
     for (int l = 0; l < VW; l++) {
-        const int64_t tile = t0 + l;
-        const float *p = l < nt ? s + (4 * (tile / tw)) * srow + 4 * (tile % tw) : 0;
+        const float *p = l < nt ? s + tile_origin(t0 + l, tw, srow) : 0;
         for (int r = 0; r < 6; r++)
             for (int c = 0; c < 6; c++) g[r][c][l] = p ? p[r * srow + c] : 0.f;
     }
@@ -190,16 +192,14 @@ static void wg_out_tiles(const float *m, int64_t xstride, float b, float *d, int
                          const float *res, int relu) {
     float o[4][4][VW] __attribute__((aligned(64))), r_[4][4][VW] __attribute__((aligned(64)));
     if (res)
-        for (int l = 0; l < VW; l++) {
-            const int64_t tile = t0 + l, at = (4 * (tile / tw)) * drow + 4 * (tile % tw);
+        for (int l = 0; l < VW; l++)
             for (int r = 0; r < 4; r++)
-                for (int k = 0; k < 4; k++) r_[r][k][l] = l < nt ? res[at + r * drow + k] : 0.f;
-        }
+                for (int k = 0; k < 4; k++) r_[r][k][l] = l < nt ? res[tile_origin(t0 + l, tw, drow) + r * drow + k] : 0.f;
     wg_out_vf(m, xstride, b, &o[0][0][0], 4 * VW, VW, res ? &r_[0][0][0] : 0, relu);
     for (int l = 0; l < nt; l++) {
-        const int64_t tile = t0 + l, at = (4 * (tile / tw)) * drow + 4 * (tile % tw);
+        float *at = d + tile_origin(t0 + l, tw, drow);
         for (int r = 0; r < 4; r++)
-            for (int k = 0; k < 4; k++) d[at + r * drow + k] = o[r][k][l];
+            for (int k = 0; k < 4; k++) at[r * drow + k] = o[r][k][l];
     }
 }
 
