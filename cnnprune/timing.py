@@ -76,9 +76,7 @@ def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: f
         fn = fns[i]
         t_end, warm = time.perf_counter() + warm_ms / 1e3, 0
         while warm < 1 or time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            fn()
-            last_ms = (time.perf_counter() - t0) * 1e3
+            last_ms = _seconds(fn) * 1e3
             warm += 1
         if not times[i] and out_after_warm is not None and out_after_warm(i, last_ms, medians()):
             times[i].append(last_ms)
@@ -89,9 +87,7 @@ def interleaved_ms(fns: list[Callable[[], object]], rounds: int = 1, block_ms: f
             spent = (time.perf_counter() - start) * 1e3
             if spent >= block_ms and (timed >= 3 or spent >= 3 * block_ms):
                 break
-            t0 = time.perf_counter()
-            fn()
-            times[i].append((time.perf_counter() - t0) * 1e3)
+            times[i].append(_seconds(fn) * 1e3)
             timed += 1
 
     def medians() -> list[float]:
@@ -158,6 +154,7 @@ def best_ms(fn, repeats: int, min_ms: float = 10.0, most: int = 200, max_ms: flo
 
 
 def _seconds(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` took."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
