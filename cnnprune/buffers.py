@@ -16,6 +16,9 @@ import numpy as np
 
 HUGE_PAGE = 2 << 20
 ALIGN = 64
+# Bytes of mapped memory that follow every array: the span convolution's last vector may read up
+# to a vector past its input (``kernels.SPAN_ROUND``)
+SLACK = 64
 
 
 # Bytes of the mapping that per-layer timing cuts each layer's maps from, again for every layer
@@ -41,7 +44,7 @@ class Arena:
         self._size = 0
 
     def _new_map(self, nbytes: int) -> None:
-        size = max(self.chunk, nbytes) + HUGE_PAGE
+        size = max(self.chunk, nbytes + SLACK) + HUGE_PAGE
         m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         advice = getattr(mmap, "MADV_HUGEPAGE", None)
         if advice is not None:
@@ -63,12 +66,12 @@ class Arena:
 
     def zeros(self, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
         """A 64-byte aligned, writable array, zero-filled (fresh anonymous memory is zero) unless
-        cut after a ``rewind``."""
+        cut after a ``rewind``, followed by at least ``SLACK`` bytes of its mapping."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if nbytes == 0:
             return np.zeros(shape, dtype)
-        if self._map is None or self._used + nbytes > self._size:
+        if self._map is None or self._used + nbytes + SLACK > self._size:
             self._new_map(nbytes)
         start = self._base + self._used
         self._used += -(-nbytes // ALIGN) * ALIGN

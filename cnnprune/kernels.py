@@ -40,19 +40,20 @@ SOURCES = ("tiles_s1.c", "tiles_s2.c", "sparse_conv.c", "winograd.c", "gemm1x1.c
 
 # Step kinds (step_t.kind), in the order of the C side's STEP_* numbers; their names as the profile prints them
 STEP_NAMES = ("pack", "conv", "maxpool", "split", "avgpool", "wg_input", "wg_conv", "wg_fused", "conv_pool", "linear", "span",
-              "subsample", "gemm", "conv_s2", "scale", "repad")
+              "subsample", "gemm", "conv_s2", "scale", "repad", "conv_span")
 PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2, \
-    SCALE, REPAD = range(len(STEP_NAMES))
+    SCALE, REPAD, CONV_SPAN = range(len(STEP_NAMES))
 
 
 class Step(ctypes.Structure):
     """One operation of a native forward pass, ``step_t`` in ``csrc/kernels.h`` (the same
     fields in the same order): C, H, W, N describe the input, Ho, Wo, Cout the output; off16:
     the nonzeros' offsets are uint16 (else int32); k, stride, pad: a sparse convolution's
-    kernel size (its runs have k*k segments), stride and padding."""
+    kernel size (its runs have k*k segments), stride and padding; pieces: a CONV_SPAN step's
+    tile width (``conv_step``)."""
 
     _fields_ = ([(name, ctypes.c_int32) for name in ("kind", "C", "H", "W", "N", "Ho", "Wo", "Cout", "ngroups", "relu", "off16",
-                                                     "k", "stride", "pad")]
+                                                     "k", "stride", "pad", "pieces")]
                 + [("src_row", ctypes.c_int64)]
                 + [(name, ctypes.c_void_p) for name in ("src", "res", "dst", "ptr", "chan", "off", "val", "bias")])
 
@@ -71,15 +72,26 @@ class StepRun:
 
 def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,
               off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, res: np.ndarray | None, relu: bool,
-              geometry: tuple[int, int, int, int, int], direct: bool = False) -> Step:
+              geometry: tuple[int, int, int, int, int], direct: bool = False, pieces: int = 0) -> Step:
     """The CONV step of one sparse convolution over padded (C, H, W, N) ``src`` (phase planes for
     stride 2, or with ``direct`` the padded input itself: a batch of one or two whole vectors,
     ``direct_stride2``); ``ptr``, ``chan``, ``off`` (uint16 or int32) and ``val`` as
     ``native_plan.sparse_operands`` made them; ``geometry``: kernel size, stride, padding, input
     height and width (which taps of an output pixel read only the zero border, and are
-    skipped). The step holds raw addresses: the caller keeps the arrays alive."""
+    skipped). ``pieces`` (1-3): the CONV_SPAN step instead, tiles of that many pieces of 8
+    vectors over each plane's interior span (``conv_span_eligible``). The step holds raw
+    addresses: the caller keeps the arrays alive."""
     n = src.shape[3]
     k, stride, pad, hin, win = geometry
+    if pieces:
+        if not conv_span_eligible(k, stride, pad, hin, win, ho, wo) or src.shape[1:3] != (hin + 2, win + 2):
+            raise ValueError(f"a span convolution needs a 3x3 kernel, stride 1, padding 1 and a one-pixel border, not "
+                             f"k={k} stride={stride} pad={pad} over {tuple(src.shape)}")
+        flag = pieces | (SPAN_ROUND if tail_slack(src) >= ROUND_SLACK else 0)
+        return Step(kind=CONV_SPAN, src=src.ctypes.data, C=src.shape[0], H=hin, W=win, N=n, Ho=ho, Wo=wo, Cout=cout,
+                    k=k, stride=1, pad=1, pieces=flag, ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data,
+                    off=off.ctypes.data, off16=int(off.dtype == np.uint16), val=val.ctypes.data, bias=bias.ctypes.data,
+                    dst=dst.ctypes.data, res=None if res is None else res.ctypes.data, relu=int(relu))
     if direct and not direct_stride2(stride, n):
         raise ValueError(f"a direct stride-2 step needs stride 2 and a batch of {library().vector_width()} or twice that, "
                          f"not stride {stride}, batch {n}")
@@ -92,6 +104,12 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
                 res=None if res is None else res.ctypes.data, relu=int(relu))
 
 
+def conv_span_eligible(k: int, stride: int, pad: int, hin: int, win: int, ho: int, wo: int) -> bool:
+    """Whether a sparse convolution can run as a CONV_SPAN step (``sparse_conv_span_body``): 3x3,
+    stride 1, padding 1, so that output and input planes share one geometry."""
+    return (k, stride, pad) == (3, 1, 1) and (hin, win) == (ho, wo)
+
+
 def direct_stride2(stride: int, n: int) -> bool:
     """Whether a stride-2 convolution at batch ``n`` reads its input without phase planes: where
     each pixel is one or two whole vectors of the machine's width (batch 16 or 32 with AVX-512, 8
@@ -101,6 +119,25 @@ def direct_stride2(stride: int, n: int) -> bool:
 
 # The span step's rows flag: partial sums in a per-thread scratch (``csrc/tiles.h``, ``native_plan.SpanTile``).
 SPAN_SUMS = 8
+# The CONV_SPAN step's pieces flag: its span rounded up to whole vectors, the last of which reads
+# up to a vector less one float past the input's last plane (``csrc/tiles.h``); set only where
+# that much memory follows the input (``tail_slack``). 64 bytes: an AVX-512 vector.
+SPAN_ROUND = 16
+ROUND_SLACK = 64
+
+
+def tail_slack(a: np.ndarray) -> int:
+    """Bytes of memory that follow ``a``'s last element within the object that owns its memory
+    (a mapping, bytes, a larger array): what a kernel may read past ``a`` without a fault."""
+    owner = a
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    try:
+        whole = owner if isinstance(owner, np.ndarray) else np.frombuffer(owner, dtype=np.uint8)
+    except (TypeError, ValueError):
+        return 0
+    end = whole.ctypes.data + whole.nbytes
+    return max(0, end - (a.ctypes.data + a.nbytes)) if a.flags.c_contiguous else 0
 
 
 def span_step(src: np.ndarray, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray, off: np.ndarray,

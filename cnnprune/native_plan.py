@@ -14,7 +14,7 @@ import numpy as np
 from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedConv
-from cnnprune.kernels import SPAN_SUMS
+from cnnprune.kernels import SPAN_SUMS, conv_span_eligible
 
 MODES = ("sparse", "winograd", "dense", "gemm")
 # Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
@@ -43,6 +43,10 @@ SPAN_ROWS = {8: 1, 16: 3}
 # input-channel groups of SPAN_SUM_GROUP_BYTES of its block, the L1 data cache: the partial sums
 # no longer pass through the output planes, a plane apart, between groups.
 SPAN_SUM_GROUP_BYTES = 32 * 1024
+# Input channels per group of a 3x3 layer over the span (``group_size``): the input its block
+# reads from a group, within the L1 data cache. ResNet-50 90 %'s layer2 and layer3 shapes at
+# batch 1 ran fastest at 32-64 channels of 0.6-0.8 KB (2 threads, interleaved).
+CONV_SPAN_GROUP_BYTES = 32 * 1024
 # A residual convolution writes its output over its residual where it is that buffer's last
 # reader (csrc/kernels.h, step_t): one stream the output's size less through memory.
 ONTO_RESIDUAL = True
@@ -136,7 +140,8 @@ class ConvPlan:
     u: np.ndarray | None = None
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
-    span_tile: SpanTile | None = None  # its span tiling (``SpanTile``; None: the default)
+    span_tile: SpanTile | None = None  # its span tiling (``SpanTile``; None: the default, or a k x k layer's row tiles)
+    conv_span: bool = False  # a 3x3 layer whose sparse kernel may also run over the span (``conv_span_offered``)
     dense_ok: bool = True  # the host's dense mode may run it (not a grouped one: its dense weight is groups times larger)
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
     border: int = 1  # pixels of zero border around its input buffer: its padding where that is wider than 1
@@ -156,8 +161,16 @@ class ConvPlan:
 
     def tilings(self, n: int, vector_width: int) -> tuple[SpanTile | None, ...]:
         """The sparse kernel's tilings calibration times for this layer at batch ``n``: a span
-        layer's ``span_tiles``, else only the kernel's own (None)."""
-        return span_tiles(vector_width, span_floats(self.ho, self.wo, n), self.conv.shape[1]) if self.span else (None,)
+        layer's ``span_tiles``, else the row tiles (None) and, where offered, the span of one
+        piece (``conv_span_offered``)."""
+        if self.span:
+            return span_tiles(vector_width, span_floats(self.ho, self.wo, n), self.conv.shape[1])
+        return (None, SpanTile(1)) if self.conv_span else (None,)
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the sparse kernel has tilings to choose from (``tilings``), kept by a plan cache."""
+        return self.span or self.conv_span
 
     def operands(self) -> tuple:
         """Every operand array the plan may hold (``None`` where not made)."""
@@ -269,6 +282,21 @@ def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
         conv.stride == 1 or (conv.stride == 2 and hin % 2 == 0 and win % 2 == 0))
 
 
+def conv_span_offered(conv: FoldedConv, hin: int, win: int, n: int, border: int, vector_width: int) -> bool:
+    """Whether calibration also times a 3x3 stride-1 layer's sparse kernel over each plane's span
+    (``kernels.conv_step`` with pieces; ``conv_span_eligible``, the input's border its padding):
+    where an output row of ``n``-float pixels is not whole vectors, so that the row tiles cut it
+    into vectors of 8, 4, 2 floats, each streaming every nonzero (14x14 and 7x7 maps at batch 1:
+    the span ran ResNet-50 90 %'s layer3 and layer4 3x3s 1.7-1.9x faster, its 28x28 ones 1.2x;
+    the CIFAR ResNet18's 8x8, 4x4 and 2x2 ones 1.3-1.8x slower, where row tiles skip the taps
+    on the border). Rows of whole vectors gain nothing from it and are not timed."""
+    ho = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1
+    wo = (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
+    return (border == 1 and conv.shape[2] == conv.shape[3]
+            and conv_span_eligible(conv.shape[2], conv.stride, conv.padding, hin, win, ho, wo)
+            and (wo * n) % vector_width != 0)
+
+
 def gemm_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
     """A span convolution (``span_eligible``) with a multiple of 4 output channels: the native
     dense 1x1 kernel (``csrc/gemm1x1.c``) computes 4 at a time."""
@@ -314,6 +342,11 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     the L1-sized group, ``SPAN_SUM_GROUP_BYTES``)."""
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
+    if tile is not None and not span:  # a k x k layer over the span: its block plus the rows its taps reach
+        reach = span_floats(ho, row_floats // n, n)
+        floats = min(reach, tile.block_floats(lib.vector_width())) + (k - 1) * (row_floats + 2 * n)
+        l1 = max(1, CONV_SPAN_GROUP_BYTES // (floats * 4))
+        return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
     if span:
         tile = tile or SpanTile(SPAN_ROWS[lib.vector_width()])
         # bytes of one input channel in a work item's block: the tile's pieces of 8 vectors

@@ -44,7 +44,7 @@ class CachedPlan:
         return set(self.layers) == set(plans) and all(
             m in modes and (m != "winograd" or plans[k].winograd_ok) and (m != "gemm" or plans[k].gemm_ok)
             for k, m in self.layers.items()) and all(
-            k in plans and plans[k].span and SpanTile.from_flag(t) is not None for k, t in self.tiles.items())
+            k in plans and plans[k].tiled and SpanTile.from_flag(t) is not None for k, t in self.tiles.items())
 
     def apply(self, plan: dict) -> None:
         for name, p in plan["convs"].items():

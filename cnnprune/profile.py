@@ -66,7 +66,7 @@ def work(step: Step) -> tuple[float, float, str]:
     n, c, h, w, co = step.N, step.C, step.H, step.W, step.Cout
     if step.kind == K.SPLIT:  # its H, W are the padded input's
         h, w = h - 2, w - 2
-    ho, wo = (step.Ho, step.Wo) if step.kind in (K.CONV, K.CONV_S2, K.CONV_POOL) else (h, w)
+    ho, wo = (step.Ho, step.Wo) if step.kind in (K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN) else (h, w)
     if step.kind in (K.SUBSAMPLE, K.MAXPOOL):
         ho, wo = h // 2, w // 2
     if step.kind in (K.SUBSAMPLE, K.MAXPOOL, K.SPLIT, K.SCALE, K.REPAD, K.PACK, K.WG_INPUT):
@@ -76,7 +76,7 @@ def work(step: Step) -> tuple[float, float, str]:
     elif step.kind == K.LINEAR:
         h = w = ho = wo = 1
     flops, weights, index = 0.0, 0, 2 if step.off16 else 4
-    if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL):
+    if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN):
         nnz = nonzeros(step)
         flops, weights = 2.0 * nnz * ho * wo * n, nnz * (FLOAT + index)
     elif step.kind in (K.GEMM, K.WG_CONV, K.WG_FUSED, K.LINEAR):

@@ -11,19 +11,33 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune.activations import apply_activation
+from cnnprune.buffers import Arena
 from cnnprune.fold import FoldedConv
-from cnnprune.kernels import Step, conv_pool_step, conv_step, gemm_step, library, span_step, split_step, subsample_step, winograd_steps
+from cnnprune.kernels import (
+    ROUND_SLACK,
+    Step,
+    conv_pool_step,
+    conv_step,
+    gemm_step,
+    library,
+    span_step,
+    split_step,
+    subsample_step,
+    tail_slack,
+    winograd_steps,
+)
 from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import SpanTile, gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
 from cnnprune.plan import ACT_NAMES
 
 
-def padded_from(t: torch.Tensor | None) -> np.ndarray | None:
-    """An NCHW tensor in the kernels' padded (C, H+2, W+2, N) layout (None stays None)."""
+def padded_from(t: torch.Tensor | None, arena: Arena | None = None) -> np.ndarray | None:
+    """An NCHW tensor in the kernels' padded (C, H+2, W+2, N) layout (None stays None), cut from
+    ``arena`` where given (memory follows it: ``kernels.tail_slack``), else its own array."""
     if t is None:
         return None
     n, c, h, w = t.shape
-    buf = padded(c, h, w, n)
+    buf = padded(c, h, w, n, arena)
     from_nchw(t, buf)
     return buf
 
@@ -34,13 +48,17 @@ def assert_zero_border(buf: np.ndarray) -> None:
 
 
 def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
-               res: torch.Tensor | None = None, relu: bool = True, narrow: bool = True, onto: bool = False) -> torch.Tensor:
-    """The sparse convolution; ``onto``: its output written over the residual's buffer."""
+               res: torch.Tensor | None = None, relu: bool = True, narrow: bool = True, onto: bool = False,
+               pieces: int = 0, slack: bool = False) -> torch.Tensor:
+    """The sparse convolution; ``onto``: its output written over the residual's buffer;
+    ``pieces``: over the span (the CONV_SPAN step), its input followed by memory with ``slack``
+    (the span rounded up to whole vectors) or not (a tail in narrow tiles)."""
     lib = library()
     n, cin, h, w = x.shape
     cout, _, k, _ = conv.weight.shape
     ho, wo = (h + 2 * conv.padding - k) // conv.stride + 1, (w + 2 * conv.padding - k) // conv.stride + 1
-    src, resbuf = padded_from(x), padded_from(res)
+    src, resbuf = padded_from(x, Arena() if slack else None), padded_from(res)
+    assert (tail_slack(src) >= ROUND_SLACK) == slack
     dst = resbuf if onto else padded(cout, ho, wo, n)
     ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow)
     steps, base = [], src
@@ -48,8 +66,9 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
         base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
         steps.append(split_step(src, base))
     steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, relu,
-                           (k, conv.stride, conv.padding, h, w)))
+                           (k, conv.stride, conv.padding, h, w), pieces=pieces))
     lib.run_steps((Step * len(steps))(*steps), len(steps), threads)
+    assert_zero_border(dst)
     return to_nchw(dst)
 
 
@@ -83,6 +102,42 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
             for narrow in (True, False):
                 got = run_kernel(conv, x, group, threads, narrow=narrow)
                 assert (got - want).abs().max() <= 1e-4, (group, threads, narrow)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16])
+@pytest.mark.parametrize("hw", [1, 2, 5, 7, 14, 28])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.6, 1.0])
+def test_3x3_over_the_span_matches_conv2d(n: int, hw: int, density: float) -> None:
+    """3x3 stride-1 convolutions as one product over each plane's span (CONV_SPAN): every map
+    width, spans rounded up to whole vectors (memory after the input) or ending in narrow tiles,
+    input-channel groups, tiles of 1-3 pieces, threads, residual and activations, and the border
+    zero afterwards (the span computes the border pixels between rows)."""
+    conv = random_conv(12, 24, 3, 1, density, seed=n * 31 + hw)
+    x = torch.randn(n, 12, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
+    res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n))
+    for r, act in ((None, 1), (res, 1), (None, 0), (res, 4)):
+        want = reference(conv, x, r, act)
+        for group, threads, pieces, slack, narrow in ((12, 1, 1, True, True), (5, 2, 1, False, True), (1, 3, 3, True, False),
+                                                      (5, 2, 2, False, False), (12, 2, 3, False, True)):
+            got = run_kernel(conv, x, group, threads, r, act, narrow, pieces=pieces, slack=slack)
+            assert (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max())), (act, group, threads, pieces, slack)
+
+
+@pytest.mark.parametrize("k, stride, pad, hw", [(3, 2, 1, 8), (1, 1, 0, 8), (5, 1, 2, 8), (3, 1, 0, 8)])
+def test_the_span_refuses_a_convolution_it_cannot_run(k: int, stride: int, pad: int, hw: int) -> None:
+    conv = FoldedConv("c", np.ones((4, 4, k, k), np.float32), np.zeros(4, np.float32), stride, pad)
+    ho = (hw + 2 * pad - k) // stride + 1
+    src, dst = padded(4, hw, hw, 1), padded(4, ho, ho, 1)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, hw, hw, 1, 4)
+    with pytest.raises(ValueError, match="span convolution needs a 3x3 kernel"):
+        conv_step(src, ho, ho, 4, ngroups, ptr, chan, off, val, conv.bias, dst, None, True, (k, stride, pad, hw, hw), pieces=1)
+
+
+def test_tail_slack_is_the_memory_after_an_array_within_its_owner() -> None:
+    big = np.zeros(100, np.float32)
+    assert tail_slack(big) == 0 and tail_slack(big[:90]) == 40 and tail_slack(big[::2]) == 0
+    assert tail_slack(Arena().zeros((3, 5))) >= ROUND_SLACK
+    assert tail_slack(np.frombuffer(bytes(64), np.float32)[:8]) == 32
 
 
 def run_span(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, res: torch.Tensor | None, act: int,
@@ -195,21 +250,22 @@ def test_residual_and_no_relu() -> None:
     assert (run_kernel(conv, x, group=4, threads=2, relu=False) < 0).any(), "negative outputs kept without ReLU"
 
 
-@pytest.mark.parametrize("kind", ["conv", "span", "span 3x8", "span sums", "gemm", "winograd", "winograd fused"])
+@pytest.mark.parametrize("kind", ["conv", "conv span", "span", "span 3x8", "span sums", "gemm", "winograd", "winograd fused"])
 def test_output_written_over_its_residual(kind: str) -> None:
     """Each convolution with its residual's buffer as its output (kernels.h, step_t): equal to
     conv2d plus the residual, with several input-channel groups (whose partial sums pass through
     the output between groups), several threads and a stride-2 sparse layer."""
     wg = kind.startswith("winograd")  # maps that tile by 4, stride 1
-    k = 3 if wg or kind == "conv" else 1
-    for n, hw, stride in ((3, 8, 1), (16, 4 if wg else 7, 1), (2, 8, 1 if wg else 2), (1, 20 if wg else 5, 1)):
+    k = 3 if wg or kind.startswith("conv") else 1
+    for n, hw, stride in ((3, 8, 1), (16, 4 if wg else 7, 1), (2, 8, 1 if wg or kind == "conv span" else 2),
+                          (1, 20 if wg else 5, 1)):
         conv = random_conv(40, 24, k, stride, 0.3, seed=n + hw)
         x = torch.randn(n, 40, hw, hw, generator=torch.Generator().manual_seed(n))
         ho = hw // stride
         res = torch.randn(n, 24, ho, ho, generator=torch.Generator().manual_seed(n + 1))
         want = reference(conv, x, res, 1)
-        if kind == "conv":
-            got = run_kernel(conv, x, group=8, threads=2, res=res, relu=True, onto=True)
+        if kind.startswith("conv"):
+            got = run_kernel(conv, x, group=8, threads=2, res=res, relu=True, onto=True, pieces=kind == "conv span")
         elif kind.startswith("winograd"):
             got = run_winograd(conv, x, 2, kind.endswith("fused"), res, True, onto=True)
         else:

@@ -1,17 +1,20 @@
-"""How the native engine sizes the input-channel groups of a 1x1 span convolution, and which
-tilings of it calibration times."""
+"""How the native engine sizes the input-channel groups of a span convolution (1x1, or 3x3 over
+the span), and which tilings of it calibration times."""
 import numpy as np
 import pytest
 
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import library
 from cnnprune.native_plan import (
+    CONV_SPAN_GROUP_BYTES,
     SPAN_GROUP_BYTES,
     SPAN_LEAST_BYTES,
     SPAN_MIN_RUN,
     SPAN_ROWS,
     SPAN_SUM_GROUP_BYTES,
+    ConvPlan,
     SpanTile,
+    conv_span_offered,
     group_size,
     span_floats,
     span_tiles,
@@ -66,3 +69,38 @@ def test_scratch_sums_take_l1_sized_groups() -> None:
     group = group_size(lib, conv, 14 * 16, 14, 16, span=True, tile=SpanTile(1, sums=True))
     assert group == SPAN_SUM_GROUP_BYTES // (8 * vw * 4)
     assert group_size(lib, conv, 14 * 16, 14, 16, span=True, tile=SpanTile(1)) > group
+
+
+def conv_3x3(cin: int, cout: int, density: float, stride: int = 1, pad: int = 1) -> FoldedConv:
+    rng = np.random.default_rng(cin + cout)
+    weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    weight[rng.random(weight.shape) >= density] = 0
+    return FoldedConv("c", weight, np.zeros(cout, np.float32), stride, pad)
+
+
+@pytest.mark.parametrize("hw, n, vw, offered", [(14, 1, 16, True), (7, 1, 16, True), (28, 1, 16, True), (56, 1, 16, True),
+                                                (16, 1, 16, False), (14, 16, 16, False), (14, 8, 8, False),
+                                                (2, 1, 8, True), (8, 1, 8, False)])
+def test_a_3x3_layer_is_timed_over_the_span_where_its_rows_are_not_whole_vectors(hw: int, n: int, vw: int,
+                                                                                 offered: bool) -> None:
+    conv = conv_3x3(8, 8, 0.5)
+    assert conv_span_offered(conv, hw, hw, n, 1, vw) == offered
+    p = ConvPlan(conv, hw, hw, hw, hw, conv_span=offered)
+    assert p.tilings(n, vw) == ((None, SpanTile(1)) if offered else (None,)) and p.tiled == offered
+
+
+@pytest.mark.parametrize("stride, pad, border", [(2, 1, 1), (1, 0, 1), (1, 1, 2)])
+def test_no_span_where_input_and_output_planes_differ(stride: int, pad: int, border: int) -> None:
+    assert not conv_span_offered(conv_3x3(8, 8, 0.5, stride, pad), 14, 14, 1, border, 16)
+
+
+@pytest.mark.parametrize("cin, density, hw", [(256, 0.03, 14), (128, 0.125, 28), (512, 0.002, 7), (64, 0.9, 56)])
+def test_span_3x3_groups_keep_their_block_in_l1_unless_too_sparse(cin: int, density: float, hw: int) -> None:
+    """The input a block of the span reads from a group (its floats plus the two rows its taps
+    reach) fits CONV_SPAN_GROUP_BYTES, widened only to give each output channel 32 nonzeros."""
+    lib = library()
+    conv = conv_3x3(cin, 64, density)
+    group = group_size(lib, conv, hw, hw, 1, tile=SpanTile(1))
+    reach = min(span_floats(hw, hw, 1), 8 * lib.vector_width()) + 2 * (hw + 2)
+    assert 1 <= group <= cin
+    assert group * reach * 4 <= CONV_SPAN_GROUP_BYTES or conv.nnz * (group - 1) < 32 * 64 * cin

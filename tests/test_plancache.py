@@ -48,3 +48,17 @@ def test_a_tiling_that_names_none_or_a_layer_without_a_span_does_not_fit(tmp_pat
         assert cached is not None and not cached.fits(plans(), ("sparse",)), tiles
     cache.path("b").write_text(json.dumps({**record, "tiles": {"one": "x"}}))
     assert cache.get("b") is None
+
+
+def test_the_span_tiling_of_a_3x3_layer_round_trips_where_it_is_offered(tmp_path: Path) -> None:
+    cache = PlanCache("model", folder=tmp_path)
+    convs = plans()
+    convs["three"].conv_span, convs["three"].span_tile, convs["three"].mode = True, SpanTile(1), "sparse"
+    cache.put("b", {"convs": convs, "engine": "sparse"})
+    cached = cache.get("b")
+    offered = plans()
+    offered["three"].conv_span = True
+    assert cached is not None and cached.fits(offered, ("sparse",)) and not cached.fits(plans(), ("sparse",))
+    fresh = {"convs": offered}
+    cached.apply(fresh)
+    assert fresh["convs"]["three"].span_tile == SpanTile(1)

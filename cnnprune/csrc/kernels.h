@@ -83,17 +83,17 @@ DEFINE_EXP_ACTIVATION(v8)
  * and Python calls once per run of consecutive native steps. Field use per kind: see each
  * body's arguments; C, H, W, N describe the input, Ho, Wo, Cout the output; k, stride, pad
  * the geometry of a sparse convolution (which of its taps read only the zero border, see
- * sparse_conv.c). */
+ * sparse_conv.c); pieces: a CONV_SPAN step's tile width in pieces of 8 vectors. */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7,
        STEP_CONV_POOL = 8, STEP_LINEAR = 9, STEP_SPAN = 10,
-       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13, STEP_SCALE = 14, STEP_REPAD = 15 };
+       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13, STEP_SCALE = 14, STEP_REPAD = 15, STEP_CONV_SPAN = 16 };
 /* res (a step's residual) may be dst itself (ConvPlan.onto): the engine writes a residual
  * convolution's output over its residual where that is the residual's last reader, one stream
  * the size of the output less through memory. Every convolution reads a position's residual
  * before it stores that position's output; the sparse ones, which store partial sums between
  * input-channel groups, start the first group from what dst holds (tiles.h, first == 2). */
 typedef struct {
-    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, k, stride, pad;
+    int32_t kind, C, H, W, N, Ho, Wo, Cout, ngroups, relu, off16, k, stride, pad, pieces;
     int64_t src_row;
     const float *src, *res;
     float *dst;

@@ -319,6 +319,60 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
     }
 }
 
+/* A 3x3 stride-1 convolution with padding 1 (the input's one-pixel border) as one sparse x dense
+ * product over each output plane's interior span, as sparse_span_body runs a 1x1: input and
+ * output planes have the same geometry, so the window of span float t starts at input float t
+ * of the plane, and nonzero (ci, ky, kx) reads a whole tile of consecutive floats at its offset
+ * ci*plane + ky*row + kx*N from there (sparse_operands' offsets, every tap taken: the ones on
+ * the zero border add zero). Where a row of the map is narrower than a few vectors (14x14 or
+ * 7x7 at batch 1, every map of the CIFAR ResNet18 past layer1) the row tiles split each row
+ * into vectors of 8, 4 and 2 floats and stream every nonzero once per piece; here a tile is
+ * whole vectors across the rows, border pixels included and zeroed afterwards (zero_outside).
+ * The span is rounded up to whole vectors (span_of) only with the SPAN_ROUND flag in pieces:
+ * its last vector then reads up to VW - 1 floats past the last input plane, which the caller
+ * vouches are memory (kernels.conv_step checks; the engine's arena leaves them); without it the
+ * tail runs in tiles of 8, 4, 2 and 1 floats, each streaming the nonzeros once more.
+ * Read in place, without sparse_span_body's block copy (its planes a multiple of 4 KB apart,
+ * that copy's reason, are 1x1 layers' wide inputs at batch 16; this runs where maps are small).
+ * Work items: blocks of pieces x 8 vectors of the span x chunks of output channels. */
+static void sparse_conv_span_body(const float *src, int H, int W, int N, int Cout, int ngroups, int k,
+                                  const int32_t *ptr, const int32_t *chan, const void *off, int off16,
+                                  const float *val, const float *bias, float *dst, const float *res, int relu,
+                                  int pieces, int nthreads) {
+    const span_geom sg = span_of(H, W, N);
+    const int64_t row = sg.row, plane = sg.plane, start = sg.start;
+    const int64_t L = pieces & SPAN_ROUND ? sg.len : (int64_t)(H - 1) * row + (int64_t)W * N;
+    pieces &= ~SPAN_ROUND;
+    const int SR = pieces >= 1 && pieces <= SPAN_ROWS ? pieces : SPAN_ROWS;
+    const int TW = 8 * VW;
+    const int64_t block = (int64_t)SR * TW;
+    const int nblocks = (int)((L + block - 1) / block);
+    const int nchunks = item_chunks(nblocks, Cout / 8, nthreads);
+    const int per_run = k * k;
+    const int64_t total = chan[Cout];
+    const int onto = res && res == dst;  /* the output overwrites its residual (kernels.h) */
+    const seg_sel sel = {0, k, k, 1, N, {3}};
+    #pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < nblocks; b++) {
+        for (int ch = 0; ch < nchunks; ch++) {
+            const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
+            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
+            const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
+            const int64_t os = c0 * plane + start;
+            for (int64_t t = t0, step; t < end; t += step) {
+                const tile_fn fn = span_tile(end - t, SR, TW, off16, &step);
+                for (int g = 0; g < ngroups; g++) {
+                    const int last = g == ngroups - 1;
+                    fn(src + t, TW, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel, c1 - c0,
+                       dst + os + t, TW, plane, g == 0 ? 1 + onto : 0, bias + c0, last,
+                       last && res && !onto ? res + os + t : 0, relu);
+                }
+            }
+            for (int c = c0; c < c1; c++) zero_outside(dst + c * plane, start + t0, start + end, row, N, W, H);
+        }
+    }
+}
+
 /* One output row of a stride-2 step over a padded map: Wo pixels of N floats into d, from the
  * input row at s (srow floats per padded row, the rows below it at s + k*srow). */
 typedef void (*row2_fn)(const float *restrict s, int64_t srow, int Wo, int N, float *restrict d);
@@ -587,6 +641,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_SPAN:
             sparse_span_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->ngroups, s->ptr, s->chan, s->off, s->off16, s->val,
                              s->bias, s->dst, s->res, s->relu, s->k, nthreads);
+            break;
+        case STEP_CONV_SPAN:
+            sparse_conv_span_body(s->src, s->H, s->W, s->N, s->Cout, s->ngroups, s->k, s->ptr, s->chan, s->off, s->off16,
+                                  s->val, s->bias, s->dst, s->res, s->relu, s->pieces, nthreads);
             break;
         case STEP_GEMM:
             gemm_span_body(s->src, s->H, s->W, s->N, s->C, s->Cout, s->val, s->bias, s->dst, s->res, s->relu, nthreads);

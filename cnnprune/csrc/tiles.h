@@ -166,6 +166,8 @@ extern const tile_fn SPAN_TILES[2][4];
  * scratch, SPAN_SUM_BYTES of output channels at a time, and only the finished sums to the
  * output planes (see sparse_span_body). */
 #define SPAN_SUMS 8
+/* A CONV_SPAN step's pieces flag: its span rounded up to whole vectors (sparse_conv_span_body). */
+#define SPAN_ROUND 16
 #ifndef SPAN_SUM_BYTES
 #define SPAN_SUM_BYTES (128 * 1024)
 #endif
