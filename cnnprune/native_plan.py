@@ -285,16 +285,16 @@ def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
 def conv_span_offered(conv: FoldedConv, hin: int, win: int, n: int, border: int, vector_width: int) -> bool:
     """Whether calibration also times a 3x3 stride-1 layer's sparse kernel over each plane's span
     (``kernels.conv_step`` with pieces; ``conv_span_eligible``, the input's border its padding):
-    where an output row of ``n``-float pixels is not whole vectors, so that the row tiles cut it
-    into vectors of 8, 4, 2 floats, each streaming every nonzero (14x14 and 7x7 maps at batch 1:
-    the span ran ResNet-50 90 %'s layer3 and layer4 3x3s 1.7-1.9x faster, its 28x28 ones 1.2x;
-    the CIFAR ResNet18's 8x8, 4x4 and 2x2 ones 1.3-1.8x slower, where row tiles skip the taps
-    on the border). Rows of whole vectors gain nothing from it and are not timed."""
+    where the row tiles cut an output row of ``n``-float pixels into several pieces (vectors,
+    then 8, 4, 2, 1 floats), each streaming every nonzero. At batch 1 the span ran ResNet-50 90
+    %'s 14x14 and 7x7 3x3s 1.7-1.9x faster and its 28x28 ones 1.2x; rows of one piece (whole
+    vectors, or the CIFAR ResNet18's 8-, 4- and 2-float rows, 1.3-1.8x slower over the span,
+    where row tiles skip the taps on the border) are not timed."""
     ho = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1
     wo = (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
     return (border == 1 and conv.shape[2] == conv.shape[3]
             and conv_span_eligible(conv.shape[2], conv.stride, conv.padding, hin, win, ho, wo)
-            and (wo * n) % vector_width != 0)
+            and (wo * n) % vector_width != 0 and bin(wo * n).count("1") > 1)
 
 
 def gemm_eligible(conv: FoldedConv, hin: int, win: int) -> bool:

@@ -80,8 +80,8 @@ def conv_3x3(cin: int, cout: int, density: float, stride: int = 1, pad: int = 1)
 
 @pytest.mark.parametrize("hw, n, vw, offered", [(14, 1, 16, True), (7, 1, 16, True), (28, 1, 16, True), (56, 1, 16, True),
                                                 (16, 1, 16, False), (14, 16, 16, False), (14, 8, 8, False),
-                                                (2, 1, 8, True), (8, 1, 8, False)])
-def test_a_3x3_layer_is_timed_over_the_span_where_its_rows_are_not_whole_vectors(hw: int, n: int, vw: int,
+                                                (6, 1, 8, True), (8, 1, 16, False), (2, 1, 16, False)])
+def test_a_3x3_layer_is_timed_over_the_span_where_row_tiles_cut_a_row_in_pieces(hw: int, n: int, vw: int,
                                                                                  offered: bool) -> None:
     conv = conv_3x3(8, 8, 0.5)
     assert conv_span_offered(conv, hw, hw, n, 1, vw) == offered
