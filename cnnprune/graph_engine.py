@@ -235,8 +235,15 @@ class _Program:
         sizes = [self.e._scratch_floats(p, self.n) for p in convs.values() if p.mode == "winograd" and not p.fused]
         self.scratch = self.arena.zeros((max(sizes),)) if sizes else None
         self.keep.append(self.scratch)
-        for i, op in enumerate(self.e.graph.ops):
-            getattr(self, f"_{op.kind}")(op)
+        ops, fused = self.e.graph.ops, -1
+        for i, op in enumerate(ops):
+            if i == fused:  # a max pool run with the convolution before it
+                continue
+            if op.kind == "conv" and self._pools_alone(i):
+                self._conv_pool(op, ops[i + 1])
+                fused = i + 1
+            else:
+                getattr(self, f"_{op.kind}")(op)
             for v in op.inputs:
                 if self.last.get(v) == i and v in self.pads:
                     self.pool.give(self.pads[v])
@@ -277,6 +284,36 @@ class _Program:
                 self.pool.phase(cin, (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
+        self.pool.give(phase, copy)
+
+    def _pools_alone(self, i: int) -> bool:
+        """Whether conv op ``i`` and the max pool after it, its output's only reader, run as one
+        step (``kernels.conv_pool_step``): a sparse row-tiled convolution with ReLU and no residual
+        whose even map is never stored (a 224-pixel ResNet's stem: 64 planes of 112x112, 53 MB
+        at batch 16, written and read back once each otherwise)."""
+        ops = self.e.graph.ops
+        op, p = ops[i], self.plan["convs"][ops[i].output]
+        nxt = ops[i + 1] if i + 1 < len(ops) else None
+        return (nxt is not None and nxt.kind == "maxpool" and nxt.inputs == [op.output] and self.last.get(op.output) == i + 1
+                and p.mode == "sparse" and not p.span and p.span_tile is None and op.residual is None and op.act == "relu"
+                and p.ho % 2 == 0 and p.wo % 2 == 0)
+
+    def _conv_pool(self, op: GraphOp, pool_op: GraphOp) -> None:
+        from cnnprune.kernels import conv_pool_step, split_step
+
+        p = self.plan["convs"][op.output]
+        src = self.padded(op.inputs[0], op.border)
+        copy = src if src is not self.pads.get(op.inputs[0]) else None
+        c, h, w = pool_op.shape
+        dst = self.pads[pool_op.output] = self.pool.padded(c, h, w, self.n)
+        base = phase = None
+        if p.conv.stride == 2 and not p.direct:
+            phase = self.pool.phase(p.conv.shape[1], (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
+            self.items.append(split_step(src, phase))
+        base = phase if phase is not None else src
+        self.items.append(conv_pool_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val,
+                                         p.bias, dst, p.geometry, p.direct))
+        self.keep += [src, phase, dst]
         self.pool.give(phase, copy)
 
     def _maxpool(self, op: GraphOp) -> None:

@@ -40,9 +40,9 @@ SOURCES = ("tiles_s1.c", "tiles_s2.c", "sparse_conv.c", "winograd.c", "gemm1x1.c
 
 # Step kinds (step_t.kind), in the order of the C side's STEP_* numbers; their names as the profile prints them
 STEP_NAMES = ("pack", "conv", "maxpool", "split", "avgpool", "wg_input", "wg_conv", "wg_fused", "conv_pool", "linear", "span",
-              "subsample", "gemm", "conv_s2", "scale", "repad", "conv_span")
+              "subsample", "gemm", "conv_s2", "scale", "repad", "conv_span", "conv_pool_s2")
 PACK, CONV, MAXPOOL, SPLIT, AVGPOOL, WG_INPUT, WG_CONV, WG_FUSED, CONV_POOL, LINEAR, SPAN, SUBSAMPLE, GEMM, CONV_S2, \
-    SCALE, REPAD, CONV_SPAN = range(len(STEP_NAMES))
+    SCALE, REPAD, CONV_SPAN, CONV_POOL_S2 = range(len(STEP_NAMES))
 
 
 class Step(ctypes.Structure):
@@ -175,12 +175,17 @@ def subsample_step(src: np.ndarray, dst: np.ndarray) -> Step:
 
 
 def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: np.ndarray, chan: np.ndarray,
-                   off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, geometry: tuple[int, int, int, int, int]) -> Step:
-    """The CONV_POOL step: a stride-1 sparse convolution with ReLU (operands as ``conv_step``)
-    followed by the 3x3 stride-2 max pool, into padded (Cout, ho/2+2, wo/2+2, N) ``dst``; the
+                   off: np.ndarray, val: np.ndarray, bias: np.ndarray, dst: np.ndarray, geometry: tuple[int, int, int, int, int],
+                   direct: bool = False) -> Step:
+    """The CONV_POOL step: a sparse convolution with ReLU (operands and ``src`` as ``conv_step``'s:
+    stride 2 reads phase planes, or with ``direct`` the padded input) followed by the 3x3
+    stride-2 max pool, into padded (Cout, ho/2+2, wo/2+2, N) ``dst`` (ho, wo even); the
     convolution's output is never stored. Raw addresses: the caller keeps the arrays alive."""
-    step = conv_step(src, ho, wo, cout, ngroups, ptr, chan, off, val, bias, dst, None, True, geometry)
-    step.kind = CONV_POOL
+    if ho % 2 or wo % 2 or dst.shape[1:3] != (ho // 2 + 2, wo // 2 + 2):
+        raise ValueError(f"a convolution's {ho}x{wo} output pools into a padded ({ho // 2 + 2}, {wo // 2 + 2}) map "
+                         f"only where it is even, not into {tuple(dst.shape)}")
+    step = conv_step(src, ho, wo, cout, ngroups, ptr, chan, off, val, bias, dst, None, True, geometry, direct)
+    step.kind = CONV_POOL_S2 if direct else CONV_POOL
     return step
 
 

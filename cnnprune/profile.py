@@ -66,7 +66,7 @@ def work(step: Step) -> tuple[float, float, str]:
     n, c, h, w, co = step.N, step.C, step.H, step.W, step.Cout
     if step.kind == K.SPLIT:  # its H, W are the padded input's
         h, w = h - 2, w - 2
-    ho, wo = (step.Ho, step.Wo) if step.kind in (K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN) else (h, w)
+    ho, wo = (step.Ho, step.Wo) if step.kind in (K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN, K.CONV_POOL_S2) else (h, w)
     if step.kind in (K.SUBSAMPLE, K.MAXPOOL):
         ho, wo = h // 2, w // 2
     if step.kind in (K.SUBSAMPLE, K.MAXPOOL, K.SPLIT, K.SCALE, K.REPAD, K.PACK, K.WG_INPUT):
@@ -76,13 +76,13 @@ def work(step: Step) -> tuple[float, float, str]:
     elif step.kind == K.LINEAR:
         h = w = ho = wo = 1
     flops, weights, index = 0.0, 0, 2 if step.off16 else 4
-    if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN):
+    if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN, K.CONV_POOL_S2):
         nnz = nonzeros(step)
         flops, weights = 2.0 * nnz * ho * wo * n, nnz * (FLOAT + index)
     elif step.kind in (K.GEMM, K.WG_CONV, K.WG_FUSED, K.LINEAR):
         taps = 9 if step.kind in (K.WG_CONV, K.WG_FUSED) else 1  # Winograd: the direct convolution's count
         flops, weights = 2.0 * taps * c * co * ho * wo * n, c * co * taps * FLOAT
-    if step.kind == K.CONV_POOL:  # only the pooled map is stored
+    if step.kind in (K.CONV_POOL, K.CONV_POOL_S2):  # only the pooled map is stored
         ho, wo = ho // 2, wo // 2
     out = co * ho * wo * n
     moved = (c * h * w * n + out * (2 if step.res else 1)) * FLOAT + weights

@@ -75,6 +75,43 @@ def test_stride_2_at_one_or_two_vectors_per_pixel_reads_its_input_directly(arch:
         assert all(p.direct == (p.conv.stride == 2 and not p.span) for p in plans.values())
 
 
+class StemReadTwice(nn.Module):
+    """A 7x7 stride-2 stem with ReLU whose output a max pool reads, and a mean too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 7, stride=2, padding=3)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        z = torch.relu(self.c(self.pool(y)))
+        return self.fc(torch.cat([z.mean((2, 3)), y.mean((2, 3))], 1))
+
+
+def step_kinds(engine: NativeSparseResNet, batch: int) -> list[int]:
+    from cnnprune.profile import steps_of
+
+    return [step.kind for step, _ in steps_of(engine.engine._program(batch)["program"])]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16, 32])
+def test_a_stem_and_the_max_pool_that_alone_reads_it_run_as_one_step(batch: int) -> None:
+    """A 224-pixel ResNet's sparse 7x7 stride-2 stem and its max pool: one CONV_POOL step (phase
+    planes) or CONV_POOL_S2 (direct, at one or two vectors a pixel); a stem output that a
+    second op reads is stored and pooled apart."""
+    from cnnprune import kernels as K
+
+    torch.manual_seed(0)
+    kinds = step_kinds(check(pruned(build("resnet18", 10), 0.5), 56, batch, calibrate=False, layer_mode="sparse"), batch)
+    direct = K.direct_stride2(2, batch)
+    assert kinds.count(K.CONV_POOL_S2 if direct else K.CONV_POOL) == 1 and K.MAXPOOL not in kinds
+    kinds = step_kinds(check(pruned(StemReadTwice(), 0.5), 20, batch, calibrate=False, layer_mode="sparse"), batch)
+    assert K.MAXPOOL in kinds and K.CONV_POOL not in kinds and K.CONV_POOL_S2 not in kinds
+
+
 class Odd(nn.Module):
     """Ops the kernels lack between native ones: concatenation, sigmoid gating, average pooling;
     and native ones: a 5x5 padding-2 convolution beside a 3x3 one on the model's input (packed

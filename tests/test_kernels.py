@@ -432,6 +432,50 @@ def test_conv_pool_matches_conv2d_relu_maxpool(n: int, density: float) -> None:
             assert got.shape == want.shape and (got - want).abs().max() <= 1e-4, (group, threads)
 
 
+def run_stem_pool(conv: FoldedConv, x: torch.Tensor, group: int, threads: int, direct: bool) -> torch.Tensor:
+    """A 224-pixel ResNet's stem shape (7x7, stride 2, padding 3, read from an input packed with
+    a 3-pixel border) with the max pool, through phase planes or ``direct``ly."""
+    n, cin, h, w = x.shape
+    cout, ho = conv.weight.shape[0], h // 2
+    src = padded(cin, h, w, n, border=3)
+    src[:, 3:-3, 3:-3, :] = x.permute(1, 2, 3, 0).numpy()
+    dst = padded(cout, ho // 2, ho // 2, n)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, border=3, direct=direct)
+    steps, base = [], src
+    if not direct:
+        base = np.empty((4 * cin, (h + 6) // 2, (w + 6) // 2, n), dtype=np.float32)
+        steps.append(split_step(src, base))
+    steps.append(conv_pool_step(base, ho, ho, cout, ngroups, ptr, chan, off, val, conv.bias, dst, (7, 2, 3, h, w), direct))
+    library().run_steps((Step * len(steps))(*steps), len(steps), threads)
+    assert_zero_border(dst)
+    return to_nchw(dst)
+
+
+@pytest.mark.parametrize("n, direct", [(1, False), (3, False), (16, False), (16, True), (32, True), (8, True)])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.6])
+def test_stride_2_stem_and_pool_match_conv2d_relu_maxpool(n: int, direct: bool, density: float) -> None:
+    vw = library().vector_width()
+    if direct and n not in (vw, 2 * vw):
+        pytest.skip(f"direct stride 2 needs a batch of {vw} or {2 * vw}")
+    g = torch.Generator().manual_seed(n)
+    weight = torch.randn(16, 3, 7, 7, generator=g)
+    weight[torch.rand(weight.shape, generator=g) >= density] = 0
+    conv = FoldedConv("stem", weight.numpy(), torch.randn(16, generator=g).numpy(), 2, 3)
+    x = torch.randn(n, 3, 28, 28, generator=g)
+    want = F.max_pool2d(reference(conv, x, None, True), 3, 2, 1)
+    for group, threads in ((3, 1), (1, 2)):
+        got = run_stem_pool(conv, x, group, threads, direct)
+        assert got.shape == want.shape and (got - want).abs().max() <= 1e-4, (group, threads)
+
+
+def test_a_convolution_pools_only_an_even_map_into_its_half() -> None:
+    conv = random_conv(3, 4, 3, 1, 0.5, seed=1)
+    src, dst = padded(3, 6, 6, 1), padded(4, 4, 4, 1)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, 6, 6, 1, 3)
+    with pytest.raises(ValueError, match="pools into"):
+        conv_pool_step(src, 6, 6, 4, ngroups, ptr, chan, off, val, conv.bias, dst, (3, 1, 1, 6, 6))
+
+
 @pytest.mark.parametrize("n,c,h,w,border,threads", [(1, 3, 5, 7, 1, 1), (3, 2, 4, 19, 3, 2), (16, 3, 6, 33, 1, 2)])
 def test_pack_moves_each_image_into_the_padded_layout(n: int, c: int, h: int, w: int, border: int, threads: int) -> None:
     from cnnprune.kernels import PACK

@@ -86,7 +86,8 @@ DEFINE_EXP_ACTIVATION(v8)
  * sparse_conv.c); pieces: a CONV_SPAN step's tile width in pieces of 8 vectors. */
 enum { STEP_PACK = 0, STEP_CONV = 1, STEP_MAXPOOL = 2, STEP_SPLIT = 3, STEP_AVGPOOL = 4, STEP_WG_INPUT = 5, STEP_WG_CONV = 6, STEP_WG_FUSED = 7,
        STEP_CONV_POOL = 8, STEP_LINEAR = 9, STEP_SPAN = 10,
-       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13, STEP_SCALE = 14, STEP_REPAD = 15, STEP_CONV_SPAN = 16 };
+       STEP_SUBSAMPLE = 11, STEP_GEMM = 12, STEP_CONV_S2 = 13, STEP_SCALE = 14, STEP_REPAD = 15, STEP_CONV_SPAN = 16,
+       STEP_CONV_POOL_S2 = 17 };
 /* res (a step's residual) may be dst itself (ConvPlan.onto): the engine writes a residual
  * convolution's output over its residual where that is the residual's last reader, one stream
  * the size of the output less through memory. Every convolution reads a position's residual

@@ -457,16 +457,19 @@ float *thread_buffer(int slot, int64_t floats) {
 }
 
 /* A sparse convolution with ReLU followed by the 3x3 stride-2 max pool, in one step: the
- * stem, whose output (64 planes of 32x32, 9.5 MB at batch 32) is written once and read once
- * by the pool otherwise. Work items are chunks of output channels (equal nonzero shares); an
+ * stem, whose output (64 planes of 32x32, 9.5 MB at batch 32; a 224-pixel ResNet's 7x7
+ * stride-2 stem, 64 planes of 112x112, 53 MB at batch 16) is written once and read once by the
+ * pool otherwise. Stride 2 reads phase planes, or with direct the padded input itself (as
+ * sparse_conv_body). Work items are chunks of output channels (equal nonzero shares); an
  * item walks down the pooled rows keeping a window of 3 convolution rows per channel (row
  * 2y-1 carried over from the previous pooled row, rows 2y and 2y+1 computed as one 2-row
  * tile), pools it and writes the pooled row into the padded (Cout, Ho/2+2, Wo/2+2, N) dst. */
 static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int Wo, int N, int Cout, int ngroups,
                                   int k, int stride, int pad, int hin, int win, const int32_t *ptr,
                                   const int32_t *chan, const void *off, int off16, const float *val,
-                                  const float *bias, float *dst, int nthreads) {
+                                  const float *bias, float *dst, int direct, int nthreads) {
     const int64_t lrow = (int64_t)(Wo + 2) * N, lplane = 3 * lrow;
+    const tile_kind *kinds = !direct ? KINDS : N == VW ? KINDS_S2 : KINDS_S2P;
     const int Hp = Ho / 2, Wp = Wo / 2;
     const int64_t drow = (int64_t)(Wp + 2) * N, dplane = (int64_t)(Hp + 2) * drow;
     const int L = Wo * N;
@@ -485,12 +488,12 @@ static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int
         for (int y = 0; y < Hp && c0 < c1; y++) {
             const float *base = src + (int64_t)(2 * y) * src_row;
             for (int t = 0; t < L;) {
-                const tile_kind *kind = &KINDS[pick_kind(L - t, 2)];
+                const tile_kind *kind = &kinds[pick_kind(L - t, 2)];
                 const tile_fn fn = kind->fn[off16 != 0][2];
                 seg_sel sel;
                 tile_sel(&sel, 2 * y, 2 * y + 1, t, kind->width, N, k, stride, pad, hin, win);
                 for (int g = 0; g < ngroups; g++)
-                    fn(base + t, src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
+                    fn(base + (direct ? 2 * t : t), src_row, off, val, ptr + ((int64_t)g * Cout + c0) * per_run, per_run, &sel,
                        c1 - c0, loc + lrow + N + t, lrow, lplane, g == 0, bias + c0, g == ngroups - 1, 0, 1);
                 t += kind->width;
             }
@@ -635,8 +638,10 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
             break;
         case STEP_MAXPOOL: maxpool3s2_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_CONV_POOL:
+        case STEP_CONV_POOL_S2:  /* as STEP_CONV_S2 */
             sparse_conv_pool_body(s->src, s->src_row, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->stride, s->pad,
-                                  s->H, s->W, s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst, nthreads);
+                                  s->H, s->W, s->ptr, s->chan, s->off, s->off16, s->val, s->bias, s->dst,
+                                  s->kind == STEP_CONV_POOL_S2 && (s->N == VW || s->N == 2 * VW), nthreads);
             break;
         case STEP_SPAN:
             sparse_span_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->ngroups, s->ptr, s->chan, s->off, s->off16, s->val,
