@@ -26,7 +26,6 @@ from cnnprune.native_plan import (
     BufferPool,
     ConvPlan,
     SpanTile,
-    conv_span_offered,
     fold_tiles,
     gemm_weights,
     group_size,
@@ -132,7 +131,6 @@ class NativeEngine:
                      (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
             p = ConvPlan(conv, hin, win, ho, wo, bias=conv.bias.astype(np.float32), residual=residual, onto=residual and ONTO_RESIDUAL)
             p.winograd_ok = self.winograd and winograd_eligible(conv, hin, win)
-            p.conv_span = conv_span_offered(conv, hin, win, n, 1, self.lib.vector_width())
             if p.winograd_ok:
                 p.fused = self.lib.winograd_panels(hin, win, n) >= FUSED_PANELS_PER_THREAD * self.threads
             plans[conv.name] = p
@@ -342,8 +340,7 @@ class NativeEngine:
         if phased and split:
             steps.append(split_step(src, phase))
         steps.append(conv_step(phase if phased else src, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off,
-                               p.val, p.bias, dst, res, relu, p.geometry, p.direct,
-                               pieces=p.span_tile.pieces if p.span_tile else 0))
+                               p.val, p.bias, dst, res, relu, p.geometry, p.direct, p.pieces))
         return steps
 
     def _native(self, steps: list, keep: list) -> Callable[[], object]:

@@ -141,7 +141,7 @@ class ConvPlan:
     winograd_ok: bool = False  # the shape allows Winograd and the engine may use it
     span: bool = False  # a 1x1 convolution run as one product over each plane's span (``span_eligible``)
     span_tile: SpanTile | None = None  # its span tiling (``SpanTile``; None: the default, or a k x k layer's row tiles)
-    conv_span: bool = False  # a 3x3 layer whose sparse kernel may also run over the span (``conv_span_offered``)
+    conv_span: bool = False  # a graph-planned 3x3 layer that may also run over the span (``conv_span_offered``)
     dense_ok: bool = True  # the host's dense mode may run it (not a grouped one: its dense weight is groups times larger)
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
     border: int = 1  # pixels of zero border around its input buffer: its padding where that is wider than 1
@@ -166,6 +166,11 @@ class ConvPlan:
         if self.span:
             return span_tiles(vector_width, span_floats(self.ho, self.wo, n), self.conv.shape[1])
         return (None, SpanTile(1)) if self.conv_span else (None,)
+
+    @property
+    def pieces(self) -> int:
+        """A k x k layer's tile pieces over the span (``kernels.conv_step``), 0 for row tiles."""
+        return self.span_tile.pieces if self.span_tile is not None and not self.span else 0
 
     @property
     def tiled(self) -> bool:

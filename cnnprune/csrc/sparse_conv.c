@@ -99,6 +99,12 @@ static int chunk_start(const int32_t *chan, int Cout, int64_t target) {
     return lo;
 }
 
+/* The first output channel of chunk ch of nchunks (equal shares of the layer's nonzeros);
+ * chunk nchunks starts at Cout, so chunk ch runs from chunk_first(ch) to chunk_first(ch + 1). */
+static int chunk_first(const int32_t *chan, int Cout, int ch, int nchunks) {
+    return ch >= nchunks ? Cout : chunk_start(chan, Cout, (int64_t)chan[Cout] * ch / nchunks);
+}
+
 /* Output-channel chunks per row block (or span block), for nblocks blocks: about four work
  * items per thread, a multiple of the thread count where the layer allows it, at most `most`
  * chunks (so that a chunk keeps enough channels to amortise its tile's setup), at least one. */
@@ -149,15 +155,13 @@ static void sparse_conv_body(const float *src, int64_t src_row, int Ho, int Wo, 
     const int nyb = (Ho + row_block(L) - 1) / row_block(L);
     const int nchunks = item_chunks(nyb, Cout / 8, nthreads);
     const int per_run = k * k;
-    const int64_t total = chan[Cout];
     const int onto = res && res == dst;  /* the output overwrites its residual (kernels.h) */
     if (onto) res = 0;
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int yb = 0; yb < nyb; yb++) {
         for (int ch = 0; ch < nchunks; ch++) {
             const int y = yb * Ho / nyb, r = (yb + 1) * Ho / nyb - y;
-            const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
-            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
+            const int c0 = chunk_first(chan, Cout, ch, nchunks), c1 = chunk_first(chan, Cout, ch + 1, nchunks);
             const float *base = src + y * src_row;
             for (int t = 0; t < L;) {
                 const tile_kind *kind = &(!direct ? KINDS : N == VW ? KINDS_S2 : KINDS_S2P)[pick_kind(L - t, r)];
@@ -278,14 +282,12 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
     const int CB = !sums ? Cout : SPAN_SUM_BYTES / (block * 4) > 0 ? (int)(SPAN_SUM_BYTES / (block * 4)) : 1;
     const int nblocks = (int)((L + block - 1) / block);
     const int nchunks = item_chunks(nblocks, Cout / 8, nthreads);
-    const int64_t total = chan[Cout];
     const int onto = res && res == dst;  /* the output overwrites its residual (kernels.h) */
     int held = -1;  /* the block this thread's buffer holds, packed in this call */
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < nblocks; b++) {
         for (int ch = 0; ch < nchunks; ch++) {
-            const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
-            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
+            const int c0 = chunk_first(chan, Cout, ch, nchunks), c1 = chunk_first(chan, Cout, ch + 1, nchunks);
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
             const seg_sel sel = {0, 1, 1, 1, (int)block, {3}};  /* offsets: input channels, block floats apart */
             float *in = thread_buffer(SCRATCH_SPAN, (int64_t)C * block);
@@ -349,14 +351,12 @@ static void sparse_conv_span_body(const float *src, int H, int W, int N, int Cou
     const int nblocks = (int)((L + block - 1) / block);
     const int nchunks = item_chunks(nblocks, Cout / 8, nthreads);
     const int per_run = k * k;
-    const int64_t total = chan[Cout];
     const int onto = res && res == dst;  /* the output overwrites its residual (kernels.h) */
     const seg_sel sel = {0, k, k, 1, N, {3}};
     #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < nblocks; b++) {
         for (int ch = 0; ch < nchunks; ch++) {
-            const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
-            const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
+            const int c0 = chunk_first(chan, Cout, ch, nchunks), c1 = chunk_first(chan, Cout, ch + 1, nchunks);
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
             const int64_t os = c0 * plane + start;
             for (int64_t t = t0, step; t < end; t += step) {
@@ -476,14 +476,12 @@ static void sparse_conv_pool_body(const float *src, int64_t src_row, int Ho, int
     int nchunks = 4 * nthreads;
     if (nchunks > Cout) nchunks = Cout;
     const int per_run = k * k;
-    const int64_t total = chan[Cout];
     /* 3 padded rows per channel; each work item zeroes the part it uses (a smaller batch's
      * borders lie where a larger one's interior was) */
     float *loc = thread_buffer(SCRATCH_POOL, (int64_t)Cout * lplane);
     #pragma omp for schedule(dynamic, 1)
     for (int ch = 0; ch < nchunks; ch++) {
-        const int c0 = chunk_start(chan, Cout, total * ch / nchunks);
-        const int c1 = ch == nchunks - 1 ? Cout : chunk_start(chan, Cout, total * (ch + 1) / nchunks);
+        const int c0 = chunk_first(chan, Cout, ch, nchunks), c1 = chunk_first(chan, Cout, ch + 1, nchunks);
         memset(loc, 0, (size_t)((c1 - c0) * lplane) * sizeof(float));  /* row -1 and the borders: zero */
         for (int y = 0; y < Hp && c0 < c1; y++) {
             const float *base = src + (int64_t)(2 * y) * src_row;
