@@ -306,7 +306,7 @@ class _Program:
         copy = src if src is not self.pads.get(op.inputs[0]) else None
         c, h, w = pool_op.shape
         dst = self.pads[pool_op.output] = self.pool.padded(c, h, w, self.n)
-        base = phase = None
+        phase = None
         if p.conv.stride == 2 and not p.direct:
             phase = self.pool.phase(p.conv.shape[1], (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
             self.items.append(split_step(src, phase))

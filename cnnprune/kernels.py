@@ -87,6 +87,10 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
         if not conv_span_eligible(k, stride, pad, hin, win, ho, wo) or src.shape[1:3] != (hin + 2, win + 2):
             raise ValueError(f"a span convolution needs a 3x3 kernel, stride 1, padding 1 and a one-pixel border, not "
                              f"k={k} stride={stride} pad={pad} over {tuple(src.shape)}")
+        maps = [a.shape for a in (dst, res) if a is not None]
+        if not 1 <= pieces <= 3 or any(m != (cout, ho + 2, wo + 2, n) for m in maps):
+            raise ValueError(f"a span convolution takes 1-3 pieces and padded ({cout}, {ho + 2}, {wo + 2}, {n}) outputs, "
+                             f"not {pieces} and {maps}")
         flag = pieces | (SPAN_ROUND if tail_slack(src) >= ROUND_SLACK else 0)
         return Step(kind=CONV_SPAN, src=src.ctypes.data, C=src.shape[0], H=hin, W=win, N=n, Ho=ho, Wo=wo, Cout=cout,
                     k=k, stride=1, pad=1, pieces=flag, ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data,

@@ -133,6 +133,15 @@ def test_the_span_refuses_a_convolution_it_cannot_run(k: int, stride: int, pad: 
         conv_step(src, ho, ho, 4, ngroups, ptr, chan, off, val, conv.bias, dst, None, True, (k, stride, pad, hw, hw), pieces=1)
 
 
+def test_the_span_takes_one_to_three_pieces_and_outputs_of_its_geometry() -> None:
+    conv = FoldedConv("c", np.ones((4, 4, 3, 3), np.float32), np.zeros(4, np.float32), 1, 1)
+    src = padded(4, 6, 6, 1)
+    ptr, chan, ngroups, off, val = sparse_operands(conv, 6, 6, 1, 4)
+    for pieces, dst in ((4, padded(4, 6, 6, 1)), (16 | 1, padded(4, 6, 6, 1)), (1, padded(4, 5, 6, 1)), (1, padded(4, 6, 6, 2))):
+        with pytest.raises(ValueError, match="takes 1-3 pieces"):
+            conv_step(src, 6, 6, 4, ngroups, ptr, chan, off, val, conv.bias, dst, None, True, (3, 1, 1, 6, 6), pieces=pieces)
+
+
 def test_tail_slack_is_the_memory_after_an_array_within_its_owner() -> None:
     big = np.zeros(100, np.float32)
     assert tail_slack(big) == 0 and tail_slack(big[:90]) == 40 and tail_slack(big[::2]) == 0

@@ -326,9 +326,9 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
  * output planes have the same geometry, so the window of span float t starts at input float t
  * of the plane, and nonzero (ci, ky, kx) reads a whole tile of consecutive floats at its offset
  * ci*plane + ky*row + kx*N from there (sparse_operands' offsets, every tap taken: the ones on
- * the zero border add zero). Where a row of the map is narrower than a few vectors (14x14 or
- * 7x7 at batch 1, every map of the CIFAR ResNet18 past layer1) the row tiles split each row
- * into vectors of 8, 4 and 2 floats and stream every nonzero once per piece; here a tile is
+ * the zero border add zero). Where a row of the map is not whole vectors (14x14 or 7x7 maps at
+ * batch 1) the row tiles split each row into vectors of 8, 4 and 2 floats and stream every
+ * nonzero once per piece; here a tile is
  * whole vectors across the rows, border pixels included and zeroed afterwards (zero_outside).
  * The span is rounded up to whole vectors (span_of) only with the SPAN_ROUND flag in pieces:
  * its last vector then reads up to VW - 1 floats past the last input plane, which the caller
