@@ -280,11 +280,14 @@ class _Program:
         phase = None
         if p.mode in ("sparse", "gemm") and p.conv.stride == 2 and not p.direct:  # see NativeEngine._phase
             cin = p.conv.shape[1]
-            phase = self.pool.padded(cin, p.ho, p.wo, self.n) if p.span else \
-                self.pool.phase(cin, (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
+            phase = self.pool.padded(cin, p.ho, p.wo, self.n) if p.span else self._phase_planes(p)
             self.keep.append(phase)
         self.items.extend(self.e._conv_steps(p, p.mode, src, dst, res, relu, phase, self.scratch))
         self.pool.give(phase, copy)
+
+    def _phase_planes(self, p: ConvPlan) -> np.ndarray:
+        """The 4 phase planes that a stride-2 convolution not reading its input directly reads."""
+        return self.pool.phase(p.conv.shape[1], (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
 
     def _pools_alone(self, i: int) -> bool:
         """Whether conv op ``i`` and the max pool after it, its output's only reader, run as one
@@ -308,7 +311,7 @@ class _Program:
         dst = self.pads[pool_op.output] = self.pool.padded(c, h, w, self.n)
         phase = None
         if p.conv.stride == 2 and not p.direct:
-            phase = self.pool.phase(p.conv.shape[1], (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
+            phase = self._phase_planes(p)
             self.items.append(split_step(src, phase))
         base = phase if phase is not None else src
         self.items.append(conv_pool_step(base, p.ho, p.wo, p.conv.shape[0], p.ngroups, p.ptr, p.chan, p.off, p.val,

@@ -347,11 +347,6 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     the L1-sized group, ``SPAN_SUM_GROUP_BYTES``)."""
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
-    if tile is not None and not span:  # a k x k layer over the span: its block plus the rows its taps reach
-        reach = span_floats(ho, row_floats // n, n)
-        floats = min(reach, tile.block_floats(lib.vector_width())) + (k - 1) * (row_floats + 2 * n)
-        l1 = max(1, CONV_SPAN_GROUP_BYTES // (floats * 4))
-        return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
     if span:
         tile = tile or SpanTile(SPAN_ROWS[lib.vector_width()])
         # bytes of one input channel in a work item's block: the tile's pieces of 8 vectors
@@ -362,7 +357,12 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
         run = -(-SPAN_RUN * cout * cin // nnz)
         least = max(-(-SPAN_MIN_RUN * cout * cin // nnz), SPAN_LEAST_BYTES // block)
         return min(cin, max(least, min(run, fit)))
-    l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
+    if tile is not None:  # a k x k layer over the span: its block plus the rows its taps reach
+        floats = min(span_floats(ho, row_floats // n, n), tile.block_floats(lib.vector_width())) + \
+            (k - 1) * (row_floats + 2 * n)
+        l1 = max(1, CONV_SPAN_GROUP_BYTES // (floats * 4))
+    else:
+        l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
 
 
