@@ -100,7 +100,7 @@ class GraphEngine(NativeEngine):
                          onto=op.output in onto)
             p.gemm_ok = self.gemm and not op.grouped and op.border == 1 and gemm_eligible(op.conv, hin, win)
             p.direct = not p.span and direct_stride2(op.conv.stride, n)
-            p.conv_span = conv_span_offered(op.conv, hin, win, n, op.border, self.lib.vector_width())
+            p.conv_span = conv_span_offered(p, n, self.lib.vector_width())
             p.winograd_ok = self.winograd and not op.grouped and \
                 winograd_eligible(op.conv, hin, win)
             if p.winograd_ok:

@@ -287,7 +287,7 @@ def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
         conv.stride == 1 or (conv.stride == 2 and hin % 2 == 0 and win % 2 == 0))
 
 
-def conv_span_offered(conv: FoldedConv, hin: int, win: int, n: int, border: int, vector_width: int) -> bool:
+def conv_span_offered(p: ConvPlan, n: int, vector_width: int) -> bool:
     """Whether calibration also times a 3x3 stride-1 layer's sparse kernel over each plane's span
     (``kernels.conv_step`` with pieces; ``conv_span_eligible``, the input's border its padding):
     where the row tiles cut an output row of ``n``-float pixels into several pieces (vectors,
@@ -295,11 +295,10 @@ def conv_span_offered(conv: FoldedConv, hin: int, win: int, n: int, border: int,
     %'s 14x14 and 7x7 3x3s 1.7-1.9x faster and its 28x28 ones 1.2x; rows of one piece (whole
     vectors, or the CIFAR ResNet18's 8-, 4- and 2-float rows, 1.3-1.8x slower over the span,
     where row tiles skip the taps on the border) are not timed."""
-    ho = (hin + 2 * conv.padding - conv.shape[2]) // conv.stride + 1
-    wo = (win + 2 * conv.padding - conv.shape[3]) // conv.stride + 1
-    return (border == 1 and conv.shape[2] == conv.shape[3]
-            and conv_span_eligible(conv.shape[2], conv.stride, conv.padding, hin, win, ho, wo)
-            and (wo * n) % vector_width != 0 and bin(wo * n).count("1") > 1)
+    conv = p.conv
+    return (p.border == 1 and conv.shape[2] == conv.shape[3]
+            and conv_span_eligible(conv.shape[2], conv.stride, conv.padding, p.hin, p.win, p.ho, p.wo)
+            and (p.wo * n) % vector_width != 0 and bin(p.wo * n).count("1") > 1)
 
 
 def gemm_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
@@ -344,7 +343,8 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     """Input channels per group: the L1-sized group of the kernel, widened in very sparse layers
     until an output channel has about ``min_run`` nonzeros per group on average, since each
     (channel, group) pass reloads and stores its accumulators (a span ``tile`` with scratch sums:
-    the L1-sized group, ``SPAN_SUM_GROUP_BYTES``)."""
+    the L1-sized group, ``SPAN_SUM_GROUP_BYTES``; a k x k layer's ``tile`` over the span: its
+    block and the rows its taps reach within ``CONV_SPAN_GROUP_BYTES``)."""
     cout, cin, k, _ = conv.shape
     nnz = max(conv.nnz, 1)
     if span:

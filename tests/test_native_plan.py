@@ -84,14 +84,15 @@ def conv_3x3(cin: int, cout: int, density: float, stride: int = 1, pad: int = 1)
 def test_a_3x3_layer_is_timed_over_the_span_where_row_tiles_cut_a_row_in_pieces(hw: int, n: int, vw: int,
                                                                                  offered: bool) -> None:
     conv = conv_3x3(8, 8, 0.5)
-    assert conv_span_offered(conv, hw, hw, n, 1, vw) == offered
+    assert conv_span_offered(ConvPlan(conv, hw, hw, hw, hw), n, vw) == offered
     p = ConvPlan(conv, hw, hw, hw, hw, conv_span=offered)
     assert p.tilings(n, vw) == ((None, SpanTile(1)) if offered else (None,)) and p.tiled == offered
 
 
 @pytest.mark.parametrize("stride, pad, border", [(2, 1, 1), (1, 0, 1), (1, 1, 2)])
 def test_no_span_where_input_and_output_planes_differ(stride: int, pad: int, border: int) -> None:
-    assert not conv_span_offered(conv_3x3(8, 8, 0.5, stride, pad), 14, 14, 1, border, 16)
+    ho = (14 + 2 * pad - 3) // stride + 1
+    assert not conv_span_offered(ConvPlan(conv_3x3(8, 8, 0.5, stride, pad), 14, 14, ho, ho, border=border), 1, 16)
 
 
 @pytest.mark.parametrize("cin, density, hw", [(256, 0.03, 14), (128, 0.125, 28), (512, 0.002, 7), (64, 0.9, 56)])
