@@ -151,7 +151,8 @@ class NativeEngine:
         if mode == "sparse" and p.val is None:
             group = group_size(self.lib, p.conv, p.wo * n, p.ho, n, span=p.span, tile=p.span_tile)
             make = (lambda: span_operands(p.conv, group)) if p.span else \
-                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border, direct=p.direct))
+                (lambda: sparse_operands(p.conv, p.hin, p.win, n, group, border=p.border, direct=p.direct,
+                                         wide=p.conv_span))
             p.ptr, p.chan, p.ngroups, p.off, p.val = make()
         elif mode == "gemm" and p.g is None:
             if p.conv.name not in self._g:
@@ -247,10 +248,7 @@ class NativeEngine:
         (a span convolution: padded (Cin, Ho, Wo, N), border zero) or the 4 phase planes."""
         if p.conv.stride != 2 or p.direct:
             return None
-        cin = p.conv.shape[1]
-        b = p.border
-        return alloc((cin, p.ho + 2, p.wo + 2, n)) if p.span else \
-            alloc((4 * cin, (p.hin + 2 * b) // 2, (p.win + 2 * b) // 2, n))
+        return alloc((p.conv.shape[1], p.ho + 2, p.wo + 2, n)) if p.span else alloc(p.phase_shape(n))
 
     def _scratch_floats(self, p: ConvPlan, n: int) -> int:
         """Size of a Winograd layer's transformed input (floats); the layers share one buffer."""

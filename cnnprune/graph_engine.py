@@ -287,7 +287,8 @@ class _Program:
 
     def _phase_planes(self, p: ConvPlan) -> np.ndarray:
         """The 4 phase planes that a stride-2 convolution not reading its input directly reads."""
-        return self.pool.phase(p.conv.shape[1], (p.hin + 2 * p.border) // 2, (p.win + 2 * p.border) // 2, self.n)
+        shape = p.phase_shape(self.n)
+        return self.pool.phase(p.conv.shape[1], shape[1], shape[2], self.n)
 
     def _pools_alone(self, i: int) -> bool:
         """Whether conv op ``i`` and the max pool after it, its output's only reader, run as one

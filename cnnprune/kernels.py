@@ -84,16 +84,18 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
     n = src.shape[3]
     k, stride, pad, hin, win = geometry
     if pieces:
-        if not conv_span_eligible(k, stride, pad, hin, win, ho, wo) or src.shape[1:3] != (hin + 2, win + 2):
-            raise ValueError(f"a span convolution needs a 3x3 kernel, stride 1, padding 1 and a one-pixel border, not "
-                             f"k={k} stride={stride} pad={pad} over {tuple(src.shape)}")
+        # stride 1 reads the padded input, stride 2 its phase planes in the output's padded geometry
+        planes = (hin + 2, win + 2) if stride == 1 else (ho + 2, wo + 2)
+        if not conv_span_eligible(k, stride, pad, hin, win, ho, wo) or src.shape[1:3] != planes:
+            raise ValueError(f"a span convolution needs a 3x3 kernel, stride 1 or 2, padding 1 and input planes of "
+                             f"{planes}, not k={k} stride={stride} pad={pad} over {tuple(src.shape)}")
         maps = [a.shape for a in (dst, res) if a is not None]
         if not 1 <= pieces <= 3 or any(m != (cout, ho + 2, wo + 2, n) for m in maps):
             raise ValueError(f"a span convolution takes 1-3 pieces and padded ({cout}, {ho + 2}, {wo + 2}, {n}) outputs, "
                              f"not {pieces} and {maps}")
         flag = pieces | (SPAN_ROUND if tail_slack(src) >= ROUND_SLACK else 0)
-        return Step(kind=CONV_SPAN, src=src.ctypes.data, C=src.shape[0], H=hin, W=win, N=n, Ho=ho, Wo=wo, Cout=cout,
-                    k=k, stride=1, pad=1, pieces=flag, ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data,
+        return Step(kind=CONV_SPAN, src=src.ctypes.data, C=src.shape[0] // stride**2, H=hin, W=win, N=n, Ho=ho, Wo=wo,
+                    Cout=cout, k=k, stride=stride, pad=1, pieces=flag, ngroups=ngroups, ptr=ptr.ctypes.data, chan=chan.ctypes.data,
                     off=off.ctypes.data, off16=int(off.dtype == np.uint16), val=val.ctypes.data, bias=bias.ctypes.data,
                     dst=dst.ctypes.data, res=None if res is None else res.ctypes.data, relu=int(relu))
     if direct and not direct_stride2(stride, n):
@@ -110,8 +112,10 @@ def conv_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, ptr: n
 
 def conv_span_eligible(k: int, stride: int, pad: int, hin: int, win: int, ho: int, wo: int) -> bool:
     """Whether a sparse convolution can run as a CONV_SPAN step (``sparse_conv_span_body``): 3x3,
-    stride 1, padding 1, so that output and input planes share one geometry."""
-    return (k, stride, pad) == (3, 1, 1) and (hin, win) == (ho, wo)
+    padding 1, stride 1 (output and input planes share one geometry) or stride 2 over an even
+    map (its phase planes laid out in the output's geometry: ``split_step``)."""
+    return (k, pad) == (3, 1) and ((stride == 1 and (hin, win) == (ho, wo)) or
+                                   (stride == 2 and (hin, win) == (2 * ho, 2 * wo)))
 
 
 def direct_stride2(stride: int, n: int) -> bool:
@@ -194,10 +198,17 @@ def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, p
 
 
 def split_step(src: np.ndarray, dst: np.ndarray) -> Step:
-    """The SPLIT step: padded (C, Hp, Wp, N) ``src`` into the 4 phase planes ``dst`` (4C, Hp/2,
-    Wp/2, N) that a stride-2 convolution reads. Raw addresses: the caller keeps the arrays alive."""
+    """The SPLIT step: padded (C, Hp, Wp, N) ``src`` into the 4 phase planes ``dst`` (4C, Hd, Wd,
+    N) that a stride-2 convolution reads: Hd, Wd = Hp/2, Wp/2, or one more each for a span
+    convolution (``native_plan.phase_dims``), whose extra row and column stay unwritten. Raw
+    addresses: the caller keeps the arrays alive."""
     c, hp, wp, n = src.shape
-    return Step(kind=SPLIT, src=src.ctypes.data, C=c, H=hp, W=wp, N=n, dst=dst.ctypes.data)
+    hd, wd = dst.shape[1:3]
+    if hp % 2 or wp % 2 or dst.shape[0] != 4 * c or dst.shape[3] != n or \
+            (hd, wd) not in ((hp // 2, wp // 2), (hp // 2 + 1, wp // 2 + 1)):
+        raise ValueError(f"phase planes of padded {tuple(src.shape)} are ({4 * c}, {hp // 2}, {wp // 2}, {n}) or a row "
+                         f"and column wider, not {tuple(dst.shape)}")
+    return Step(kind=SPLIT, src=src.ctypes.data, C=c, H=hp, W=wp, N=n, Ho=hd, Wo=wd, dst=dst.ctypes.data)
 
 
 def winograd_steps(src: np.ndarray, scratch: np.ndarray | None, u: np.ndarray, bias: np.ndarray, dst: np.ndarray,

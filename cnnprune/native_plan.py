@@ -146,6 +146,7 @@ class ConvPlan:
     gemm_ok: bool = False  # the native dense 1x1 kernel may run it (``gemm_eligible``)
     border: int = 1  # pixels of zero border around its input buffer: its padding where that is wider than 1
     direct: bool = False  # stride 2 read from the input itself, no phase planes (``kernels.direct_stride2``)
+    # (with conv_span, a stride-2 layer's phase planes are in the span's geometry for every tiling: ``phase_dims``)
     g: np.ndarray | None = None  # its packed dense weight (``gemm_weights``)
     fused: bool = False
     residual: bool = False  # the forward pass adds a residual into its output: calibrated with one (``_choose_layers``)
@@ -166,6 +167,10 @@ class ConvPlan:
         if self.span:
             return span_tiles(vector_width, span_floats(self.ho, self.wo, n), self.conv.shape[1])
         return (None, SpanTile(1)) if self.conv_span else (None,)
+
+    def phase_shape(self, n: int) -> tuple[int, int, int, int]:
+        """The 4 phase planes this stride-2 layer reads at batch ``n`` (``phase_dims``)."""
+        return (4 * self.conv.shape[1], *phase_dims(self.hin, self.win, self.border, self.conv_span), n)
 
     @property
     def pieces(self) -> int:
@@ -232,7 +237,7 @@ def winograd_weights(conv: FoldedConv, block: int | None = None) -> np.ndarray:
 
 
 def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, narrow: bool = True, border: int = 1,
-                    direct: bool = False) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+                    direct: bool = False, wide: bool = False) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
     """The folded weight as the kernel reads it (``csrc/sparse_conv.c``): nonzeros ordered by
     (group of ``group`` input channels, output channel, kernel column, kernel row): a tile
     streams one group's runs channel after channel. ``ptr``: the start of each such segment
@@ -244,7 +249,8 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
     instead of 8 bytes per nonzero is time saved. ``border``: pixels of zero border around the
     input (its padding where that is wider than 1: the stem reads the packed input).
     ``direct``: a stride-2 convolution that reads the padded input itself
-    (``kernels.direct_stride2``), offsets as for stride 1; else stride 2 reads phase planes."""
+    (``kernels.direct_stride2``), offsets as for stride 1; else stride 2 reads phase planes of
+    ``phase_dims`` (``wide``: a row and a column wider, for the span)."""
     cout, cin, kh, kw = conv.shape
     ptr, chan, ngroups, (ci, ky, kx, values) = _runs(conv, group)
     oy, ox = ky - conv.padding + border, kx - conv.padding + border
@@ -252,7 +258,7 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
         row = (win + 2 * border) * n
         off = ci.astype(np.int64) * (hin + 2 * border) * row + oy * row + ox * n
     else:
-        hh, wh = (hin + 2 * border) // 2, (win + 2 * border) // 2
+        hh, wh = phase_dims(hin, win, border, wide)
         row = wh * n
         plane = ((oy % 2) * 2 + (ox % 2)) * cin + ci
         off = plane.astype(np.int64) * hh * row + (oy // 2) * row + (ox // 2) * n
@@ -262,6 +268,14 @@ def sparse_operands(conv: FoldedConv, hin: int, win: int, n: int, group: int, na
         raise CnnpruneError(f"batch {n} is too large for the native sparse engine's 32-bit offsets; use a smaller batch")
     narrow = narrow and top < 2**16
     return ptr, chan, ngroups, off.astype(np.uint16 if narrow else np.int32), values
+
+
+def phase_dims(hin: int, win: int, border: int = 1, wide: bool = False) -> tuple[int, int]:
+    """Rows and columns of each phase plane of a stride-2 convolution over an ``hin`` x ``win``
+    map with ``border`` pixels of padding (``kernels.split_step``): half the padded map, or with
+    ``wide`` a row and a column more, the output's padded geometry, so that the span kernel
+    reads phase and output planes alike (``kernels.conv_span_eligible``)."""
+    return (hin + 2 * border) // 2 + wide, (win + 2 * border) // 2 + wide
 
 
 def _runs(conv: FoldedConv, group: int) -> tuple[np.ndarray, np.ndarray, int, tuple]:
@@ -288,15 +302,16 @@ def span_eligible(conv: FoldedConv, hin: int, win: int) -> bool:
 
 
 def conv_span_offered(p: ConvPlan, n: int, vector_width: int) -> bool:
-    """Whether calibration also times a 3x3 stride-1 layer's sparse kernel over each plane's span
-    (``kernels.conv_step`` with pieces; ``conv_span_eligible``, the input's border its padding):
+    """Whether calibration also times a 3x3 layer's sparse kernel over each plane's span
+    (``kernels.conv_step`` with pieces; ``conv_span_eligible``, the input's border its padding;
+    stride 2 over phase planes, not where it reads its input directly):
     where the row tiles cut an output row of ``n``-float pixels into several pieces (vectors,
     then 8, 4, 2, 1 floats), each streaming every nonzero. At batch 1 the span ran ResNet-50 90
     %'s 14x14 and 7x7 3x3s 1.7-1.9x faster and its 28x28 ones 1.2x; rows of one piece (whole
     vectors, or the CIFAR ResNet18's 8-, 4- and 2-float rows, 1.3-1.8x slower over the span,
     where row tiles skip the taps on the border) are not timed."""
     conv = p.conv
-    return (p.border == 1 and conv.shape[2] == conv.shape[3]
+    return (p.border == 1 and conv.shape[2] == conv.shape[3] and not p.direct
             and conv_span_eligible(conv.shape[2], conv.stride, conv.padding, p.hin, p.win, p.ho, p.wo)
             and (p.wo * n) % vector_width != 0 and bin(p.wo * n).count("1") > 1)
 
@@ -357,9 +372,10 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
         run = -(-SPAN_RUN * cout * cin // nnz)
         least = max(-(-SPAN_MIN_RUN * cout * cin // nnz), SPAN_LEAST_BYTES // block)
         return min(cin, max(least, min(run, fit)))
-    if tile is not None:  # a k x k layer over the span: its block plus the rows its taps reach
-        floats = min(span_floats(ho, row_floats // n, n), tile.block_floats(lib.vector_width())) + \
-            (k - 1) * (row_floats + 2 * n)
+    if tile is not None:  # a k x k layer over the span: its block plus the rows its taps reach, in each phase plane
+        stride = conv.stride
+        floats = stride**2 * (min(span_floats(ho, row_floats // n, n), tile.block_floats(lib.vector_width())) +
+                              (k - 1) // stride * (row_floats + 2 * n))
         l1 = max(1, CONV_SPAN_GROUP_BYTES // (floats * 4))
     else:
         l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)

@@ -75,6 +75,27 @@ def test_stride_2_at_one_or_two_vectors_per_pixel_reads_its_input_directly(arch:
         assert all(p.direct == (p.conv.stride == 2 and not p.span) for p in plans.values())
 
 
+def test_3x3_layers_over_the_span_match_eager_at_stride_1_and_2(monkeypatch) -> None:
+    """Every 3x3 layer whose output rows the row tiles cut in pieces (ResNet-50 at 64 pixels, batch
+    3: 8x8 to 2x2 maps of 3 floats a pixel) made to run over the span: stride 2 reads phase planes
+    in the output's geometry, which the split writes a row and a column wider."""
+    import cnnprune.engine as engine_module
+
+    original = engine_module.fold_tiles
+
+    def last_tiling(ms: dict, tiles: list):
+        """The last tiling (the span's, where a 3x3 layer has one), in sparse mode, as fastest."""
+        original(ms, tiles)
+        ms["sparse"] = 0.0
+        return tiles[-1]
+    torch.manual_seed(0)
+    model = pruned(build("resnet50", 10), 0.9)
+    monkeypatch.setattr(engine_module, "fold_tiles", last_tiling)
+    plans = check(model, 64, 3).engine._plans[3]["convs"].values()
+    over = {p.conv.stride for p in plans if p.pieces}
+    assert over == {1, 2} and all(p.pieces for p in plans if p.conv_span)
+
+
 class StemReadTwice(nn.Module):
     """A 7x7 stride-2 stem with ReLU whose output a max pool reads, and a mean too."""
 

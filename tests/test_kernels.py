@@ -27,7 +27,16 @@ from cnnprune.kernels import (
     winograd_steps,
 )
 from cnnprune.native import from_nchw, to_nchw
-from cnnprune.native_plan import SpanTile, gemm_weights, padded, span_operands, sparse_operands, winograd_eligible, winograd_weights
+from cnnprune.native_plan import (
+    SpanTile,
+    gemm_weights,
+    padded,
+    phase_dims,
+    span_operands,
+    sparse_operands,
+    winograd_eligible,
+    winograd_weights,
+)
 from cnnprune.plan import ACT_NAMES
 
 
@@ -60,10 +69,13 @@ def run_kernel(conv: FoldedConv, x: torch.Tensor, group: int, threads: int,
     src, resbuf = padded_from(x, Arena() if slack else None), padded_from(res)
     assert (tail_slack(src) >= ROUND_SLACK) == slack
     dst = resbuf if onto else padded(cout, ho, wo, n)
-    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow)
+    wide = bool(pieces) and conv.stride == 2  # phase planes in the output's geometry, their last row and column unwritten
+    ptr, chan, ngroups, off, val = sparse_operands(conv, h, w, n, group, narrow, wide=wide)
     steps, base = [], src
     if conv.stride == 2:
-        base = np.empty((4 * cin, (h + 2) // 2, (w + 2) // 2, n), dtype=np.float32)
+        base = (Arena() if slack else None, (4 * cin, *phase_dims(h, w, 1, wide), n))
+        base = base[0].zeros(base[1]) if base[0] else np.empty(base[1], dtype=np.float32)
+        base[...] = np.nan
         steps.append(split_step(src, base))
     steps.append(conv_step(base, ho, wo, cout, ngroups, ptr, chan, off, val, conv.bias, dst, resbuf, relu,
                            (k, conv.stride, conv.padding, h, w), pieces=pieces))
@@ -105,16 +117,19 @@ def test_sparse_conv_matches_conv2d(n: int, k: int, stride: int, hw: int, densit
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 16])
-@pytest.mark.parametrize("hw", [1, 2, 5, 7, 14, 28])
+@pytest.mark.parametrize("stride, hw", [(1, 1), (1, 2), (1, 5), (1, 7), (1, 14), (1, 28), (2, 2), (2, 6), (2, 14),
+                                        (2, 28)])
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.6, 1.0])
-def test_3x3_over_the_span_matches_conv2d(n: int, hw: int, density: float) -> None:
-    """3x3 stride-1 convolutions as one product over each plane's span (CONV_SPAN): every map
-    width, spans rounded up to whole vectors (memory after the input) or ending in narrow tiles,
-    input-channel groups, tiles of 1-3 pieces, threads, residual and activations, and the border
-    zero afterwards (the span computes the border pixels between rows)."""
-    conv = random_conv(12, 24, 3, 1, density, seed=n * 31 + hw)
+def test_3x3_over_the_span_matches_conv2d(n: int, stride: int, hw: int, density: float) -> None:
+    """3x3 convolutions as one product over each plane's span (CONV_SPAN): stride 1, and stride 2
+    over phase planes in the output's geometry (NaN where the split leaves them unwritten: no
+    output may read it); every map width, spans rounded up to whole vectors (memory after the
+    input) or ending in narrow tiles, input-channel groups, tiles of 1-3 pieces, threads,
+    residual and activations, and the border zero afterwards (the span computes the border
+    pixels between rows)."""
+    conv = random_conv(12, 24, 3, stride, density, seed=n * 31 + hw)
     x = torch.randn(n, 12, hw, hw, generator=torch.Generator().manual_seed(hw)) * 4
-    res = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(n))
+    res = torch.randn(n, 24, hw // stride, hw // stride, generator=torch.Generator().manual_seed(n))
     for r, act in ((None, 1), (res, 1), (None, 0), (res, 4)):
         want = reference(conv, x, r, act)
         for group, threads, pieces, slack, narrow in ((12, 1, 1, True, True), (5, 2, 1, False, True), (1, 3, 3, True, False),
@@ -123,7 +138,7 @@ def test_3x3_over_the_span_matches_conv2d(n: int, hw: int, density: float) -> No
             assert (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max())), (act, group, threads, pieces, slack)
 
 
-@pytest.mark.parametrize("k, stride, pad, hw", [(3, 2, 1, 8), (1, 1, 0, 8), (5, 1, 2, 8), (3, 1, 0, 8)])
+@pytest.mark.parametrize("k, stride, pad, hw", [(3, 2, 1, 7), (1, 1, 0, 8), (5, 1, 2, 8), (3, 1, 0, 8)])
 def test_the_span_refuses_a_convolution_it_cannot_run(k: int, stride: int, pad: int, hw: int) -> None:
     conv = FoldedConv("c", np.ones((4, 4, k, k), np.float32), np.zeros(4, np.float32), stride, pad)
     ho = (hw + 2 * pad - k) // stride + 1

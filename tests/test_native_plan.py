@@ -89,10 +89,23 @@ def test_a_3x3_layer_is_timed_over_the_span_where_row_tiles_cut_a_row_in_pieces(
     assert p.tilings(n, vw) == ((None, SpanTile(1)) if offered else (None,)) and p.tiled == offered
 
 
-@pytest.mark.parametrize("stride, pad, border", [(2, 1, 1), (1, 0, 1), (1, 1, 2)])
-def test_no_span_where_input_and_output_planes_differ(stride: int, pad: int, border: int) -> None:
-    ho = (14 + 2 * pad - 3) // stride + 1
-    assert not conv_span_offered(ConvPlan(conv_3x3(8, 8, 0.5, stride, pad), 14, 14, ho, ho, border=border), 1, 16)
+@pytest.mark.parametrize("hw, stride, pad, border", [(13, 2, 1, 1), (14, 1, 0, 1), (14, 1, 1, 2)])
+def test_no_span_where_input_and_output_planes_differ(hw: int, stride: int, pad: int, border: int) -> None:
+    """Not for an odd map at stride 2 (no phase planes in the output's geometry), no padding, a
+    wider border."""
+    ho = (hw + 2 * pad - 3) // stride + 1
+    assert not conv_span_offered(ConvPlan(conv_3x3(8, 8, 0.5, stride, pad), hw, hw, ho, ho, border=border), 1, 16)
+
+
+@pytest.mark.parametrize("hw, n, direct, offered", [(28, 1, False, True), (56, 1, False, True), (14, 1, False, True),
+                                                    (32, 1, False, False), (28, 16, True, False)])
+def test_a_stride_2_layer_is_timed_over_the_span_of_its_phase_planes(hw: int, n: int, direct: bool, offered: bool) -> None:
+    """Where its output rows are cut in pieces and it reads phase planes (not its input directly);
+    its phase planes are then a row and a column wider, for every tiling."""
+    p = ConvPlan(conv_3x3(8, 8, 0.5, 2, 1), hw, hw, hw // 2, hw // 2, direct=direct)
+    p.conv_span = conv_span_offered(p, n, 16)
+    assert p.conv_span == offered
+    assert p.phase_shape(n) == (32, hw // 2 + 1 + offered, hw // 2 + 1 + offered, n)
 
 
 @pytest.mark.parametrize("cin, density, hw", [(256, 0.03, 14), (128, 0.125, 28), (512, 0.002, 7), (64, 0.9, 56)])

@@ -336,6 +336,10 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
  * tail runs in tiles of 8, 4, 2 and 1 floats, each streaming the nonzeros once more.
  * Read in place, without sparse_span_body's block copy (its planes a multiple of 4 KB apart,
  * that copy's reason, are 1x1 layers' wide inputs at batch 16; this runs where maps are small).
+ * Stride 2 reads the 4 phase planes laid out in the output's padded geometry (phase_split_body
+ * with Hd = H+2, Wd = W+2): output pixel (y, x) reads phase pixel (y + ky/2, x + kx/2) of
+ * plane (ky%2, kx%2) (ky, kx counted on the padded input), again one run of consecutive floats
+ * per nonzero at a fixed offset from the output float; H, W: the output's map.
  * Work items: blocks of pieces x 8 vectors of the span x chunks of output channels. */
 static void sparse_conv_span_body(const float *src, int H, int W, int N, int Cout, int ngroups, int k,
                                   const int32_t *ptr, const int32_t *chan, const void *off, int off16,
@@ -520,15 +524,17 @@ static void split_row(const float *restrict s, int Wh, int N, float *restrict ev
         }
 }
 
-/* Split a padded (C, Hp, Wp, N) tensor into 4 phase planes (a, b, C, Hp/2, Wp/2, N):
- * plane (a, b) holds rows a, a+2, ... and columns b, b+2, ... (Hp, Wp even). */
-static void phase_split_body(const float *src, int C, int Hp, int Wp, int N, float *dst) {
-    const int Hh = Hp / 2, Wh = Wp / 2;
-    const int64_t plane = (int64_t)Hh * Wh * N;
+/* Split a padded (C, Hp, Wp, N) tensor into 4 phase planes (a, b, C, Hd, Wd, N): plane (a, b)
+ * holds rows a, a+2, ... and columns b, b+2, ... (Hp, Wp even) in its first Hp/2 rows of Wp/2
+ * pixels; Hd >= Hp/2, Wd >= Wp/2 (a span convolution's planes are a row and a column wider, the
+ * output's padded geometry: sparse_conv_span_body; the rest is never written). */
+static void phase_split_body(const float *src, int C, int Hp, int Wp, int N, float *dst, int Hd, int Wd) {
+    const int Wh = Wp / 2;
+    const int64_t plane = (int64_t)Hd * Wd * N;
     #pragma omp for schedule(static)
     for (int i = 0; i < C * Hp; i++) {
         const int c = i / Hp, r = i % Hp, a = r & 1;
-        float *even = dst + ((int64_t)(a * 2) * C + c) * plane + (int64_t)(r / 2) * Wh * N;
+        float *even = dst + ((int64_t)(a * 2) * C + c) * plane + (int64_t)(r / 2) * Wd * N;
         split_row(src + (int64_t)i * Wp * N, Wh, N, even, even + (int64_t)C * plane);
     }
 }
@@ -646,14 +652,14 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
                              s->bias, s->dst, s->res, s->relu, s->k, nthreads);
             break;
         case STEP_CONV_SPAN:
-            sparse_conv_span_body(s->src, s->H, s->W, s->N, s->Cout, s->ngroups, s->k, s->ptr, s->chan, s->off, s->off16,
+            sparse_conv_span_body(s->src, s->Ho, s->Wo, s->N, s->Cout, s->ngroups, s->k, s->ptr, s->chan, s->off, s->off16,
                                   s->val, s->bias, s->dst, s->res, s->relu, s->pieces, nthreads);
             break;
         case STEP_GEMM:
             gemm_span_body(s->src, s->H, s->W, s->N, s->C, s->Cout, s->val, s->bias, s->dst, s->res, s->relu, nthreads);
             break;
         case STEP_SUBSAMPLE: subsample_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
-        case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
+        case STEP_SPLIT: phase_split_body(s->src, s->C, s->H, s->W, s->N, s->dst, s->Ho, s->Wo); break;
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SCALE: scale_body(s->src, s->C, s->H, s->W, s->N, s->val, s->stride, s->src_row, s->dst); break;
         case STEP_REPAD: repad_body(s->src, s->C, s->H, s->W, s->N, s->k, s->pad, s->dst); break;
