@@ -16,23 +16,24 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
-from cnnprune.buffers import CALIBRATION_CHUNK, Arena, release_free_memory
+from cnnprune.buffers import CALIBRATION_CHUNK, Arena, BufferPool, release_free_memory
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import INPUT_SIZE, FoldedConv, FoldedResNet, compact_net
 from cnnprune.native_plan import (
     FUSED_PANELS_PER_THREAD,
     MODES,
     ONTO_RESIDUAL,
-    BufferPool,
     ConvPlan,
     SpanTile,
     fold_tiles,
     gemm_weights,
     group_size,
+    linear_operands,
     padded,
     probes_host_dense,
     random_padded,
     span_operands,
+    sparse_linear,
     sparse_operands,
     winograd_eligible,
     winograd_weights,
@@ -350,7 +351,7 @@ class NativeEngine:
         """Buffers (zero borders, allocated once per batch size from one huge-page ``Arena``,
         each reused once its last reader has run: ``BufferPool``) and the forward pass: runs of
         native steps, each one call, with the layers that run dense (the host's) between them."""
-        from cnnprune.kernels import AVGPOOL, LINEAR, MAXPOOL, PACK, Step, conv_pool_step
+        from cnnprune.kernels import AVGPOOL, MAXPOOL, PACK, Step, conv_pool_step, linear_step
 
         plan = self._plan(n)
         if "program" in plan or not runs_sparse(plan):
@@ -406,8 +407,8 @@ class NativeEngine:
         keep += [pooled, logits, fc_w, fc_b]
         items.append(Step(kind=AVGPOOL, src=cur.ctypes.data, C=cur.shape[0], H=cur.shape[1] - 2, W=cur.shape[2] - 2,
                           N=n, dst=pooled.ctypes.data))
-        items.append(Step(kind=LINEAR, src=pooled.ctypes.data, N=n, C=fc_w.shape[1], Cout=fc_w.shape[0],
-                          val=fc_w.ctypes.data, bias=fc_b.ctypes.data, dst=logits.ctypes.data))
+        keep.append(csr := linear_operands(fc_w) if sparse_linear(fc_w, n) else None)
+        items.append(linear_step(pooled, fc_w, fc_b, logits, csr=csr))
         plan.update(program=self._group(items, keep), xbuf=xbuf, logits=logits)
         self._finish(n, plan)
         return plan

@@ -16,16 +16,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnprune.buffers import Arena
+from cnnprune.buffers import Arena, BufferPool
 from cnnprune.engine import NativeEngine, runs_sparse
 from cnnprune.native_plan import (
     FUSED_PANELS_PER_THREAD,
     ONTO_RESIDUAL,
-    BufferPool,
     ConvPlan,
     conv_span_offered,
     gemm_eligible,
+    linear_operands,
     span_eligible,
+    sparse_linear,
     winograd_eligible,
 )
 from cnnprune.plan import ACTS, Graph, GraphOp
@@ -77,13 +78,24 @@ class GraphEngine(NativeEngine):
         self.graph = graph
         self.input_shape = graph.input_shape
         self.gemm = kwargs.get("layer_mode") in (None, "gemm")
+        self._linear: dict[str, tuple] = {}  # linear layers' CSR weights (``linear_csr``)
         for op in graph.ops:
             if op.kind == "conv":
                 op.conv = op.conv.compact()
 
+    def linear_csr(self, conv, n: int) -> tuple | None:
+        """A linear layer's weight in CSR where it runs so at batch ``n`` (``sparse_linear``), made
+        once for every batch size's program."""
+        if not sparse_linear(conv.weight, n):
+            return None
+        if conv.name not in self._linear:
+            self._linear[conv.name] = linear_operands(conv.weight)
+        return self._linear[conv.name]
+
     def held_weight_bytes(self) -> int:
         """Folded weights as kept between plans and the operands of every planned batch size."""
-        return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + self._operand_bytes()
+        return sum(op.conv.weight_bytes() for op in self.graph.ops if op.conv is not None) + self._operand_bytes() + \
+            sum(a.nbytes for csr in self._linear.values() for a in csr)
 
     def _layer_plans(self, n: int) -> dict[str, ConvPlan]:
         from cnnprune.kernels import direct_stride2
@@ -364,15 +376,15 @@ class _Program:
         self.keep += [src, flat]
 
     def _linear(self, op: GraphOp) -> None:
-        from cnnprune.kernels import LINEAR, Step
+        from cnnprune.kernels import linear_step
 
         src, w, b = self.flat[op.inputs[0]], op.conv.weight, op.conv.bias
         dst = self.arena.zeros((self.n, w.shape[0]))
-        self.items.append(Step(kind=LINEAR, src=src.ctypes.data, N=self.n, C=w.shape[1], Cout=w.shape[0],
-                               val=w.ctypes.data, bias=b.ctypes.data, dst=dst.ctypes.data, relu=ACTS[op.act]))
+        csr = self.e.linear_csr(op.conv, self.n)
+        self.items.append(linear_step(src, w, b, dst, ACTS[op.act], csr))
         self.tensors[op.output] = _tensor_of(dst)
         self.flat[op.output] = dst
-        self.keep += [src, dst, w, b]
+        self.keep += [src, dst, w, b, csr]
 
     def _torch(self, op: GraphOp) -> None:
         getters = [self.tensor(v) for v in op.inputs]

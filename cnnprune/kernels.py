@@ -197,6 +197,28 @@ def conv_pool_step(src: np.ndarray, ho: int, wo: int, cout: int, ngroups: int, p
     return step
 
 
+def linear_step(src: np.ndarray, weight: np.ndarray, bias: np.ndarray, dst: np.ndarray, relu: int = 0,
+                csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Step:
+    """The LINEAR step: (N, C) ``src`` times the (Cout, C) ``weight`` plus ``bias`` into (N, Cout)
+    ``dst``, activation code ``relu``; with ``csr`` (row starts, int32 input indices, values:
+    ``native_plan.linear_operands``) only the weight's nonzeros are read. Raw addresses: the
+    caller keeps the arrays alive."""
+    n, c = src.shape
+    cout = weight.shape[0]
+    if weight.shape != (cout, c) or bias.shape != (cout,) or dst.shape != (n, cout):
+        raise ValueError(f"a linear step takes ({n}, {c}) inputs, a ({cout}, {c}) weight, {cout} biases and a "
+                         f"({n}, {cout}) output, not {weight.shape}, {bias.shape} and {dst.shape}")
+    step = Step(kind=LINEAR, src=src.ctypes.data, N=n, C=c, Cout=cout, val=weight.ctypes.data, bias=bias.ctypes.data,
+                dst=dst.ctypes.data, relu=int(relu))
+    if csr is not None:
+        ptr, idx, val = csr
+        if ptr.shape != (cout + 1,) or ptr.dtype != np.int32 or idx.dtype != np.int32 or idx.shape != val.shape or \
+                int(ptr[0]) != 0 or int(ptr[-1]) != idx.size or (idx.size and not 0 <= int(idx.min()) <= int(idx.max()) < c):
+            raise ValueError(f"a sparse linear step takes {cout + 1} int32 row starts and int32 indices below {c}")
+        step.ptr, step.off, step.val = ptr.ctypes.data, idx.ctypes.data, val.ctypes.data
+    return step
+
+
 def split_step(src: np.ndarray, dst: np.ndarray) -> Step:
     """The SPLIT step: padded (C, Hp, Wp, N) ``src`` into the 4 phase planes ``dst`` (4C, Hd, Wd,
     N) that a stride-2 convolution reads: Hd, Wd = Hp/2, Wp/2, or one more each for a span

@@ -344,6 +344,27 @@ def gemm_weights(conv: FoldedConv) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 1), dtype=np.float32)
 
 
+# A linear layer runs only its nonzeros, in CSR (``kernels.linear_step``), where at most this
+# fraction of its weight is nonzero: at batch 1 (each nonzero gathered, 16 a step) / above (one
+# multiply-add over up to 16 images a nonzero). Measured on the Xeon, 2 threads, a 2048 x 1000
+# and a 1280 x 1000 weight: at batch 1 CSR 3.6x / 2.6x faster at 10 % dense, 1.5x / 1.1x at 30 %,
+# 0.8x / 0.7x at 50 %; at batch 16 1.5x / 1.5x at 70 % (the README's table).
+SPARSE_LINEAR_DENSITY = (0.3, 0.7)
+
+
+def sparse_linear(weight: np.ndarray, n: int) -> bool:
+    """Whether a linear layer's (Cout, C) weight runs in CSR at batch ``n`` (``SPARSE_LINEAR_DENSITY``)."""
+    return np.count_nonzero(weight) <= SPARSE_LINEAR_DENSITY[n > 1] * weight.size
+
+
+def linear_operands(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A linear layer's (Cout, C) weight in CSR: int32 row starts, int32 input indices, float32 values."""
+    rows, cols = np.nonzero(weight)
+    ptr = np.zeros(weight.shape[0] + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=ptr[1:])
+    return ptr, cols.astype(np.int32), np.ascontiguousarray(weight[rows, cols], dtype=np.float32)
+
+
 def span_operands(conv: FoldedConv, group: int, narrow: bool = True) -> tuple:
     """``sparse_operands`` of a span convolution, but each nonzero's offset is its input channel:
     the kernel reads channel c of a work item's block at c times the block's width in its
@@ -380,41 +401,6 @@ def group_size(lib, conv: FoldedConv, row_floats: int, ho: int, n: int, min_run:
     else:
         l1 = lib.channels_per_group(row_floats, ho, n, conv.stride, k, cin)
     return min(cin, max(l1, -(-min_run * cout * cin // nnz)))
-
-
-class BufferPool:
-    """Activation buffers of one forward pass, handed out again once their last reader has run
-    (the steps run in program order): at batch 32 a buffer per layer output made ~35 MB of
-    activations, beside the weights, on a 32 MB L3 cache; reused, far fewer (the README gives the
-    measured sizes and gain). Padded buffers are only reused as padded
-    buffers of the same shape, whose writers touch interiors only, so their borders stay zero;
-    phase planes are rewritten whole by each split."""
-
-    def __init__(self, arena: Arena, reuse: bool = True) -> None:
-        self.arena = arena
-        self.reuse = reuse
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        self._key: dict[int, tuple] = {}
-
-    def _take(self, key: tuple) -> np.ndarray:
-        free = self._free.get(key)
-        buf = free.pop() if free and self.reuse else self.arena.zeros(key[1])
-        self._key[id(buf)] = key
-        return buf
-
-    def padded(self, c: int, h: int, w: int, n: int, border: int = 1) -> np.ndarray:
-        return self._take(("padded", (c, h + 2 * border, w + 2 * border, n)))
-
-    def phase(self, c: int, hh: int, wh: int, n: int) -> np.ndarray:
-        """The 4 phase planes (4c, hh, wh, n) a stride-2 convolution reads."""
-        return self._take(("phase", (4 * c, hh, wh, n)))
-
-    def give(self, *buffers: np.ndarray | None) -> None:
-        """Return buffers whose last reader is already in the program (repeats and None ignored)."""
-        for b in buffers:
-            key = self._key.pop(id(b), None) if b is not None else None
-            if key is not None:
-                self._free.setdefault(key, []).append(b)
 
 
 def padded(c: int, h: int, w: int, n: int, arena: Arena | None = None, border: int = 1) -> np.ndarray:

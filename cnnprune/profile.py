@@ -79,6 +79,9 @@ def work(step: Step) -> tuple[float, float, str]:
     if step.kind in (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN, K.CONV_POOL_S2):
         nnz = nonzeros(step)
         flops, weights = 2.0 * nnz * ho * wo * n, nnz * (FLOAT + index)
+    elif step.kind == K.LINEAR and step.ptr:  # its weight in CSR: row starts, then int32 indices and values
+        nnz = int(ctypes.cast(step.ptr, ctypes.POINTER(ctypes.c_int32))[step.Cout])
+        flops, weights = 2.0 * nnz * n, nnz * (FLOAT + 4) + (co + 1) * 4
     elif step.kind in (K.GEMM, K.WG_CONV, K.WG_FUSED, K.LINEAR):
         taps = 9 if step.kind in (K.WG_CONV, K.WG_FUSED) else 1  # Winograd: the direct convolution's count
         flops, weights = 2.0 * taps * c * co * ho * wo * n, c * co * taps * FLOAT

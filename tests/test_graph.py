@@ -332,6 +332,24 @@ def test_the_classifier_runs_natively_after_a_native_pool(features_out: bool) ->
     assert ("flatten" in rows) == features_out, "a flatten read by Linear layers only is the pool's flat buffer"
 
 
+@pytest.mark.parametrize("amount, sparse_at", [(0.95, {1, 3, 16}), (0.5, {3, 16}), (0.0, set())])
+def test_a_pruned_classifier_runs_its_nonzeros(amount: float, sparse_at: set) -> None:
+    """The classifier in CSR where it is sparse enough at that batch (``sparse_linear``), dense
+    otherwise; logits equal to eager in both."""
+    from cnnprune.kernels import LINEAR
+    from cnnprune.profile import steps_of
+
+    torch.manual_seed(3)
+    model = pruned(build("resnet18", 10), 0.5)
+    if amount:
+        prune.l1_unstructured(model.fc, "weight", amount=amount)
+        prune.remove(model.fc, "weight")
+    for batch in (1, 3, 16):
+        engine = check(model, 32, batch, calibrate=False, layer_mode="sparse")
+        linear = [step for step, _ in steps_of(engine.engine._program(batch)["program"]) if step.kind == LINEAR]
+        assert len(linear) == 1 and bool(linear[0].ptr) == (batch in sparse_at), batch
+
+
 def test_fusion_of_batchnorm_relu_and_residual() -> None:
     graph = trace(build("resnet50", 10).eval(), (3, 64, 64))
     ops = {op.name: op for op in graph.ops}

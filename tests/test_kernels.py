@@ -20,6 +20,7 @@ from cnnprune.kernels import (
     conv_step,
     gemm_step,
     library,
+    linear_step,
     span_step,
     split_step,
     subsample_step,
@@ -30,6 +31,7 @@ from cnnprune.native import from_nchw, to_nchw
 from cnnprune.native_plan import (
     SpanTile,
     gemm_weights,
+    linear_operands,
     padded,
     phase_dims,
     span_operands,
@@ -608,3 +610,36 @@ def test_a_failing_compile_is_one_line_and_leaves_nothing(tmp_path) -> None:
     with pytest.raises(CnnpruneError, match=r"failed: tiles_s1.c:3: error: boom$"):
         kernels._build(str(cc), sources, str(out), kernels._source_folder())
     assert list(out.parent.iterdir()) == [], "no object files or library left behind"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 33])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
+def test_a_linear_step_in_csr_matches_the_dense_one(n: int, density: float) -> None:
+    """Every batch size (gathered at 1, VW images a multiply-add above, a partial last vector),
+    rows without nonzeros, activations."""
+    rng = np.random.default_rng(n)
+    c, cout = 70, 37
+    w = (rng.standard_normal((cout, c)) * (rng.random((cout, c)) < density)).astype(np.float32)
+    b, x = rng.standard_normal(cout).astype(np.float32), rng.standard_normal((n, c)).astype(np.float32)
+    w[3] = 0
+    csr = linear_operands(w)
+    for act in (0, 1, 4):
+        outs = []
+        for form in (None, csr):
+            out = np.full((n, cout), np.nan, np.float32)
+            library().run_steps((Step * 1)(linear_step(x, w, b, out, act, form)), 1, 2)
+            outs.append(out)
+        want = apply_activation(torch.from_numpy(x @ w.T + b), ACT_NAMES[act]).numpy()
+        for out in outs:
+            assert np.abs(out - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+def test_a_linear_step_refuses_operands_of_another_shape() -> None:
+    w = np.eye(4, 6, dtype=np.float32)
+    x, b, out = np.zeros((2, 6), np.float32), np.zeros(4, np.float32), np.zeros((2, 4), np.float32)
+    ptr, idx, val = linear_operands(w)
+    with pytest.raises(ValueError, match="a linear step takes"):
+        linear_step(x, w.T.copy(), b, out)
+    for bad in ((ptr[:-1], idx, val), (ptr, idx + 6, val), (ptr.astype(np.int64), idx, val)):
+        with pytest.raises(ValueError, match="sparse linear step takes"):
+            linear_step(x, w, b, out, csr=bad)

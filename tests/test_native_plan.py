@@ -2,6 +2,8 @@
 the span), and which tilings of it calibration times."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import library
@@ -12,12 +14,15 @@ from cnnprune.native_plan import (
     SPAN_MIN_RUN,
     SPAN_ROWS,
     SPAN_SUM_GROUP_BYTES,
+    SPARSE_LINEAR_DENSITY,
     ConvPlan,
     SpanTile,
     conv_span_offered,
     group_size,
+    linear_operands,
     span_floats,
     span_tiles,
+    sparse_linear,
 )
 
 
@@ -118,3 +123,28 @@ def test_span_3x3_groups_keep_their_block_in_l1_unless_too_sparse(cin: int, dens
     reach = min(span_floats(hw, hw, 1), 8 * lib.vector_width()) + 2 * (hw + 2)
     assert 1 <= group <= cin
     assert group * reach * 4 <= CONV_SPAN_GROUP_BYTES or conv.nnz * (group - 1) < 32 * 64 * cin
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**16))
+def test_a_linear_weight_in_csr_holds_every_nonzero_in_row_order(cout: int, c: int, density: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((cout, c)) * (rng.random((cout, c)) < density)).astype(np.float32)
+    ptr, idx, val = linear_operands(w)
+    assert ptr.dtype == idx.dtype == np.int32 and val.dtype == np.float32 and ptr.shape == (cout + 1,)
+    back = np.zeros_like(w)
+    for k in range(cout):
+        cols = idx[ptr[k]:ptr[k + 1]]
+        assert np.all(np.diff(cols) > 0)
+        back[k, cols] = val[ptr[k]:ptr[k + 1]]
+    assert np.array_equal(back, w) and not np.any(val == 0)
+
+
+def test_a_linear_layer_runs_in_csr_up_to_its_batch_sizes_density() -> None:
+    w = np.zeros((10, 10), np.float32)
+    w.flat[:int(SPARSE_LINEAR_DENSITY[0] * 100)] = 1
+    assert sparse_linear(w, 1) and sparse_linear(w, 16)
+    w.flat[:int(SPARSE_LINEAR_DENSITY[1] * 100)] = 1
+    assert not sparse_linear(w, 1) and sparse_linear(w, 2)
+    w[:] = 1
+    assert not sparse_linear(w, 16)

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from cnnprune import sparse
-from cnnprune.buffers import Arena
+from cnnprune.buffers import Arena, BufferPool
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import Csr, fold_resnet
 from cnnprune.model import load_model
-from cnnprune.native_plan import MODES, BufferPool
+from cnnprune.native_plan import MODES
 
 
 @pytest.mark.parametrize("name", ["unpruned", "one_shot_50", "iterative_75", "one_shot_90"])

@@ -132,8 +132,8 @@ void scale_body(const float *src, int C, int H, int W, int N, const float *scale
 void repad_body(const float *src, int C, int H, int W, int N, int sb, int db, float *dst);
 /* Per-thread scratch buffers (sparse_conv.c), by use: the fused stem's pooling window, the GEMM's
  * packed input block, Winograd's products of an item and a fused item's transformed input panel,
- * the sparse span's input block. */
+ * the sparse span's input block and its partial sums, a sparse linear layer's transposed input. */
 enum { SCRATCH_POOL = 0, SCRATCH_GEMM = 1, SCRATCH_WG_PRODUCTS = 2, SCRATCH_WG_PANEL = 3, SCRATCH_SPAN = 4,
-       SCRATCH_SPAN_SUMS = 5, SCRATCH_SLOTS = 6 };
+       SCRATCH_SPAN_SUMS = 5, SCRATCH_LINEAR = 6, SCRATCH_SLOTS = 7 };
 float *thread_buffer(int slot, int64_t floats);
 #endif

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include "kernels.h"
@@ -604,6 +605,68 @@ static void linear_body(const float *src, int N, int C, int Cout, const float *w
     }
 }
 
+/* A linear layer whose weight is mostly zeros, in CSR (ptr: Cout + 1 row starts into idx, the
+ * nonzeros' input indices, and val): each thread first copies the (N, C) input transposed into
+ * (C, N), so that one nonzero is one multiply-add over up to VW images, then runs its share of
+ * the output rows. The dense loop reads every weight (a 2048 x 1000 classifier is 8 MB, most of
+ * it zeros after global pruning). Four sums for consecutive nonzeros: one would wait on each
+ * multiply-add's latency. The copy is padded by a vector of zeros, so a row's last load of
+ * fewer than VW images stays inside it. */
+/* Sum of val[j] * x[idx[j]] for j in [j0, j1): VW products a step, the x values gathered
+ * (AVX-512 or AVX2; a scalar loop elsewhere), in two sums for the multiply-add's latency. */
+static float linear_row_gathered(const float *x, const int32_t *idx, const float *val, int j0, int j1) {
+    int j = j0;
+    float t = 0.f;
+#if defined(__AVX512F__)
+    __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+    for (; j + 32 <= j1; j += 32) {
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + j), _mm512_i32gather_ps(_mm512_loadu_si512(idx + j), x, 4), a);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(val + j + 16), _mm512_i32gather_ps(_mm512_loadu_si512(idx + j + 16), x, 4), b);
+    }
+    t = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+#elif defined(__AVX2__)
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    for (; j + 16 <= j1; j += 16) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + j), _mm256_i32gather_ps(x, _mm256_loadu_si256((const __m256i *)(idx + j)), 4), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(val + j + 8), _mm256_i32gather_ps(x, _mm256_loadu_si256((const __m256i *)(idx + j + 8)), 4), b);
+    }
+    const __m256 c = _mm256_add_ps(a, b);
+    for (int i = 0; i < 8; i++) t += c[i];
+#endif
+    for (; j < j1; j++) t += val[j] * x[idx[j]];
+    return t;
+}
+
+static void sparse_linear_body(const float *src, int N, int C, int Cout, const int32_t *ptr, const int32_t *idx,
+                               const float *val, const float *bias, float *dst, int relu) {
+    float *xt = thread_buffer(SCRATCH_LINEAR, (int64_t)C * N + VW);
+    for (int n = 0; n < N && N > 1; n++)
+        for (int c = 0; c < C; c++) xt[(int64_t)c * N + n] = src[(int64_t)n * C + c];
+    for (int i = 0; i < VW; i++) xt[(int64_t)C * N + i] = 0.0f;
+    #pragma omp for schedule(static)
+    for (int k = 0; k < Cout; k++) {
+        if (N == 1) {  /* one float a nonzero: VW of them gathered at once */
+            float t = linear_row_gathered(src, idx, val, ptr[k], ptr[k + 1]);
+            const v1 y = {t + bias[k]};
+            dst[k] = relu ? ACTIVATE(v1, y, relu)[0] : y[0];
+            continue;
+        }
+        for (int n0 = 0; n0 < N; n0 += VW) {
+            const float *x = xt + n0;
+            vf a[4] = {{0}, {0}, {0}, {0}};
+            int j = ptr[k];
+            for (; j + 4 <= ptr[k + 1]; j += 4)
+                for (int u = 0; u < 4; u++) a[u] += val[j + u] * *(const vf *)(x + (int64_t)idx[j + u] * N);
+            for (; j < ptr[k + 1]; j++) a[0] += val[j] * *(const vf *)(x + (int64_t)idx[j] * N);
+            const vf sum = (a[0] + a[1]) + (a[2] + a[3]);
+            for (int i = 0; i < VW && n0 + i < N; i++) {
+                const v1 y = {sum[i] + bias[k]};
+                dst[(int64_t)(n0 + i) * Cout + k] = relu ? ACTIVATE(v1, y, relu)[0] : y[0];
+            }
+        }
+    }
+}
+
 /* NCHW input -> padded (C, H+2b, W+2b, N) with a border of b pixels (b >= 1: a first
  * convolution with wider padding, ResNet's 7x7 stem, reads it directly); the border of dst must
  * already be zero. */
@@ -663,7 +726,13 @@ void run_steps(const step_t *steps, int nsteps, int nthreads) {
         case STEP_AVGPOOL: avgpool_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_SCALE: scale_body(s->src, s->C, s->H, s->W, s->N, s->val, s->stride, s->src_row, s->dst); break;
         case STEP_REPAD: repad_body(s->src, s->C, s->H, s->W, s->N, s->k, s->pad, s->dst); break;
-        case STEP_LINEAR: linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst, s->relu); break;
+        case STEP_LINEAR:  /* with ptr: the weight in CSR (kernels.linear_step) */
+            if (s->ptr)
+                sparse_linear_body(s->src, s->N, s->C, s->Cout, s->ptr, (const int32_t *)s->off, s->val, s->bias, s->dst,
+                                   s->relu);
+            else
+                linear_body(s->src, s->N, s->C, s->Cout, s->val, s->bias, s->dst, s->relu);
+            break;
         case STEP_WG_INPUT: winograd_input_body(s->src, s->C, s->H, s->W, s->N, s->dst); break;
         case STEP_WG_CONV:
             winograd_conv_body(s->src, s->C, s->H, s->W, s->N, s->Cout, s->val, s->bias, s->dst, s->res, s->relu);
