@@ -121,7 +121,7 @@ void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, co
                     t += (int64_t)nv * VW;
                 }
             }
-            for (int c = 4 * q0; c < 4 * q1; c++) zero_outside(dst + c * plane, start + t0, start + end, row, N, W, H);
+            zero_outside(dst + 4 * q0 * plane, 4 * (q1 - q0), plane, start + t0, start + end, row, N, W, H);
         }
     }
 }

@@ -116,7 +116,7 @@ void winograd_fused_body(const float *src, int Cin, int H, int W, int N, int Cou
  * a span's planes into panels (the span kernels' per-thread input copy). */
 void gemm_span_body(const float *src, int H, int W, int N, int Cin, int Cout, const float *w, const float *bias,
                     float *dst, const float *res, int relu, int nthreads);
-void zero_outside(float *p, int64_t a, int64_t b, int64_t row, int N, int W, int H);
+void zero_outside(float *p, int nplanes, int64_t plane, int64_t a, int64_t b, int64_t row, int N, int W, int H);
 /* sparse_conv.c: where a padded plane's interior span lies (floats: a padded row, the plane,
  * the span's start and length), and how many output-channel chunks a layer's work items take. */
 typedef struct { int64_t row, plane, start, len; } span_geom;
