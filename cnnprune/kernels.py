@@ -205,18 +205,31 @@ def linear_step(src: np.ndarray, weight: np.ndarray, bias: np.ndarray, dst: np.n
     caller keeps the arrays alive."""
     n, c = src.shape
     cout = weight.shape[0]
-    if weight.shape != (cout, c) or bias.shape != (cout,) or dst.shape != (n, cout):
-        raise ValueError(f"a linear step takes ({n}, {c}) inputs, a ({cout}, {c}) weight, {cout} biases and a "
-                         f"({n}, {cout}) output, not {weight.shape}, {bias.shape} and {dst.shape}")
+    arrays = (src, weight, bias, dst)
+    if weight.shape != (cout, c) or bias.shape != (cout,) or dst.shape != (n, cout) or \
+            any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays):
+        raise ValueError(f"a linear step takes contiguous float32 ({n}, {c}) inputs, a ({cout}, {c}) weight, {cout} "
+                         f"biases and a ({n}, {cout}) output, not {weight.shape}, {bias.shape} and {dst.shape}")
     step = Step(kind=LINEAR, src=src.ctypes.data, N=n, C=c, Cout=cout, val=weight.ctypes.data, bias=bias.ctypes.data,
                 dst=dst.ctypes.data, relu=int(relu))
     if csr is not None:
         ptr, idx, val = csr
-        if ptr.shape != (cout + 1,) or ptr.dtype != np.int32 or idx.dtype != np.int32 or idx.shape != val.shape or \
-                int(ptr[0]) != 0 or int(ptr[-1]) != idx.size or (idx.size and not 0 <= int(idx.min()) <= int(idx.max()) < c):
-            raise ValueError(f"a sparse linear step takes {cout + 1} int32 row starts and int32 indices below {c}")
+        if not _valid_csr(ptr, idx, val, cout, c):
+            raise ValueError(f"a sparse linear step takes {cout + 1} ascending int32 row starts from 0 to the nonzero "
+                             f"count, int32 indices below {c} and float32 values, contiguous")
         step.ptr, step.off, step.val = ptr.ctypes.data, idx.ctypes.data, val.ctypes.data
     return step
+
+
+def _valid_csr(ptr: np.ndarray, idx: np.ndarray, val: np.ndarray, rows: int, cols: int) -> bool:
+    """Whether CSR arrays index only inside themselves and a ``cols``-wide input (the kernel reads
+    idx[ptr[k]:ptr[k + 1]] and x[idx[j]] unchecked)."""
+    arrays = (ptr, idx, val)
+    if any(a.ndim != 1 or not a.flags.c_contiguous for a in arrays) or \
+            (ptr.dtype, idx.dtype, val.dtype) != (np.int32, np.int32, np.float32):
+        return False
+    return (ptr.size == rows + 1 and idx.size == val.size and int(ptr[0]) == 0 and int(ptr[-1]) == idx.size
+            and not np.any(np.diff(ptr) < 0) and (idx.size == 0 or 0 <= int(idx.min()) <= int(idx.max()) < cols))
 
 
 def split_step(src: np.ndarray, dst: np.ndarray) -> Step:

@@ -638,8 +638,12 @@ def test_a_linear_step_refuses_operands_of_another_shape() -> None:
     w = np.eye(4, 6, dtype=np.float32)
     x, b, out = np.zeros((2, 6), np.float32), np.zeros(4, np.float32), np.zeros((2, 4), np.float32)
     ptr, idx, val = linear_operands(w)
-    with pytest.raises(ValueError, match="a linear step takes"):
-        linear_step(x, w.T.copy(), b, out)
-    for bad in ((ptr[:-1], idx, val), (ptr, idx + 6, val), (ptr.astype(np.int64), idx, val)):
+    for args in ((x, w.T.copy(), b, out), (x, w.astype(np.float64), b, out), (x, np.asfortranarray(w), b, out)):
+        with pytest.raises(ValueError, match="a linear step takes"):
+            linear_step(*args)
+    unordered = ptr.copy()
+    unordered[1] = ptr[-1] + 5  # a row reaching past the nonzeros, the next one back
+    for bad in ((ptr[:-1], idx, val), (ptr, idx + 6, val), (ptr.astype(np.int64), idx, val), (unordered, idx, val),
+                (ptr, idx, val.astype(np.float64)), (ptr, np.repeat(idx, 2)[::2], val)):
         with pytest.raises(ValueError, match="sparse linear step takes"):
             linear_step(x, w, b, out, csr=bad)
