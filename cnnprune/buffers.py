@@ -104,7 +104,8 @@ class BufferPool:
     activations, beside the weights, on a 32 MB L3 cache; reused, far fewer (the README gives the
     measured sizes and gain). Padded buffers are only reused as padded
     buffers of the same shape, whose writers touch interiors only, so their borders stay zero;
-    phase planes are rewritten whole by each split."""
+    phase planes are rewritten by each split wherever an interior output reads them (a span
+    convolution's extra row and column, ``native_plan.phase_dims``, are never written)."""
 
     def __init__(self, arena: Arena, reuse: bool = True) -> None:
         self.arena = arena
