@@ -122,9 +122,9 @@ class BufferPool:
     def padded(self, c: int, h: int, w: int, n: int, border: int = 1) -> np.ndarray:
         return self._take(("padded", (c, h + 2 * border, w + 2 * border, n)))
 
-    def phase(self, c: int, hh: int, wh: int, n: int) -> np.ndarray:
-        """The 4 phase planes (4c, hh, wh, n) a stride-2 convolution reads."""
-        return self._take(("phase", (4 * c, hh, wh, n)))
+    def phase(self, shape: tuple[int, int, int, int]) -> np.ndarray:
+        """The 4 phase planes, (4c, hh, wh, n), that a stride-2 convolution reads."""
+        return self._take(("phase", tuple(shape)))
 
     def give(self, *buffers: np.ndarray | None) -> None:
         """Return buffers whose last reader is already in the program (repeats and None ignored)."""

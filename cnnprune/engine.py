@@ -388,7 +388,7 @@ class NativeEngine:
         for b in self.net.blocks:
             p1, p2 = convs[b.conv1.name], convs[b.conv2.name]
             cout, cin = b.conv1.shape[:2]
-            phase = pool.phase(cin, cur.shape[1] // 2, cur.shape[2] // 2, n) if b.conv1.stride == 2 else None
+            phase = pool.phase((4 * cin, cur.shape[1] // 2, cur.shape[2] // 2, n)) if b.conv1.stride == 2 else None
             mid = pool.padded(cout, p1.ho, p1.wo, n)
             conv(p1, cur, mid, None, True, phase)
             identity = cur

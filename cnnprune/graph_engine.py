@@ -299,8 +299,7 @@ class _Program:
 
     def _phase_planes(self, p: ConvPlan) -> np.ndarray:
         """The 4 phase planes that a stride-2 convolution not reading its input directly reads."""
-        shape = p.phase_shape(self.n)
-        return self.pool.phase(p.conv.shape[1], shape[1], shape[2], self.n)
+        return self.pool.phase(p.phase_shape(self.n))
 
     def _pools_alone(self, i: int) -> bool:
         """Whether conv op ``i`` and the max pool after it, its output's only reader, run as one

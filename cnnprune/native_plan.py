@@ -15,6 +15,7 @@ from cnnprune.buffers import Arena
 from cnnprune.errors import CnnpruneError
 from cnnprune.fold import FoldedConv
 from cnnprune.kernels import SPAN_SUMS, conv_span_eligible
+from cnnprune.layouts import encode_csr
 
 MODES = ("sparse", "winograd", "dense", "gemm")
 # Winograd layers with at least this many GEMM panels per thread run fused (``csrc/winograd.c``):
@@ -358,11 +359,11 @@ def sparse_linear(weight: np.ndarray, n: int) -> bool:
 
 
 def linear_operands(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A linear layer's (Cout, C) weight in CSR: int32 row starts, int32 input indices, float32 values."""
-    rows, cols = np.nonzero(weight)
-    ptr = np.zeros(weight.shape[0] + 1, np.int32)
-    np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=ptr[1:])
-    return ptr, cols.astype(np.int32), np.ascontiguousarray(weight[rows, cols], dtype=np.float32)
+    """A linear layer's (Cout, C) weight in CSR (``layouts.encode_csr``) as the kernel reads it:
+    int32 row starts, int32 input indices, float32 values."""
+    csr = encode_csr(weight).arrays
+    return (csr["crow_indices"].astype(np.int32), csr["col_indices"].astype(np.int32),
+            np.ascontiguousarray(csr["values"], dtype=np.float32))
 
 
 def span_operands(conv: FoldedConv, group: int, narrow: bool = True) -> tuple:

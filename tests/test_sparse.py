@@ -209,11 +209,11 @@ def test_buffer_pool_hands_out_again_only_what_was_given_back() -> None:
     pool.give(a, a, None)  # repeats and None are ignored
     assert pool.padded(16, 2, 2, 2) is a
     assert not np.shares_memory(pool.padded(16, 2, 2, 2), a), "given back once, handed out once"
-    phase = pool.phase(4, 4, 4, 2)  # the same shape as the padded buffers, another kind
+    phase = pool.phase((16, 4, 4, 2))  # the same shape as the padded buffers, another kind
     assert phase.shape == a.shape
     pool.give(phase)
     assert pool.padded(16, 2, 2, 2) is not phase, "phase planes are never reused as padded buffers (their border)"
-    assert pool.phase(4, 4, 4, 2) is phase
+    assert pool.phase((16, 4, 4, 2)) is phase
     off = BufferPool(Arena(), reuse=False)
     c = off.padded(16, 2, 2, 2)
     off.give(c)
