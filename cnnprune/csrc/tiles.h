@@ -28,7 +28,7 @@
 typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
 
 /* The multiply-adds of nonzeros J0..J1-1 into the accumulator vectors V0..V1-1 of each row
- * (expanded inside a tile function: acc, U, base, off, val, srow, unit are its locals); the
+ * (expanded inside a tile function: acc, U, PIN, base, off, val, srow, unit are its locals); the
  * input of accumulator v lies IN_AT(v) floats from the nonzero's offset: v*V in a stride-1
  * tile; in a direct stride-2 tile, whose pixels are PV whole vectors (1 or 2), the v % PV-th
  * vector of input pixel 2 (v / PV): there VI = 2V floats per vector of an output pixel. */
@@ -41,6 +41,7 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
             _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                              \
                 const float w = val[j + u];                                                    \
                 const float *restrict s = base + (int64_t)off[j + u] * unit;                   \
+                if (PIN) __asm__("" : "+r"(s));                                                \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                           \
                     _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                     \
                         acc[u][r][v] += w * *(const VT *)(s + r * srow + IN_AT(v, VI, PV));    \
@@ -48,6 +49,7 @@ typedef struct { int lo, hi, k, whole, unit; int8_t cols[16]; } seg_sel;
         for (; j < jend; j++) {                                                                \
             const float w = val[j];                                                            \
             const float *restrict s = base + (int64_t)off[j] * unit;                           \
+            if (PIN) __asm__("" : "+r"(s));                                                    \
             _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                               \
                 _Pragma("GCC unroll 16") for (int v = V0; v < V1; v++)                         \
                     acc[0][r][v] += w * *(const VT *)(s + r * srow + IN_AT(v, VI, PV));        \
@@ -73,7 +75,7 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
         const float *restrict res, int relu) {                                                 \
     const int64_t srow = SROW, drow = DROW;                                                    \
     (void)srow_in; (void)drow_in;                                                              \
-    enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8 };                      \
+    enum { U = R * NV >= 8 ? 1 : R * NV >= 4 ? 2 : R * NV >= 2 ? 4 : 8, PIN = PF };             \
     const OT *restrict off = (const OT *)offp;                                                 \
     const int k = sel->k, lo = sel->lo, hi = sel->hi;                                          \
     const int64_t unit = sel->unit;                                                            \
@@ -129,6 +131,10 @@ static void tile_##VT##_##NV##_##R##SUF(const float *restrict base, int64_t srow
  * strides are constants, so every load of the inner loop is one base register plus an
  * immediate offset (with strides passed in, GCC kept a register or a stack slot per row and
  * vector: ~40 scalar instructions and stack loads beside the 24 multiply-adds of a nonzero).
+ * The nonzero's input address is pinned in a register (PIN, RUN_SEG): left to itself GCC folded
+ * the offset times the block width into every multiply-add as base + index*4 + immediate, an
+ * indexed operand that Intel cores split into two micro-ops again before issue (pinned, span
+ * steps ran faster: the README has the figures).
  * They prefetch the next channel's output lines (for writing) and residual while multiplying
  * this one's nonzeros (PF): each channel's piece lies a plane away from the last, so no hardware
  * stream covers it, and at batch 16 an expansion layer's 8-40 nonzeros a channel took less time
