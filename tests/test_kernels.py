@@ -34,6 +34,7 @@ from cnnprune.native_plan import (
     linear_operands,
     padded,
     phase_dims,
+    span_floats,
     span_operands,
     sparse_operands,
     winograd_eligible,
@@ -212,6 +213,39 @@ def test_span_conv_matches_conv2d(n: int, hw: int, stride: int, density: float) 
             dst = run_span(conv, x, group, threads, r, act, narrow, gemm, rows)
             assert_zero_border(dst)
             assert (to_nchw(dst) - want).abs().max() <= 1e-4, (act, group, threads, narrow, gemm, rows)
+
+
+def span_tail_vectors(hw: int, n: int, vw: int, block: int) -> int:
+    """Whole vectors in the last block of a (hw, hw) map's span at batch n (``span_of`` in C: the
+    span rounded up to whole vectors where that stays inside the plane)."""
+    floats, row = span_floats(hw, hw, n), (hw + 2) * n
+    whole = -(-floats // vw) * vw
+    if row + n + whole <= (hw + 2) * row:
+        floats = whole
+    return (floats % block or block) // vw
+
+
+@pytest.mark.parametrize("tile", [SpanTile(1), SpanTile(1, sums=True), SpanTile(3)])
+def test_span_tails_of_every_width_match_conv2d(tile: SpanTile) -> None:
+    """A span's last 1-7 whole vectors run as one tile of that many vectors (SPAN_TAILS): maps
+    chosen so that every width occurs, with a residual and an activation: equal to conv2d, the
+    border zero."""
+    vw = library().vector_width()
+    block = tile.block_floats(vw)
+    maps = {}
+    for hw in range(1, 60):
+        for n in (1, 2, 3):
+            maps.setdefault(span_tail_vectors(hw, n, vw, block), (hw, n))
+    assert set(range(1, 8)) <= set(maps), sorted(maps)
+    conv = random_conv(24, 40, 1, 1, 0.4, seed=5)
+    for tail in range(1, 8):
+        hw, n = maps[tail]
+        x = torch.randn(n, 24, hw, hw, generator=torch.Generator().manual_seed(hw))
+        res = torch.randn(n, 40, hw, hw, generator=torch.Generator().manual_seed(n))
+        want = (reference(conv, x, None, False) + res).clamp(min=0)
+        dst = run_span(conv, x, 7, 2, res, 1, rows=tile.flag)
+        assert_zero_border(dst)
+        assert (to_nchw(dst) - want).abs().max() <= 1e-4, (tail, hw, n)
 
 
 @pytest.mark.parametrize("tile", [SpanTile(1), SpanTile(2), SpanTile(3), SpanTile(1, sums=True), SpanTile(3, sums=True)])

@@ -225,13 +225,18 @@ void copy_panels(const float *src, int C, int64_t plane, int64_t n, int64_t pane
             memcpy(dst + t * C + c * panel, src + c * plane + t, (size_t)(n - t < panel ? n - t : panel) * sizeof(float));
 }
 
-/* The span tile for rem floats left of a block: up to SR pieces of TW floats, or a narrower
- * tile of one row for a block's last few vectors; *step: the floats it covers. */
+/* The span tile for rem floats left of a block: up to SR pieces of TW floats, one tile of a
+ * block's last whole vectors (SPAN_TAILS), or a narrower tile of one row for its last floats
+ * short of a vector; *step: the floats it covers. */
 static tile_fn span_tile(int64_t rem, int SR, int TW, int off16, int64_t *step) {
     if (rem >= TW) {
         const int r = rem / TW < SR ? (int)(rem / TW) : SR;
         *step = (int64_t)r * TW;
         return SPAN_TILES[off16 != 0][r];
+    }
+    if (rem >= VW) {
+        *step = rem / VW * VW;
+        return SPAN_TAILS[off16 != 0][rem / VW];
     }
     const tile_kind *kind = &KINDS[pick_kind((int)rem, 1)];
     *step = kind->width;

@@ -6,6 +6,13 @@ DEFINE_TILE(1, 8, vf, VW)
 DEFINE_SPAN_TILE(1, 8, vf, VW)
 DEFINE_SPAN_TILE(2, 8, vf, VW)
 DEFINE_SPAN_TILE(3, 8, vf, VW)
+DEFINE_SPAN_TILE(1, 1, vf, VW)
+DEFINE_SPAN_TILE(1, 2, vf, VW)
+DEFINE_SPAN_TILE(1, 3, vf, VW)
+DEFINE_SPAN_TILE(1, 4, vf, VW)
+DEFINE_SPAN_TILE(1, 5, vf, VW)
+DEFINE_SPAN_TILE(1, 6, vf, VW)
+DEFINE_SPAN_TILE(1, 7, vf, VW)
 ROWS_1_TO_3(4, vf, VW)
 ROWS_1_TO_3(2, vf, VW)
 ROWS_4_TO_6(2, vf, VW)
@@ -31,3 +38,5 @@ const tile_kind KINDS[] = {
 };
 const tile_fn SPAN_TILES[2][4] = {{0, tile_vf_8_1_c, tile_vf_8_2_c, tile_vf_8_3_c},
                                   {0, tile_vf_8_1_16_c, tile_vf_8_2_16_c, tile_vf_8_3_16_c}};
+const tile_fn SPAN_TAILS[2][8] = {{0, tile_vf_1_1_c, tile_vf_2_1_c, tile_vf_3_1_c, tile_vf_4_1_c, tile_vf_5_1_c, tile_vf_6_1_c, tile_vf_7_1_c},
+                                  {0, tile_vf_1_1_16_c, tile_vf_2_1_16_c, tile_vf_3_1_16_c, tile_vf_4_1_16_c, tile_vf_5_1_16_c, tile_vf_6_1_16_c, tile_vf_7_1_16_c}};
