@@ -305,10 +305,14 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
         for (int ch = 0; ch < nchunks; ch++) {
             const int c0 = chunk_first(chan, Cout, ch, nchunks), c1 = chunk_first(chan, Cout, ch + 1, nchunks);
             const int64_t t0 = b * block, end = t0 + block < L ? t0 + block : L;
-            const seg_sel sel = {0, 1, 1, 1, (int)block, {3}};  /* offsets: input channels, block floats apart */
+            /* each channel's copy takes the whole cache lines of this block only: padded to the full
+             * block, a short last block (a 7x7 map at batch 1: 4 vectors of 8) left every other
+             * line of the copy unused, and the channels of a group fell on half of L1's sets */
+            const int64_t width = (end - t0 + 15) / 16 * 16;
+            const seg_sel sel = {0, 1, 1, 1, (int)width, {3}};  /* offsets: input channels, width floats apart */
             float *in = thread_buffer(SCRATCH_SPAN, (int64_t)C * block);
             float *part = sums ? thread_buffer(SCRATCH_SPAN_SUMS, (int64_t)CB * block) : 0;
-            if (b != held) copy_panels(src + start + t0, C, plane, end - t0, block, in);
+            if (b != held) copy_panels(src + start + t0, C, plane, end - t0, width, in);
             held = b;
             for (int cs = c0; cs < c1; cs += CB) {
                 const int ce = cs + CB < c1 ? cs + CB : c1;
