@@ -308,7 +308,7 @@ static void sparse_span_body(const float *src, int C, int H, int W, int N, int C
             /* each channel's copy takes the whole cache lines of this block only: padded to the full
              * block, a short last block (a 7x7 map at batch 1: 4 vectors of 8) left every other
              * line of the copy unused, and the channels of a group fell on half of L1's sets */
-            const int64_t width = (end - t0 + 15) / 16 * 16;
+            const int64_t line = 64 / sizeof(float), width = (end - t0 + line - 1) / line * line;
             const seg_sel sel = {0, 1, 1, 1, (int)width, {3}};  /* offsets: input channels, width floats apart */
             float *in = thread_buffer(SCRATCH_SPAN, (int64_t)C * block);
             float *part = sums ? thread_buffer(SCRATCH_SPAN_SUMS, (int64_t)CB * block) : 0;

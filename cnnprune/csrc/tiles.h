@@ -169,8 +169,8 @@ extern const tile_kind KINDS[NKINDS], KINDS_S2[4], KINDS_S2P[3];
 extern const tile_fn SPAN_TILES[2][4];
 /* A span's last 1 to 7 whole vectors (less than a piece) as one tile of that many vectors, so
  * that the nonzeros are streamed once for them: a 14x14 map at batch 1 is a piece of 8 vectors
- * and one tail of 6 (as tiles of 4 and 2 vectors, each pass loading every nonzero's offset and
- * value again, 1x1 steps at 14x14 ran 10-20 % slower: the README has the figures). */
+ * and one tail of 6, which as tiles of 4 and 2 vectors loaded every nonzero's offset and value
+ * once more per tile (slower: the README's span tiling section has the figures). */
 extern const tile_fn SPAN_TAILS[2][8];
 #define SPAN_ROWS (NACC / 8)
 /* A span step's rows flag (step_t.k): the groups' partial sums of a block go to a per-thread
