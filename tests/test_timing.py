@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from cnnprune import timing
 from cnnprune.timing import LONG_MS, best_ms, interleaved_ms, out_after_warm, raced_ms
 
 
@@ -87,11 +88,26 @@ def test_a_way_put_out_by_one_stalled_call_is_timed_again() -> None:
     assert ms["stalled"] < ms["fast"] and calls["stalled"] >= 2
 
 
-def test_a_short_call_is_timed_after_an_untimed_warm_up_and_a_long_one_is_its_own() -> None:
+def test_a_short_call_is_timed_after_an_untimed_warm_up_and_a_long_one_is_its_own(monkeypatch) -> None:
+    """Each call takes the time it is given (the clock replaced): with real sleeps a stalled host
+    (CI, 2026-12-03) made a 0.2 ms call take over LONG_MS, and the warm-up counted."""
     calls = {"short": 0, "long": 0}
-    assert best_ms(counting_sleep(calls, "short", 0.0002), 1, min_ms=0.01) >= 0.2
+    took = {"short": 0.0002, "long": 2 * LONG_MS / 1e3}
+
+    def scripted(fn) -> float:
+        fn()
+        return took[fn.key]
+
+    def way(key: str):
+        def run() -> None:
+            calls[key] += 1
+        run.key = key
+        return run
+
+    monkeypatch.setattr(timing, "_seconds", scripted)
+    assert best_ms(way("short"), 1, min_ms=0.01) >= 0.2
     assert calls["short"] == 2  # an untimed warm-up and one timed call
-    assert best_ms(counting_sleep(calls, "long", 2 * LONG_MS / 1e3), 1, min_ms=LONG_MS) >= 2 * LONG_MS
+    assert best_ms(way("long"), 1, min_ms=LONG_MS) >= 2 * LONG_MS
     assert calls["long"] == 1
 
 
