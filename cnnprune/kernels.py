@@ -2,7 +2,8 @@
 sparse direct convolution and the step executor, its tile functions in ``tiles.h``,
 ``tiles_s1.c`` and ``tiles_s2.c``; ``winograd.c``, the dense Winograd F(4x4, 3x3) convolution;
 ``gemm1x1.c``, the dense 1x1 convolution; ``maps.c``, per-channel scaling and re-padding;
-``kernels.h``, what they share).
+``floor.c``, the span tile's inner loop alone, for the profile's floor; ``kernels.h``, what they
+share).
 
 The sources are compiled once per machine with the system C compiler (``gcc -O3
 -march=native -fopenmp``, as many files at once as there are cores; the README has the time)
@@ -36,7 +37,8 @@ _SIGNATURES = {
 }
 
 # The tile files first: they are most of the compile time (see _build)
-SOURCES = ("tiles_s1.c", "tiles_s2.c", "sparse_conv.c", "winograd.c", "gemm1x1.c", "maps.c", "kernels.h", "tiles.h")
+SOURCES = ("tiles_s1.c", "tiles_s2.c", "sparse_conv.c", "winograd.c", "gemm1x1.c", "maps.c", "floor.c", "kernels.h",
+           "tiles.h")
 
 # Step kinds (step_t.kind), in the order of the C side's STEP_* numbers; their names as the profile prints them
 STEP_NAMES = ("pack", "conv", "maxpool", "split", "avgpool", "wg_input", "wg_conv", "wg_fused", "conv_pool", "linear", "span",
@@ -345,4 +347,6 @@ def library() -> ctypes.CDLL:
     lib.winograd_panels.restype = ctypes.c_int
     lib.vector_width.argtypes = []
     lib.vector_width.restype = ctypes.c_int
+    lib.inner_loop_ns.argtypes = [ctypes.c_int] * 5
+    lib.inner_loop_ns.restype = ctypes.c_double
     return lib

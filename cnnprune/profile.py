@@ -11,6 +11,15 @@ it must move at least (its input and output maps, fp32, interior pixels; the res
 its weights), which is near the machine's copy bandwidth where a step is bound by memory. Host
 work between the native runs (ops PyTorch runs, layout conversions) is not timed, so the sum of
 the steps is a little under a forward pass.
+
+``--floor`` adds a bound to each step (``floor_ms``): the time it would take if every sparse
+step ran at the rate of the span tile's bare inner loop (``csrc/floor.c``: one broadcast and 8
+vector multiply-adds a nonzero, its group in L1, every thread busy) or, where less, at the dense
+rate over all its multiply-adds (a large matrix product in PyTorch, the same threads); dense 1x1
+GEMM and linear steps at the dense rate; Winograd at the dense rate over a quarter of its direct
+count (F(4x4, 3x3): 36 products where a direct convolution has 144); every other cost (copies,
+borders, pools, memory traffic, waiting) nothing. No program of these kernels runs faster; how
+far a speed goal lies from it says whether the kernels or the rest of the engine must change.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class ProfileConfig:
     batch: int = opt(1, "batch size", parse=int)
     rounds: int = opt(9, "times each step is timed (the median counts)", parse=int)
     threads: int = opt(2, "threads of the native engine", parse=int)
+    floor: bool = opt(False, "also each step's floor: its work at the bare inner loop's or the dense rate (measured first)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class StepTime:
     ms: float  # median
     flops: float  # useful floating-point operations
     bytes: float  # the least the step moves
+    floor: float | None = None  # ms at the floor's rates (floor_ms), where asked
 
     @property
     def gflops(self) -> float:
@@ -53,6 +64,23 @@ class StepTime:
     @property
     def gbytes(self) -> float:
         return self.bytes / self.ms / 1e6
+
+
+# The floor's inner loop: a group of this many bytes of each thread's L1 data cache, and this many
+# nonzeros an output channel per pass (about a 1x1 layer's per group at 90 % global sparsity)
+FLOOR_GROUP_BYTES = 16 * 1024
+FLOOR_PER_OUTPUT = 32
+# Step kinds whose work is a sparse kernel's: useful FLOPs = nonzeros x output pixels
+SPARSE_KINDS = (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN, K.CONV_POOL_S2)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the floor costs work at, GFLOP/s over all threads: useful work in the sparse span
+    tile's inner loop alone, and a dense matrix product."""
+
+    sparse: float
+    dense: float
 
 
 def nonzeros(step: Step) -> int:
@@ -92,14 +120,65 @@ def work(step: Step) -> tuple[float, float, str]:
     return flops, float(moved), f"{c}×{h}×{w} -> {co}×{ho}×{wo}"
 
 
+def measure_rates(threads: int, rounds: int = 3) -> Rates:
+    """The floor's rates on this machine with ``threads`` threads, the best of ``rounds`` runs
+    each: the inner loop (``inner_loop_ns``: ns a nonzero, each nonzero 8 vectors of the
+    machine's width, 2 FLOPs a float) and a 2048 x 2048 by 2048 x 2048 float32 ``torch.mm``."""
+    import torch
+
+    lib = K.library()
+    vw = lib.vector_width()
+    channels = FLOOR_GROUP_BYTES // (8 * vw * FLOAT)
+    ns = min(lib.inner_loop_ns(channels, min(FLOOR_PER_OUTPUT, channels), 256, 200, threads) for _ in range(rounds))
+    if ns <= 0:
+        raise CnnpruneError("the floor's inner loop could not run (out of memory?)")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+        torch.mm(a, b)  # warm-up
+        seconds = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            seconds.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(previous)
+    return Rates(sparse=threads * 2 * 8 * vw / ns, dense=2 * 2048**3 / min(seconds) / 1e9)
+
+
+def dense_flops(step: Step) -> float:
+    """FLOPs of a sparse or linear step's layer run densely: every multiply-add of its input
+    channels x output channels x taps (a grouped convolution's block diagonal counted whole)."""
+    if step.kind == K.LINEAR:
+        return 2.0 * step.C * step.Cout * step.N
+    taps = 1 if step.kind == K.SPAN else step.k * step.k
+    ho, wo = (step.H, step.W) if step.kind == K.SPAN else (step.Ho, step.Wo)
+    return 2.0 * step.C * step.Cout * taps * ho * wo * step.N
+
+
+def floor_ms(step: Step, flops: float, rates: Rates) -> float:
+    """The least time (ms) of a step of ``flops`` useful FLOPs (``work``) at ``rates``, see the
+    module's docstring: sparse work at the inner loop's rate or dense over all its multiply-adds,
+    the less; dense GEMM and linear layers at the dense rate; Winograd at a quarter of its direct
+    count; other steps free."""
+    if step.kind in SPARSE_KINDS or (step.kind == K.LINEAR and step.ptr):
+        return min(flops / rates.sparse, dense_flops(step) / rates.dense) / 1e6
+    if step.kind in (K.GEMM, K.LINEAR):
+        return flops / rates.dense / 1e6
+    if step.kind in (K.WG_CONV, K.WG_FUSED):
+        return flops / 4 / rates.dense / 1e6
+    return 0.0
+
+
 def steps_of(program: list) -> list[tuple[Step, StepRun]]:
     """Every native step of a forward pass (``plan["program"]``), with the run it belongs to."""
     return [(run.array[i], run) for run in program if isinstance(run, StepRun) for i in range(len(run.array))]
 
 
-def profile(model, batch: int, rounds: int) -> list[StepTime]:
+def profile(model, batch: int, rounds: int, rates: Rates | None = None) -> list[StepTime]:
     """Each native step of ``model`` (a ``cnnprune.native.NativeSparseResNet``) at ``batch``,
-    timed alone ``rounds`` times in program order (medians)."""
+    timed alone ``rounds`` times in program order (medians); with ``rates``, each step's floor."""
     import torch
 
     engine = model.engine
@@ -120,14 +199,11 @@ def profile(model, batch: int, rounds: int) -> list[StepTime]:
     for i, ((step, _), ts) in enumerate(zip(steps, times)):
         flops, moved, shape = work(step)
         rows.append(StepTime(i, STEP_NAMES[step.kind] + ("+res" if step.res else ""), shape, statistics.median(ts),
-                             flops, moved))
+                             flops, moved, None if rates is None else floor_ms(step, flops, rates)))
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from cnnprune import sparse
 
     parser = CliParser(prog="python -m cnnprune.profile", description=__doc__.splitlines()[0])
@@ -137,14 +213,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.batch < 1 or config.rounds < 1 or config.threads < 1:
         raise CnnpruneError("--batch, --rounds and --threads must be at least 1")
     model = sparse.load(config.model, threads=config.threads, dense_fallback=False, plan_cache=False)
-    rows = profile(model, config.batch, config.rounds)
+    rates = measure_rates(config.threads) if config.floor else None
+    show(profile(model, config.batch, config.rounds, rates), config, rates)
+    return 0
+
+
+def show(rows: list[StepTime], config: ProfileConfig, rates: Rates | None) -> None:
+    """The table of steps, the sum by kind and, with ``rates``, the floor's sum against the steps'."""
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"{config.model}, batch {config.batch}, {config.threads} threads: native steps, "
                         f"median of {config.rounds}")
-    for col in ("#", "step", "maps", "ms", "GFLOP/s", "GB/s"):
+    columns = ("#", "step", "maps", "ms", "GFLOP/s", "GB/s") + (("floor ms",) if rates else ())
+    for col in columns:
         table.add_column(col, justify="left" if col in ("step", "maps") else "right")
     for r in rows:
+        floor = (f"{r.floor:.3f}",) if rates else ()
         table.add_row(str(r.index), r.kind, r.shape, f"{r.ms:.3f}", f"{r.gflops:.1f}" if r.flops else "",
-                      f"{r.gbytes:.1f}")
+                      f"{r.gbytes:.1f}", *floor)
     Console().print(table)
     by_kind: dict[str, float] = {}
     for r in rows:
@@ -153,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     flops = sum(r.flops for r in rows)
     print(f"sum of steps {total:.2f} ms, {flops / total / 1e6:.1f} GFLOP/s useful; by kind (ms): "
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
-    return 0
+    if rates:
+        floor = sum(r.floor or 0.0 for r in rows)
+        print(f"floor {floor:.2f} ms ({floor / total:.0%} of the steps' sum) at the inner loop's {rates.sparse:.1f} and "
+              f"the dense product's {rates.dense:.1f} GFLOP/s, measured now with {config.threads} threads")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,49 @@ def test_step_kinds_and_names_match_the_c_header() -> None:
     numbers = {name.lower(): int(n) for name, n in re.findall(r"STEP_(\w+) = (\d+)", header)}
     assert numbers == {name: i for i, name in enumerate(K.STEP_NAMES)}
     assert all(getattr(K, name.upper()) == i for i, name in enumerate(K.STEP_NAMES))
+
+
+def test_the_floor_costs_sparse_work_at_the_lesser_of_its_two_rates() -> None:
+    from cnnprune.profile import Rates, dense_flops, floor_ms
+
+    rates = Rates(sparse=100.0, dense=200.0)  # GFLOP/s
+    span = K.Step(kind=K.SPAN, C=64, Cout=32, H=7, W=5, N=2)
+    dense = 2.0 * 64 * 32 * 7 * 5 * 2
+    assert dense_flops(span) == dense
+    sparse_work = 0.1 * dense  # 10 % dense: the inner loop's rate bounds it
+    assert floor_ms(span, sparse_work, rates) == sparse_work / 100.0 / 1e6
+    nearly_dense = 0.9 * dense  # at half the dense rate, running it densely is the lesser bound
+    assert floor_ms(span, nearly_dense, rates) == dense / 200.0 / 1e6
+    conv = K.Step(kind=K.CONV, C=8, Cout=16, k=3, Ho=4, Wo=6, N=1, H=8, W=12)
+    assert dense_flops(conv) == 2.0 * 8 * 16 * 9 * 4 * 6
+
+
+def test_the_floor_costs_dense_steps_at_the_dense_rate_and_winograd_at_a_quarter() -> None:
+    from cnnprune.profile import Rates, floor_ms
+
+    rates = Rates(sparse=100.0, dense=200.0)
+    assert floor_ms(K.Step(kind=K.GEMM, C=64, Cout=64, H=8, W=8, N=1), 4e6, rates) == 4e6 / 200.0 / 1e6
+    assert floor_ms(K.Step(kind=K.WG_FUSED, C=64, Cout=64, H=8, W=8, N=1), 4e6, rates) == 1e6 / 200.0 / 1e6
+    assert floor_ms(K.Step(kind=K.LINEAR, C=10, Cout=4, N=3), 240.0, rates) == 240.0 / 200.0 / 1e6
+    for kind in (K.PACK, K.SPLIT, K.SUBSAMPLE, K.AVGPOOL, K.MAXPOOL):
+        assert floor_ms(K.Step(kind=kind, C=4, H=4, W=4, N=1), 0.0, rates) == 0.0
+
+
+def test_the_inner_loop_runs_and_refuses_arguments_out_of_range() -> None:
+    lib = library()
+    assert lib.inner_loop_ns(16, 8, 4, 3, 2) > 0
+    assert lib.inner_loop_ns(16, 16, 1, 1, 1) > 0  # every channel of the group a nonzero
+    for bad in ((0, 1, 1, 1, 1), (16, 17, 1, 1, 1), (16, 0, 1, 1, 1), (16, 8, 0, 1, 1), (16, 8, 4, 0, 1),
+                (16, 8, 4, 1, 0), (65537, 8, 4, 1, 1), (65536, 65536, 65536, 1, 1)):
+        assert lib.inner_loop_ns(*bad) == -1.0
+
+
+def test_measured_rates_are_positive_and_the_summary_names_the_floor(capsys) -> None:
+    from cnnprune.profile import ProfileConfig, StepTime, measure_rates, show
+
+    rates = measure_rates(2, rounds=1)
+    assert rates.sparse > 0 and rates.dense > 0
+    rows = [StepTime(0, "span", "4×2×2 -> 4×2×2", 2.0, 1e6, 1e3, 0.5), StepTime(1, "pack", "3×2×2 -> 3×2×2", 1.0, 0.0, 1e3, 0.0)]
+    show(rows, ProfileConfig(floor=True), rates)
+    out = capsys.readouterr().out
+    assert "floor ms" in out and "floor 0.50 ms (17% of the steps' sum)" in out
