@@ -18,8 +18,10 @@ vector multiply-adds a nonzero, its group in L1, every thread busy) or, where le
 rate over all its multiply-adds (a large matrix product in PyTorch, the same threads); dense 1x1
 GEMM and linear steps at the dense rate; Winograd at the dense rate over a quarter of its direct
 count (F(4x4, 3x3): 36 products where a direct convolution has 144); every other cost (copies,
-borders, pools, memory traffic, waiting) nothing. No program of these kernels runs faster; how
-far a speed goal lies from it says whether the kernels or the rest of the engine must change.
+borders, pools, memory traffic, waiting) nothing. It bounds these kernels, not the machine (a
+direct convolution that skips taps reading only the zero border does less than its useful count,
+and another algorithm could do better): how far a speed goal lies from it says whether the
+kernels themselves or the rest of the engine must change.
 """
 
 from __future__ import annotations
