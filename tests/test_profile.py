@@ -122,3 +122,11 @@ def test_measured_rates_are_positive_and_the_summary_names_the_floor(capsys) -> 
     show(rows, ProfileConfig(floor=True), rates)
     out = capsys.readouterr().out
     assert "floor ms" in out and "floor 0.50 ms (17% of the steps' sum)" in out
+
+
+def test_the_command_prints_each_steps_floor_for_a_real_model(artifacts, capsys) -> None:
+    assert main(["--model", str(artifacts / "one_shot_90.csr.pt"), "--batch", "1", "--rounds", "1", "--floor"]) == 0
+    out = capsys.readouterr().out
+    assert "floor ms" in out and "of the steps' sum) at the inner loop's" in out
+    floor = float(out.split("\nfloor ")[1].split(" ms")[0])
+    assert floor > 0
