@@ -128,9 +128,11 @@ def measure_rates(threads: int, rounds: int = 3) -> Rates:
     machine's width, 2 FLOPs a float) and a 2048 x 2048 by 2048 x 2048 float32 ``torch.mm``."""
     import torch
 
+    from cnnprune.native_plan import SpanTile
+
     lib = K.library()
-    vw = lib.vector_width()
-    channels = FLOOR_GROUP_BYTES // (8 * vw * FLOAT)
+    piece = SpanTile(1).block_floats(lib.vector_width())  # floats one nonzero's multiply-adds cover
+    channels = FLOOR_GROUP_BYTES // (piece * FLOAT)
     ns = min(lib.inner_loop_ns(channels, min(FLOOR_PER_OUTPUT, channels), 256, 200, threads) for _ in range(rounds))
     if ns <= 0:
         raise CnnpruneError("the floor's inner loop could not run (out of memory?)")
@@ -146,7 +148,7 @@ def measure_rates(threads: int, rounds: int = 3) -> Rates:
             seconds.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(previous)
-    return Rates(sparse=threads * 2 * 8 * vw / ns, dense=2 * 2048**3 / min(seconds) / 1e9)
+    return Rates(sparse=threads * 2 * piece / ns, dense=2 * 2048**3 / min(seconds) / 1e9)
 
 
 def dense_flops(step: Step) -> float:
