@@ -349,4 +349,6 @@ def library() -> ctypes.CDLL:
     lib.vector_width.restype = ctypes.c_int
     lib.inner_loop_ns.argtypes = [ctypes.c_int] * 5
     lib.inner_loop_ns.restype = ctypes.c_double
+    lib.fma_load_ns.argtypes = [ctypes.c_int] * 2
+    lib.fma_load_ns.restype = ctypes.c_double
     return lib

@@ -21,7 +21,10 @@ count (F(4x4, 3x3): 36 products where a direct convolution has 144); every other
 borders, pools, memory traffic, waiting) nothing. It bounds these kernels, not the machine (a
 direct convolution that skips taps reading only the zero border does less than its useful count,
 and another algorithm could do better): how far a speed goal lies from it says whether the
-kernels themselves or the rest of the engine must change.
+kernels themselves or the rest of the engine must change. The summary line also gives the
+rate of the FMA units when every multiply-add loads its second operand from L1 (``fma_load_ns``),
+as every multiply-add of a sparse kernel over unstructured weights does: how far the inner loop
+itself is from the hardware.
 """
 
 from __future__ import annotations
@@ -79,10 +82,12 @@ SPARSE_KINDS = (K.SPAN, K.CONV, K.CONV_S2, K.CONV_POOL, K.CONV_SPAN, K.CONV_POOL
 @dataclass(frozen=True)
 class Rates:
     """What the floor costs work at, GFLOP/s over all threads: useful work in the sparse span
-    tile's inner loop alone, and a dense matrix product."""
+    tile's inner loop alone, and a dense matrix product; and, for comparison only, the FMA units
+    with a loaded operand (``fma_load_ns``)."""
 
     sparse: float
     dense: float
+    loaded: float
 
 
 def nonzeros(step: Step) -> int:
@@ -125,7 +130,8 @@ def work(step: Step) -> tuple[float, float, str]:
 def measure_rates(threads: int, rounds: int = 3) -> Rates:
     """The floor's rates on this machine with ``threads`` threads, the best of ``rounds`` runs
     each: the inner loop (``inner_loop_ns``: ns a nonzero, each nonzero 8 vectors of the
-    machine's width, 2 FLOPs a float) and a 2048 x 2048 by 2048 x 2048 float32 ``torch.mm``."""
+    machine's width, 2 FLOPs a float), a 2048 x 2048 by 2048 x 2048 float32 ``torch.mm`` and
+    multiply-adds with a loaded operand (``fma_load_ns``: ns a vector multiply-add)."""
     import torch
 
     from cnnprune.native_plan import SpanTile
@@ -134,7 +140,8 @@ def measure_rates(threads: int, rounds: int = 3) -> Rates:
     piece = SpanTile(1).block_floats(lib.vector_width())  # floats one nonzero's multiply-adds cover
     channels = FLOOR_GROUP_BYTES // (piece * FLOAT)
     ns = min(lib.inner_loop_ns(channels, min(FLOOR_PER_OUTPUT, channels), 256, 200, threads) for _ in range(rounds))
-    if ns <= 0:
+    fma_ns = min(lib.fma_load_ns(1 << 20, threads) for _ in range(rounds))
+    if ns <= 0 or fma_ns <= 0:
         raise CnnpruneError("the floor's inner loop could not run (out of memory?)")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -148,7 +155,8 @@ def measure_rates(threads: int, rounds: int = 3) -> Rates:
             seconds.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(previous)
-    return Rates(sparse=threads * 2 * piece / ns, dense=2 * 2048**3 / min(seconds) / 1e9)
+    return Rates(sparse=threads * 2 * piece / ns, dense=2 * 2048**3 / min(seconds) / 1e9,
+                 loaded=threads * 2 * lib.vector_width() / fma_ns)
 
 
 def dense_flops(step: Step) -> float:
@@ -247,7 +255,9 @@ def show(rows: list[StepTime], config: ProfileConfig, rates: Rates | None) -> No
     if rates:
         floor = sum(r.floor or 0.0 for r in rows)
         print(f"floor {floor:.2f} ms ({floor / total:.0%} of the steps' sum) at the inner loop's {rates.sparse:.1f} and "
-              f"the dense product's {rates.dense:.1f} GFLOP/s, measured now with {config.threads} threads")
+              f"the dense product's {rates.dense:.1f} GFLOP/s, measured now with {config.threads} threads; "
+              f"the inner loop at {rates.sparse / rates.loaded:.0%} of the FMA units' {rates.loaded:.1f} GFLOP/s "
+              f"with a loaded operand")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_step_kinds_and_names_match_the_c_header() -> None:
 def test_the_floor_costs_sparse_work_at_the_lesser_of_its_two_rates() -> None:
     from cnnprune.profile import Rates, dense_flops, floor_ms
 
-    rates = Rates(sparse=100.0, dense=200.0)  # GFLOP/s
+    rates = Rates(sparse=100.0, dense=200.0, loaded=150.0)  # GFLOP/s
     span = K.Step(kind=K.SPAN, C=64, Cout=32, H=7, W=5, N=2)
     dense = 2.0 * 64 * 32 * 7 * 5 * 2
     assert dense_flops(span) == dense
@@ -96,7 +96,7 @@ def test_the_floor_costs_sparse_work_at_the_lesser_of_its_two_rates() -> None:
 def test_the_floor_costs_dense_steps_at_the_dense_rate_and_winograd_at_a_quarter() -> None:
     from cnnprune.profile import Rates, floor_ms
 
-    rates = Rates(sparse=100.0, dense=200.0)
+    rates = Rates(sparse=100.0, dense=200.0, loaded=150.0)
     assert floor_ms(K.Step(kind=K.GEMM, C=64, Cout=64, H=8, W=8, N=1), 4e6, rates) == 4e6 / 200.0 / 1e6
     assert floor_ms(K.Step(kind=K.WG_FUSED, C=64, Cout=64, H=8, W=8, N=1), 4e6, rates) == 1e6 / 200.0 / 1e6
     assert floor_ms(K.Step(kind=K.LINEAR, C=10, Cout=4, N=3), 240.0, rates) == 240.0 / 200.0 / 1e6
@@ -113,15 +113,24 @@ def test_the_inner_loop_runs_and_refuses_arguments_out_of_range() -> None:
         assert lib.inner_loop_ns(*bad) == -1.0
 
 
+def test_loaded_multiply_adds_run_and_refuse_arguments_out_of_range() -> None:
+    lib = library()
+    assert lib.fma_load_ns(1000, 1) > 0
+    assert lib.fma_load_ns(1, 2) > 0
+    for bad in ((0, 1), ((1 << 26) + 1, 1), (1, 0), (1, 1025), (-5, 2)):
+        assert lib.fma_load_ns(*bad) == -1.0
+
+
 def test_measured_rates_are_positive_and_the_summary_names_the_floor(capsys) -> None:
     from cnnprune.profile import ProfileConfig, StepTime, measure_rates, show
 
     rates = measure_rates(2, rounds=1)
-    assert rates.sparse > 0 and rates.dense > 0
+    assert rates.sparse > 0 and rates.dense > 0 and rates.loaded > 0
     rows = [StepTime(0, "span", "4×2×2 -> 4×2×2", 2.0, 1e6, 1e3, 0.5), StepTime(1, "pack", "3×2×2 -> 3×2×2", 1.0, 0.0, 1e3, 0.0)]
     show(rows, ProfileConfig(floor=True), rates)
     out = capsys.readouterr().out
     assert "floor ms" in out and "floor 0.50 ms (17% of the steps' sum)" in out
+    assert f"the inner loop at {rates.sparse / rates.loaded:.0%} of the FMA units' {rates.loaded:.1f} GFLOP/s" in out
 
 
 def test_the_command_prints_each_steps_floor_for_a_real_model(artifacts, capsys) -> None:

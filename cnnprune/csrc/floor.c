@@ -94,3 +94,44 @@ double inner_loop_ns(int channels, int per_output, int outputs, int reps, int nt
     sink = sums;  /* the sums are read: the loop is not dead code */
     return failed ? -1.0 : slowest * 1e9 / ((double)reps * outputs * per_output);
 }
+
+/* The accumulator chains of fma_load_ns: more than the FMA latency (4 cycles on Zen 3, 4 on
+ * recent Intel cores) times the two FMA units, so that no chain waits, and few enough that AVX2's
+ * 16 registers hold them with the broadcast and no spill (12 spilled one to the stack). */
+#define LOADED_CHAINS 10
+/* Floats of each thread's buffer: 4 KB, L1-resident; each pass reads one 320-float window of it. */
+#define LOADED_FLOATS 1024
+
+/* Nanoseconds per vector multiply-add whose second operand is loaded from L1, as a sparse
+ * kernel's every multiply-add is (each nonzero's input vectors come from memory): LOADED_CHAINS
+ * independent chains, nothing else in the loop, every one of nthreads threads at once, the
+ * slowest counted. What the floor's inner loop (inner_loop_ns) would reach with no offsets,
+ * weights or accumulator loads and stores. -1 where reps is outside 1..2^26 or nthreads outside
+ * 1..1024. */
+double fma_load_ns(int reps, int nthreads) {
+    if (reps < 1 || reps > (1 << 26) || nthreads < 1 || nthreads > 1024) return -1.0;
+    double slowest = 0.0;
+    float sums = 0.0f;
+    static volatile float sink;
+    #pragma omp parallel num_threads(nthreads) reduction(max : slowest) reduction(+ : sums)
+    {
+        float buf[LOADED_FLOATS] __attribute__((aligned(64)));
+        for (int i = 0; i < LOADED_FLOATS; i++) buf[i] = (float)(i % 5) * 0.25f;
+        vf a[LOADED_CHAINS];
+        for (int q = 0; q < LOADED_CHAINS; q++) a[q] = (vf){0};
+        const vf w = (vf){0} + 0.5f;
+        #pragma omp barrier
+        const double t0 = omp_get_wtime();
+        for (int r = 0; r < reps; r++) {
+            /* windows 64 floats apart, so that consecutive passes read other lines */
+            const float *p = buf + (r & 7) * 64;
+            __asm__ volatile("" : "+r"(p));  /* a fresh address: the loads stay in the loop */
+            #pragma GCC unroll 16
+            for (int q = 0; q < LOADED_CHAINS; q++) a[q] += w * *(const vf *)(p + q * VW);
+        }
+        slowest = omp_get_wtime() - t0;
+        for (int q = 0; q < LOADED_CHAINS; q++) sums += a[q][0];
+    }
+    sink = sums;  /* the sums are read: the loop is not dead code */
+    return slowest * 1e9 / ((double)reps * LOADED_CHAINS);
+}
