@@ -95,7 +95,7 @@ double inner_loop_ns(int channels, int per_output, int outputs, int reps, int nt
     return failed ? -1.0 : slowest * 1e9 / ((double)reps * outputs * per_output);
 }
 
-/* The accumulator chains of fma_load_ns: more than the FMA latency (4 cycles on Zen 3, 4 on
+/* The accumulator chains of fma_load_ns: more than the FMA latency (4 cycles on Zen 3 and on
  * recent Intel cores) times the two FMA units, so that no chain waits, and few enough that AVX2's
  * 16 registers hold them with the broadcast and no spill (12 spilled one to the stack). */
 #define LOADED_CHAINS 10
