@@ -99,7 +99,8 @@ double inner_loop_ns(int channels, int per_output, int outputs, int reps, int nt
  * recent Intel cores) times the two FMA units, so that no chain waits, and few enough that AVX2's
  * 16 registers hold them with the broadcast and no spill (12 spilled one to the stack). */
 #define LOADED_CHAINS 10
-/* Floats of each thread's buffer: 4 KB, L1-resident; each pass reads one 320-float window of it. */
+/* Floats of each thread's buffer: 4 KB, L1-resident; each pass reads a window of LOADED_CHAINS
+ * vectors (320 bytes with AVX2) 256 bytes after the last one's start, eight windows in turn. */
 #define LOADED_FLOATS 1024
 
 /* Nanoseconds per vector multiply-add whose second operand is loaded from L1, as a sparse
